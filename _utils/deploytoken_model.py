@@ -1,0 +1,247 @@
+"""
+The deploy token's vocabulary: who holds it (``Holding``), what the history keeps (``HistoryRow``),
+our error types, and the checks every input goes through before a store is touched.
+
+Plain Python, shared by the runner, the ext_pillar and the states through ``__utils__``; the stores
+(``deploytoken_sqlite``, ``deploytoken_google``) import it directly.
+"""
+
+import dataclasses
+import datetime
+import math
+import os
+import pwd
+import unicodedata
+
+from salt.exceptions import SaltException
+
+MAX_NAME_LENGTH = 80
+MAX_TEXT_LENGTH = 500
+NOBODY = "Nobody"
+
+
+class DeploytokenError(SaltException):
+    """Base of our errors: the message is one sentence a person can act on."""
+
+
+class InputError(DeploytokenError):
+    """An argument or a setting is not acceptable; nothing was changed."""
+
+
+class StoreError(DeploytokenError):
+    """The token store cannot be read or written; nothing was changed."""
+
+
+class ClaimConflict(DeploytokenError):
+    """A release or force named a claim that is not the current one."""
+
+
+@dataclasses.dataclass
+class Holding:
+    """Who holds the token now. ``claim``/``since`` may be unknown for a name typed by hand."""
+
+    holder: str
+    login: str | None = None
+    caller: str | None = None
+    claim: str | None = None
+    since: str | None = None
+    reason: str = ""
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class HistoryRow:
+    """One finished claim, as the history keeps it."""
+
+    claim: str | None
+    holder: str
+    login: str | None
+    caller: str | None
+    acquired: str | None
+    released: str
+    duration: int | None
+    reason: str = ""
+    note: str = ""
+    forced_by: str | None = None
+    force_reason: str | None = None
+
+    COLUMNS = (
+        "claim",
+        "holder",
+        "login",
+        "caller",
+        "acquired",
+        "released",
+        "duration",
+        "reason",
+        "note",
+        "forced_by",
+        "force_reason",
+    )
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+# ---- time -------------------------------------------------------------------------------------
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+
+
+def isoformat(moment):
+    return moment.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(text):
+    """ISO 8601 (as we write it) to an aware datetime; None when missing or unreadable."""
+    if not text:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment
+
+
+def seconds_between(start, end):
+    start, end = parse_time(start), parse_time(end)
+    if start is None or end is None:
+        return None
+    return max(0, int((end - start).total_seconds()))
+
+
+def human_duration(seconds):
+    """``42 s``, ``38 min``, ``3 h 05 min``, ``2 d 4 h``."""
+    if seconds is None:
+        return "unknown time"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+# ---- checks on input --------------------------------------------------------------------------
+
+
+def _has_control(text):
+    return any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") for char in text)
+
+
+def check_name(name, what="name"):
+    """A holder's name as it will be written in the token; returns it stripped."""
+    if not isinstance(name, str):
+        raise InputError(f"The {what} must be text, got {name!r}.")
+    stripped = name.strip()
+    if not stripped:
+        raise InputError(f"The {what} is empty: give the person's name, e.g. name='Alice Smith'.")
+    if _has_control(stripped):
+        raise InputError(
+            f"The {what} {name!r} contains a control character or line break: "
+            "a name must be a single line of printable text."
+        )
+    if len(stripped) > MAX_NAME_LENGTH:
+        raise InputError(
+            f"The {what} is {len(stripped)} characters long; at most {MAX_NAME_LENGTH} are allowed."
+        )
+    if stripped.casefold() == NOBODY.casefold():
+        raise InputError(
+            f"The {what} cannot be {stripped!r}: the token reads 'Held by: {NOBODY}' when it is free."
+        )
+    return stripped
+
+
+def check_text(text, what):
+    """A reason or note: optional, one line, bounded."""
+    if text is None:
+        return ""
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise InputError(f"The {what} must be text, got {text!r}.")
+    text = str(text).strip()
+    if _has_control(text):
+        raise InputError(f"The {what} must be a single line of printable text, without line breaks.")
+    if len(text) > MAX_TEXT_LENGTH:
+        raise InputError(f"The {what} is {len(text)} characters long; at most {MAX_TEXT_LENGTH} are allowed.")
+    return text
+
+
+def check_seconds(value, what, minimum=0):
+    """A non-negative number of seconds (Salt may hand us a string or a number)."""
+    number = _number(value)
+    if number is None or number < minimum:
+        raise InputError(f"The {what} must be a number of seconds, at least {minimum}; got {value!r}.")
+    return number
+
+
+def check_count(value, what, minimum=1):
+    number = _number(value)
+    if number is None or number != int(number) or number < minimum:
+        raise InputError(f"The {what} must be a whole number, at least {minimum}; got {value!r}.")
+    return int(number)
+
+
+def _number(value):
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+# ---- identity ---------------------------------------------------------------------------------
+
+
+def login_of(user):
+    """Salt's ``__user__`` (``root``, ``sudo_alice``, ``alice``) to the login of the person."""
+    if not user:
+        return None
+    user = str(user)
+    if user.startswith("sudo_") and len(user) > len("sudo_"):
+        return user[len("sudo_") :]
+    return user
+
+
+def local_login():
+    """The person at this terminal: ``SUDO_USER`` first (sudo keeps it), else the login name."""
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user:
+        return sudo_user
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return os.environ.get("USER") or str(os.getuid())
+
+
+def display_name(login, people):
+    """The name written in the token for a login, from ``deploytoken: people:``."""
+    people = people or {}
+    return str(people.get(login) or login)
+
+
+def login_for_name(name, people):
+    """The login whose display name is ``name`` (a name typed by hand), or None."""
+    for login, shown in (people or {}).items():
+        if str(shown).casefold() == str(name).casefold() or str(login).casefold() == str(name).casefold():
+            return str(login)
+    return None
+
+
+def same_person(holding, login, name):
+    """Whether the current holding belongs to this login / display name."""
+    if holding.login and login:
+        return holding.login == login
+    return holding.holder.casefold() == str(name).casefold()

@@ -1,0 +1,201 @@
+"""
+The embedded token store: one SQLite file on the master.
+
+Every change runs in one ``BEGIN IMMEDIATE`` transaction, so concurrent ``salt-run`` processes are
+serialised by SQLite's own lock, and a release commits together with its history row.
+"""
+
+import os
+import sqlite3
+
+import deploytoken_model as model
+
+SCHEMA_VERSION = "1"
+APPLICATION = "deploytoken"
+BUSY_TIMEOUT = 30
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS token (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    holder TEXT NOT NULL, login TEXT, caller TEXT, claim TEXT NOT NULL, since TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    claim TEXT UNIQUE, holder TEXT NOT NULL, login TEXT, caller TEXT, acquired TEXT,
+    released TEXT NOT NULL, duration INTEGER, reason TEXT NOT NULL DEFAULT '',
+    note TEXT NOT NULL DEFAULT '', forced_by TEXT, force_reason TEXT
+);
+"""
+
+_HOLDING_FIELDS = ("holder", "login", "caller", "claim", "since", "reason")
+
+
+class SqliteStore:
+    backend = "sqlite"
+
+    def __init__(self, path):
+        if not path or not os.path.isabs(str(path)):
+            raise model.InputError(
+                f"deploytoken:sqlite:path must be an absolute file path, got {path!r}."
+            )
+        self.path = str(path)
+        self.location = self.path
+
+    # -- the store interface ---------------------------------------------------------------
+
+    def read(self):
+        """The current holding, or None when nobody holds the token."""
+        with self._transaction("DEFERRED") as db:
+            return self._current(db)
+
+    def acquire(self, holding):
+        """Write ``holding`` if nobody holds the token; return whoever holds it afterwards."""
+        with self._transaction("IMMEDIATE") as db:
+            current = self._current(db)
+            if current is not None:
+                return current
+            db.execute(
+                "INSERT INTO token (id, holder, login, caller, claim, since, reason)"
+                " VALUES (1, ?, ?, ?, ?, ?, ?)",
+                [getattr(holding, field) for field in _HOLDING_FIELDS],
+            )
+            return holding
+
+    def release(self, claim, row):
+        """End ``claim`` and append ``row`` to the history, both or neither."""
+        with self._transaction("IMMEDIATE") as db:
+            current = self._current(db)
+            if current is None or current.claim != claim:
+                raise model.ClaimConflict(_conflict_message(claim, current))
+            db.execute("DELETE FROM token WHERE id = 1")
+            db.execute(
+                f"INSERT INTO history ({', '.join(model.HistoryRow.COLUMNS)})"
+                f" VALUES ({', '.join('?' for _ in model.HistoryRow.COLUMNS)})",
+                [getattr(row, column) for column in model.HistoryRow.COLUMNS],
+            )
+            return row
+
+    def history(self, limit):
+        with self._transaction("DEFERRED") as db:
+            rows = db.execute(
+                f"SELECT {', '.join(model.HistoryRow.COLUMNS)} FROM history ORDER BY seq DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [model.HistoryRow(**dict(row)) for row in rows]
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _current(self, db):
+        row = db.execute(f"SELECT {', '.join(_HOLDING_FIELDS)} FROM token WHERE id = 1").fetchone()
+        return model.Holding(**dict(row)) if row else None
+
+    def _transaction(self, mode):
+        return _Transaction(self, mode)
+
+    def _connect(self):
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            raise model.StoreError(
+                f"The token store's folder {directory} does not exist: create it, or set "
+                "deploytoken:sqlite:path to a file in an existing folder."
+            )
+        if os.path.isdir(self.path):
+            raise model.StoreError(f"The token store {self.path} is a folder, not a file: fix deploytoken:sqlite:path.")
+        if os.path.exists(self.path) and not os.access(self.path, os.R_OK | os.W_OK):
+            raise model.StoreError(
+                f"The token store {self.path} cannot be read and written by this user: check its owner and mode."
+            )
+        try:
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise model.StoreError(f"The token store {self.path} cannot be opened: {exc}.") from exc
+        db.row_factory = sqlite3.Row
+        return db
+
+    def _check_schema(self, db):
+        """Create the tables in a new file; refuse a file that is some other database."""
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('application', ?)", (APPLICATION,))
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            return
+        meta = dict(db.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
+        if meta.get("application") != APPLICATION or not {"token", "history"} <= tables:
+            raise model.StoreError(
+                f"The file {self.path} is a SQLite database but not a deploy token store; it was left "
+                "untouched: point deploytoken:sqlite:path at another file."
+            )
+        if meta.get("schema") != SCHEMA_VERSION:
+            raise model.StoreError(
+                f"The token store {self.path} has schema version {meta.get('schema')!r}, this code "
+                f"knows {SCHEMA_VERSION!r}: upgrade deploytoken on the master."
+            )
+
+
+class _Transaction:
+    """``with`` block: one SQLite transaction, every SQLite error turned into a StoreError."""
+
+    def __init__(self, store, mode):
+        self.store = store
+        self.mode = mode
+        self.db = None
+
+    def __enter__(self):
+        try:
+            self.db = self.store._connect()
+            self.store._check_schema(self.db)
+            self.db.execute(f"BEGIN {self.mode}")
+        except sqlite3.Error as exc:
+            self._close()
+            raise _store_error(self.store.path, exc) from exc
+        except BaseException:
+            self._close()
+            raise
+        return self.db
+
+    def __exit__(self, exc_type, exc, traceback):
+        try:
+            if exc_type is None:
+                self.db.execute("COMMIT")
+            elif self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        except sqlite3.Error as error:
+            raise _store_error(self.store.path, error) from error
+        finally:
+            self._close()
+        if isinstance(exc, sqlite3.Error):
+            raise _store_error(self.store.path, exc) from exc
+        return False
+
+    def _close(self):
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+def _store_error(path, exc):
+    text = str(exc)
+    if isinstance(exc, sqlite3.DatabaseError) and (
+        "not a database" in text or "malformed" in text or "encrypted" in text
+    ):
+        return model.StoreError(
+            f"The token store {path} is damaged or not a SQLite file ({text}); it was left untouched: "
+            "restore it from a backup or move it aside to start a new one."
+        )
+    if "locked" in text or "busy" in text:
+        return model.StoreError(
+            f"The token store {path} stayed locked by another process for {BUSY_TIMEOUT} s ({text}); try again."
+        )
+    return model.StoreError(f"The token store {path} could not be used: {text}.")
+
+
+def _conflict_message(claim, current):
+    if current is None:
+        return f"Claim {claim} has already ended: nobody holds the deploy token now."
+    return (
+        f"Claim {claim} has already ended: the deploy token is now held by {current.holder}"
+        f" under claim {current.claim}."
+    )

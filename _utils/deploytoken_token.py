@@ -1,0 +1,296 @@
+"""
+What the runner does with the token, independent of Salt: read the settings, open the configured
+store, and decide acquire / release / status / history, with the sentences people read.
+
+Functions return plain dicts. Refusals carry ``retcode`` 1; bad input and unreadable stores raise
+``deploytoken_model.DeploytokenError`` (a ``SaltException``), which the Salt shells turn into
+``retcode`` 2 and one sentence.
+"""
+
+import os
+import secrets
+import time
+
+import deploytoken_model as model
+import deploytoken_sqlite
+
+try:
+    import deploytoken_google
+except ImportError:  # the Google backend arrives as a separate module; sqlite works without it
+    deploytoken_google = None
+
+BACKENDS = ("sqlite", "google")
+REFUSED = 1
+
+
+def settings(opts):
+    """The ``deploytoken:`` block of the master config (a dict, possibly empty)."""
+    config = opts.get("deploytoken") or {}
+    if not isinstance(config, dict):
+        raise model.InputError("The deploytoken setting in the master config must be a mapping.")
+    return config
+
+
+def open_store(config, cachedir):
+    """The token store named by ``deploytoken:backend`` (``sqlite`` unless told otherwise)."""
+    backend = config.get("backend", "sqlite")
+    if backend == "sqlite":
+        sqlite = config.get("sqlite") or {}
+        path = sqlite.get("path") or os.path.join(cachedir, "deploytoken.sqlite")
+        return deploytoken_sqlite.SqliteStore(path)
+    if backend == "google":
+        if deploytoken_google is None:
+            raise model.InputError("deploytoken:backend is google, but the Google store is not installed.")
+        return deploytoken_google.open_store(config.get("google") or {}, cachedir)
+    raise model.InputError(
+        f"Unknown deploytoken:backend {backend!r}: use one of {', '.join(BACKENDS)} in the master config."
+    )
+
+
+def people_of(config):
+    people = config.get("people") or {}
+    if not isinstance(people, dict):
+        raise model.InputError("deploytoken:people must map login names to display names.")
+    return {str(login): str(name) for login, name in people.items()}
+
+
+def who(login, name, people):
+    """(login of the named person, display name) for a caller, honouring ``name=``."""
+    if name is None or name == "":
+        if not login:
+            raise model.InputError("Cannot tell who is calling: run salt-run as yourself or give name=.")
+        return login, model.check_name(model.display_name(login, people), what="display name for " + login)
+    shown = model.check_name(name)
+    return model.login_for_name(shown, people), shown
+
+
+# ---- status / history -------------------------------------------------------------------------
+
+
+def status(store):
+    holding = store.read()
+    ret = {"held": holding is not None, "backend": store.backend, "store": store.location}
+    if holding is None:
+        ret.update(
+            holder=None,
+            message="Nobody holds the deploy token. Take it with: salt-run deploytoken.acquire reason='...'",
+        )
+        return ret
+    age = model.seconds_between(holding.since, model.isoformat(model.utcnow()))
+    ret.update(holding.to_dict())
+    ret.update(
+        age=model.human_duration(age),
+        age_seconds=age,
+        message=f"The deploy token is held by {_describe(holding, age)}.",
+        release_command="salt-run deploytoken.release note='...'",
+        force_command=_force_command(holding),
+    )
+    return ret
+
+
+def history(store, limit=10):
+    limit = model.check_count(limit, "limit")
+    return [row.to_dict() for row in store.history(limit)]
+
+
+# ---- acquire ----------------------------------------------------------------------------------
+
+
+def acquire(
+    store,
+    caller,
+    people,
+    reason="",
+    name=None,
+    wait=False,
+    timeout=600,
+    interval=10,
+    progress=None,
+    notify=None,
+    sleep=time.sleep,
+    clock=time.monotonic,
+):
+    """Take the token for ``caller`` (a login), or say who holds it.
+
+    With ``wait``, try again every ``interval`` seconds until ``timeout``, telling ``progress``.
+    ``notify(tag, data)`` is called once the token is taken.
+    """
+    reason = model.check_text(reason, "reason")
+    timeout = model.check_seconds(timeout, "timeout")
+    interval = model.check_seconds(interval, "interval", minimum=0.1)
+    login, shown = who(caller, name, people)
+    start = clock()
+    while True:
+        wanted = model.Holding(
+            holder=shown,
+            login=login,
+            caller=caller,
+            claim=secrets.token_hex(8),
+            since=model.isoformat(model.utcnow()),
+            reason=reason,
+        )
+        current = store.acquire(wanted)
+        if current.claim == wanted.claim:
+            if notify:
+                notify("deploytoken/acquired", dict(current.to_dict(), backend=store.backend))
+            return dict(
+                current.to_dict(),
+                acquired=True,
+                changed=True,
+                backend=store.backend,
+                message=f"You hold the deploy token now (claim {current.claim}). "
+                "Give it back with: salt-run deploytoken.release note='...'",
+            )
+        if _is_holder(current, login, shown, caller):
+            return dict(
+                current.to_dict(),
+                acquired=True,
+                changed=False,
+                backend=store.backend,
+                message=f"You already hold the deploy token, since {_when(current.since)} (claim {current.claim}).",
+            )
+        waited = clock() - start
+        age = model.seconds_between(current.since, model.isoformat(model.utcnow()))
+        if not wait or waited >= timeout:
+            if wait:
+                message = (
+                    f"Gave up after waiting {model.human_duration(waited)}: the deploy token is still held by "
+                    f"{_describe(current, age)}. Ask {current.holder} to run salt-run deploytoken.release."
+                )
+            else:
+                message = (
+                    f"Deploy token is held by {_describe(current, age)}. Wait with salt-run "
+                    f"deploytoken.acquire wait=True, or ask {current.holder} to run salt-run deploytoken.release."
+                )
+            return dict(
+                current.to_dict(),
+                acquired=False,
+                changed=False,
+                age_seconds=age,
+                waited_seconds=int(waited),
+                message=message,
+                retcode=REFUSED,
+            )
+        if progress:
+            progress(
+                f"Waiting for the deploy token, held by {_describe(current, age)}; "
+                f"waited {model.human_duration(waited)} of {model.human_duration(timeout)}."
+            )
+        sleep(max(0.0, min(interval, timeout - waited)))
+
+
+# ---- release ----------------------------------------------------------------------------------
+
+
+def release(
+    store,
+    caller,
+    people,
+    note="",
+    name=None,
+    force=False,
+    reason="",
+    claim=None,
+    notify=None,
+):
+    """Give the token back (or, with ``force``, end someone else's claim) and write the history row."""
+    note = model.check_text(note, "note")
+    reason = model.check_text(reason, "reason")
+    if claim is not None:
+        claim = model.check_text(claim, "claim") or None
+    if force and not reason:
+        raise model.InputError(
+            "A forced release needs a reason, e.g. force=True reason='Alice is on holiday, agreed in chat'."
+        )
+    login, shown = who(caller, name, people)
+    current = store.read()
+    if current is None:
+        return {
+            "released": False,
+            "changed": False,
+            "holder": None,
+            "message": "Nobody holds the deploy token: there is nothing to release.",
+            "retcode": REFUSED,
+        }
+    if claim is not None and claim != current.claim:
+        return _stale_claim(claim, current)
+    if not force and not _is_holder(current, login, shown, caller):
+        age = model.seconds_between(current.since, model.isoformat(model.utcnow()))
+        return dict(
+            current.to_dict(),
+            released=False,
+            changed=False,
+            message=(
+                f"You ({shown}) do not hold the deploy token: it is held by {_describe(current, age)}. "
+                f"Ask {current.holder} to run salt-run deploytoken.release, or end the claim with "
+                f"{_force_command(current)}"
+            ),
+            retcode=REFUSED,
+        )
+    released = model.isoformat(model.utcnow())
+    row = model.HistoryRow(
+        claim=current.claim,
+        holder=current.holder,
+        login=current.login,
+        caller=current.caller,
+        acquired=current.since,
+        released=released,
+        duration=model.seconds_between(current.since, released),
+        reason=current.reason,
+        note=note,
+        forced_by=f"{shown} ({caller})" if force else None,
+        force_reason=reason if force else None,
+    )
+    try:
+        store.release(current.claim, row)
+    except model.ClaimConflict as exc:
+        return {"released": False, "changed": False, "message": str(exc), "retcode": REFUSED}
+    if notify:
+        notify("deploytoken/forced" if force else "deploytoken/released", dict(row.to_dict(), backend=store.backend))
+    verb = "Forced the release of" if force else "Released"
+    return dict(
+        row.to_dict(),
+        released=True,
+        changed=True,
+        backend=store.backend,
+        message=f"{verb} the deploy token held by {current.holder} for "
+        f"{model.human_duration(row.duration)}; the history has a new row (claim {row.claim}).",
+    )
+
+
+# ---- sentences --------------------------------------------------------------------------------
+
+
+def _is_holder(holding, login, shown, caller):
+    return model.same_person(holding, login, shown) or (bool(caller) and holding.caller == caller)
+
+
+def _when(since):
+    moment = model.parse_time(since)
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "an unknown time"
+
+
+def _describe(holding, age):
+    who_ = holding.holder
+    if holding.login and holding.login != holding.holder:
+        who_ += f" ({holding.login})"
+    text = f"{who_} since {_when(holding.since)} ({model.human_duration(age)})"
+    if holding.reason:
+        text += f': "{holding.reason}"'
+    return text
+
+
+def _force_command(holding):
+    claim = f" claim={holding.claim}" if holding.claim else ""
+    return f"salt-run deploytoken.release force=True{claim} reason='...'"
+
+
+def _stale_claim(claim, current):
+    return dict(
+        current.to_dict(),
+        released=False,
+        changed=False,
+        message=f"Claim {claim} has already ended: the deploy token is now held by {current.holder} "
+        f"under claim {current.claim}. Nothing was changed.",
+        retcode=REFUSED,
+    )

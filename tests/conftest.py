@@ -1,0 +1,95 @@
+"""
+One real salt-master and one real salt-minion for the whole test session, with ``file_roots``
+pointing at this repository so ``saltutil.sync_all`` brings our extension modules.
+
+Unit tests import the plain-Python core straight from ``_utils/``.
+"""
+
+import logging
+import pathlib
+import shutil
+import sys
+import tempfile
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "_utils"))
+sys.path.insert(0, str(REPO / "tests"))
+
+PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones", "carol": "Carol Díaz"}
+MASTER_ID = "dt-master"
+MINION_ID = "collect-test"
+
+
+def pytest_configure(config):
+    # Salt sets the root logger to TRACE on import; keep pytest's own capture quiet.
+    logging.getLogger().setLevel(logging.WARNING)
+    config.addinivalue_line("markers", "daemons: needs the shared salt-master and salt-minion")
+
+
+@pytest.fixture(scope="session")
+def salt_factories_config():
+    # A short root keeps unix socket paths under the kernel's 108-character limit.
+    root = tempfile.mkdtemp(prefix="dt-salt-", dir="/tmp")
+    yield {"root_dir": root}
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_dir():
+    path = pathlib.Path(tempfile.mkdtemp(prefix="dt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sls_dir(session_dir):
+    """A second file root where tests write their own state files."""
+    path = session_dir / "sls"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def store_path(session_dir):
+    return session_dir / "deploytoken.sqlite"
+
+
+@pytest.fixture(scope="session")
+def master_overrides(sls_dir, store_path, session_dir):
+    return {
+        "file_roots": {"base": [str(REPO), str(sls_dir)]},
+        "pillar_roots": {"base": [str(session_dir / "pillar")]},
+        "deploytoken": {"sqlite": {"path": str(store_path)}, "people": PEOPLE},
+        "log_level_logfile": "info",
+    }
+
+
+@pytest.fixture(scope="session")
+def salt_master(salt_factories, master_overrides, session_dir):
+    (session_dir / "pillar").mkdir(exist_ok=True)
+    master = salt_factories.salt_master_daemon(MASTER_ID, overrides=master_overrides)
+    with master.started():
+        ret = master.salt_run_cli(timeout=120).run("saltutil.sync_all")
+        assert ret.returncode == 0, ret
+        yield master
+
+
+@pytest.fixture(scope="session")
+def salt_minion(salt_master):
+    minion = salt_master.salt_minion_daemon(MINION_ID, overrides={"log_level_logfile": "info"})
+    with minion.started():
+        ret = salt_master.salt_cli(timeout=120).run("saltutil.sync_all", minion_tgt=MINION_ID)
+        assert ret.returncode == 0, ret
+        yield minion
+
+
+@pytest.fixture(scope="session")
+def salt_run(salt_master):
+    return salt_master.salt_run_cli(timeout=120)
+
+
+@pytest.fixture(scope="session")
+def salt_cli(salt_master):
+    return salt_master.salt_cli(timeout=120)
