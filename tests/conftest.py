@@ -8,6 +8,7 @@ Unit tests import the plain-Python core straight from ``_utils/``.
 import logging
 import pathlib
 import shutil
+import sqlite3
 import sys
 import tempfile
 
@@ -96,3 +97,17 @@ def salt_run(salt_master):
 @pytest.fixture(scope="session")
 def salt_cli(salt_master):
     return salt_master.salt_cli(timeout=120)
+
+
+@pytest.fixture
+def free_token(store_path):
+    """The shared master's token is free before and after the test, whatever the test did."""
+
+    def clear():
+        if store_path.exists():
+            with sqlite3.connect(store_path) as db:
+                db.execute("DELETE FROM token")
+
+    clear()
+    yield
+    clear()
