@@ -96,11 +96,18 @@ class SqliteStore:
 
     def _connect(self):
         directory = os.path.dirname(self.path)
-        if not os.path.isdir(directory):
+        try:
+            os.stat(directory)
+        except FileNotFoundError:
             raise model.StoreError(
                 f"The token store's folder {directory} does not exist: create it, or set "
                 "deploytoken:sqlite:path to a file in an existing folder."
-            )
+            ) from None
+        except PermissionError:
+            raise model.StoreError(
+                f"The token store's folder {directory} cannot be reached by this user: check the modes of "
+                "its parent folders."
+            ) from None
         if os.path.isdir(self.path):
             raise model.StoreError(f"The token store {self.path} is a folder, not a file: fix deploytoken:sqlite:path.")
         if os.path.exists(self.path) and not os.access(self.path, os.R_OK | os.W_OK):

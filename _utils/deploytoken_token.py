@@ -56,7 +56,7 @@ def people_of(config):
 
 def who(login, name, people):
     """(login of the named person, display name) for a caller, honouring ``name=``."""
-    if name is None or name == "":
+    if name is None:
         if not login:
             raise model.InputError("Cannot tell who is calling: run salt-run as yourself or give name=.")
         return login, model.check_name(model.display_name(login, people), what="display name for " + login)

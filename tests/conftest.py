@@ -5,6 +5,7 @@ pointing at this repository so ``saltutil.sync_all`` brings our extension module
 Unit tests import the plain-Python core straight from ``_utils/``.
 """
 
+import itertools
 import logging
 import pathlib
 import shutil
@@ -13,6 +14,8 @@ import sys
 import tempfile
 
 import pytest
+import yaml
+from saltfactories.cli.run import SaltRun
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "_utils"))
@@ -97,6 +100,31 @@ def salt_run(salt_master):
 @pytest.fixture(scope="session")
 def salt_cli(salt_master):
     return salt_master.salt_cli(timeout=120)
+
+
+@pytest.fixture(scope="session")
+def salt_run_with(salt_master, session_dir):
+    """``salt_run_with(deploytoken={...})``: a salt-run CLI of the shared master whose ``deploytoken:``
+    settings are replaced (same cachedir, sockets and keys, so events still reach the master)."""
+    counter = itertools.count()
+
+    def make(deploytoken):
+        conf_dir = session_dir / f"conf-{next(counter)}"
+        conf_dir.mkdir()
+        with open(salt_master.config_file) as handle:
+            config = yaml.safe_load(handle)
+        config["deploytoken"] = deploytoken
+        with open(conf_dir / "master", "w") as handle:
+            yaml.safe_dump(config, handle)
+        return SaltRun(
+            script_name=salt_master.factories_manager.get_salt_script_path("salt-run"),
+            config=dict(salt_master.config, conf_file=str(conf_dir / "master")),
+            python_executable=salt_master.python_executable,
+            system_service=False,
+            timeout=120,
+        )
+
+    return make
 
 
 @pytest.fixture
