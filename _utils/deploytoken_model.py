@@ -36,6 +36,16 @@ class ClaimConflict(DeploytokenError):
     """A release or force named a claim that is not the current one."""
 
 
+def claim_ended(claim, current):
+    """The sentence for a release that names a claim which is no longer the current one."""
+    if current is None:
+        return f"Claim {claim} has already ended: nobody holds the deploy token now. Nothing was changed."
+    return (
+        f"Claim {claim} has already ended: the deploy token is now held by {current.holder} "
+        f"under claim {current.claim}. Nothing was changed."
+    )
+
+
 @dataclasses.dataclass
 class Holding:
     """Who holds the token now. ``claim``/``since`` may be unknown for a name typed by hand."""

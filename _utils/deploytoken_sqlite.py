@@ -68,7 +68,7 @@ class SqliteStore:
         with self._transaction("IMMEDIATE") as db:
             current = self._current(db)
             if current is None or current.claim != claim:
-                raise model.ClaimConflict(_conflict_message(claim, current))
+                raise model.ClaimConflict(model.claim_ended(claim, current))
             db.execute("DELETE FROM token WHERE id = 1")
             db.execute(
                 f"INSERT INTO history ({', '.join(model.HistoryRow.COLUMNS)})"
@@ -123,12 +123,23 @@ class SqliteStore:
 
     def _check_schema(self, db):
         """Create the tables in a new file; refuse a file that is some other database."""
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = _tables(db)
         if not tables:
-            db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('application', ?)", (APPLICATION,))
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-            return
+            # Several processes may find the same new file: create it under the write lock, once.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if not _tables(db):
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute(
+                        "INSERT INTO meta VALUES ('application', ?), ('schema', ?)", (APPLICATION, SCHEMA_VERSION)
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            tables = _tables(db)
         meta = dict(db.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
         if meta.get("application") != APPLICATION or not {"token", "history"} <= tables:
             raise model.StoreError(
@@ -140,6 +151,10 @@ class SqliteStore:
                 f"The token store {self.path} has schema version {meta.get('schema')!r}, this code "
                 f"knows {SCHEMA_VERSION!r}: upgrade deploytoken on the master."
             )
+
+
+def _tables(db):
+    return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 class _Transaction:
@@ -197,12 +212,3 @@ def _store_error(path, exc):
             f"The token store {path} stayed locked by another process for {BUSY_TIMEOUT} s ({text}); try again."
         )
     return model.StoreError(f"The token store {path} could not be used: {text}.")
-
-
-def _conflict_message(claim, current):
-    if current is None:
-        return f"Claim {claim} has already ended: nobody holds the deploy token now."
-    return (
-        f"Claim {claim} has already ended: the deploy token is now held by {current.holder}"
-        f" under claim {current.claim}."
-    )

@@ -204,6 +204,8 @@ def release(
         )
     login, shown = who(caller, name, people)
     current = store.read()
+    if claim is not None and (current is None or claim != current.claim):
+        return {"released": False, "changed": False, "message": model.claim_ended(claim, current), "retcode": REFUSED}
     if current is None:
         return {
             "released": False,
@@ -212,8 +214,6 @@ def release(
             "message": "Nobody holds the deploy token: there is nothing to release.",
             "retcode": REFUSED,
         }
-    if claim is not None and claim != current.claim:
-        return _stale_claim(claim, current)
     if not force and not _is_holder(current, login, shown, caller):
         age = model.seconds_between(current.since, model.isoformat(model.utcnow()))
         return dict(
@@ -283,14 +283,3 @@ def _describe(holding, age):
 def _force_command(holding):
     claim = f" claim={holding.claim}" if holding.claim else ""
     return f"salt-run deploytoken.release force=True{claim} reason='...'"
-
-
-def _stale_claim(claim, current):
-    return dict(
-        current.to_dict(),
-        released=False,
-        changed=False,
-        message=f"Claim {claim} has already ended: the deploy token is now held by {current.holder} "
-        f"under claim {current.claim}. Nothing was changed.",
-        retcode=REFUSED,
-    )
