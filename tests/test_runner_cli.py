@@ -1,0 +1,162 @@
+"""``salt-run deploytoken.*`` end to end: the real salt-run CLI against the shared real salt-master."""
+
+import concurrent.futures
+import threading
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.daemons, pytest.mark.usefixtures("free_token")]
+
+
+def as_user(salt_run, login, *args, **kwargs):
+    return salt_run.run(*args, env={"SUDO_USER": login}, **kwargs)
+
+
+def in_parallel(salt_master, login, *args):
+    """A CLI factory runs one process at a time: each concurrent call gets its own."""
+    return as_user(salt_master.salt_run_cli(timeout=120), login, *args)
+
+
+def test_full_cycle_through_the_cli(salt_run):
+    taken = as_user(salt_run, "alice", "deploytoken.acquire", "reason=upgrade postgres")
+    assert taken.returncode == 0, taken
+    assert taken.data["holder"] == "Alice Smith" and taken.data["login"] == "alice" and taken.data["changed"]
+
+    refused = as_user(salt_run, "bob", "deploytoken.acquire", "reason=my turn")
+    assert refused.returncode == 1, refused
+    assert refused.data["message"].startswith("Deploy token is held by Alice Smith (alice) since ")
+    assert '"upgrade postgres"' in refused.data["message"]
+
+    again = as_user(salt_run, "alice", "deploytoken.acquire")
+    assert again.returncode == 0 and again.data["changed"] is False and again.data["claim"] == taken.data["claim"]
+
+    status = as_user(salt_run, "carol", "deploytoken.status")
+    assert status.returncode == 0
+    assert status.data["holder"] == "Alice Smith" and status.data["claim"] == taken.data["claim"]
+    assert status.data["backend"] == "sqlite" and status.data["since"].endswith("Z")
+    assert status.data["force_command"] == f"salt-run deploytoken.release force=True claim={taken.data['claim']} reason='...'"
+
+    not_holder = as_user(salt_run, "bob", "deploytoken.release")
+    assert not_holder.returncode == 1
+    assert not_holder.data["message"].startswith("You (Bob Jones) do not hold the deploy token")
+
+    given = as_user(salt_run, "alice", "deploytoken.release", "note=rebooted kingfisher-main")
+    assert given.returncode == 0 and given.data["released"], given
+
+    history = as_user(salt_run, "bob", "deploytoken.history", "limit=1")
+    assert history.returncode == 0
+    (row,) = history.data
+    assert row["claim"] == taken.data["claim"] and row["note"] == "rebooted kingfisher-main"
+    assert row["holder"] == "Alice Smith" and row["reason"] == "upgrade postgres" and row["duration"] >= 0
+
+
+def test_force_release_is_recorded(salt_run):
+    taken = as_user(salt_run, "alice", "deploytoken.acquire")
+    forced = as_user(salt_run, "bob", "deploytoken.release", "force=True", "reason=Alice is on holiday")
+    assert forced.returncode == 0, forced
+    (row,) = as_user(salt_run, "bob", "deploytoken.history", "limit=1").data
+    assert row["claim"] == taken.data["claim"]
+    assert row["forced_by"] == "Bob Jones (bob)" and row["force_reason"] == "Alice is on holiday"
+    stale = as_user(salt_run, "bob", "deploytoken.release", "force=True", f"claim={taken.data['claim']}", "reason=x")
+    assert stale.returncode == 1 and "has already ended" in stale.data["message"]
+
+
+def test_wait_succeeds_when_released_during_the_wait(salt_run, salt_master, event_listener):
+    as_user(salt_run, "alice", "deploytoken.acquire")
+    start = time.time()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(in_parallel, salt_master, "bob", "deploytoken.acquire", "wait=True", "interval=1", "timeout=90")
+        progress = event_listener.wait_for_events([(salt_master.id, "salt/run/*/progress")], after_time=start)
+        assert progress.found_all_events
+        assert "held by Alice Smith" in next(iter(progress)).data["message"]
+        released = as_user(salt_run, "alice", "deploytoken.release")
+        assert released.returncode == 0
+        taken = waiting.result(timeout=120)
+    assert taken.returncode == 0, taken
+    assert taken.data["holder"] == "Bob Jones"
+
+
+def test_wait_times_out_with_exit_status_1(salt_run):
+    as_user(salt_run, "alice", "deploytoken.acquire")
+    refused = as_user(salt_run, "bob", "deploytoken.acquire", "wait=True", "timeout=2", "interval=0.5")
+    assert refused.returncode == 1
+    assert refused.data["message"].startswith("Gave up after waiting 2 s: the deploy token is still held by Alice")
+
+
+def test_events_on_the_master_bus(salt_run, salt_master, event_listener):
+    start = time.time()
+    taken = as_user(salt_run, "alice", "deploytoken.acquire", "reason=events")
+    as_user(salt_run, "alice", "deploytoken.release", "note=n1")
+    as_user(salt_run, "alice", "deploytoken.acquire")
+    as_user(salt_run, "bob", "deploytoken.release", "force=True", "reason=r2")
+    tags = ["deploytoken/acquired", "deploytoken/released", "deploytoken/forced"]
+    events = event_listener.wait_for_events([(salt_master.id, tag) for tag in tags], after_time=start)
+    assert events.found_all_events, events.missed
+    by_tag = {event.tag: event.data for event in events}
+    assert by_tag["deploytoken/acquired"]["claim"] == taken.data["claim"]
+    assert by_tag["deploytoken/acquired"]["reason"] == "events"
+    assert by_tag["deploytoken/released"]["note"] == "n1" and by_tag["deploytoken/released"]["login"] == "alice"
+    assert by_tag["deploytoken/forced"]["forced_by"] == "Bob Jones (bob)"
+
+
+def test_concurrent_cli_acquires_have_one_winner(salt_master):
+    logins = ["alice", "bob", "carol", "dave", "erin", "frank"]
+    barrier = threading.Barrier(len(logins))
+
+    def attempt(login):
+        barrier.wait()
+        return login, in_parallel(salt_master, login, "deploytoken.acquire")
+
+    with concurrent.futures.ThreadPoolExecutor(len(logins)) as pool:
+        results = list(pool.map(attempt, logins))
+    winners = [login for login, ret in results if ret.returncode == 0]
+    assert len(winners) == 1, results
+    assert all(ret.returncode == 1 for login, ret in results if login not in winners)
+
+
+@pytest.mark.parametrize(
+    "args, sentence",
+    [
+        (["name=Nobody"], "The name cannot be 'Nobody'"),
+        (["name=Alice\tSmith"], "contains a control character or line break"),
+        (["name=" + "x" * 81], "81 characters long; at most 80"),
+        (["name=   "], "The name is empty"),
+        (["wait=True", "timeout=soon"], "The timeout must be a number of seconds, at least 0; got 'soon'"),
+        (["wait=True", "timeout=-5"], "The timeout must be a number of seconds, at least 0; got -5"),
+        (["wait=maybe"], "wait must be True or False, got 'maybe'"),
+    ],
+)
+def test_bad_acquire_input_exits_2_and_changes_nothing(salt_run, store_path, args, sentence):
+    as_user(salt_run, "alice", "deploytoken.acquire", "reason=keep")
+    before = store_path.read_bytes()
+    ret = as_user(salt_run, "bob", "deploytoken.acquire", *args)
+    assert ret.returncode == 2, ret
+    assert sentence in ret.data["error"]
+    assert "Traceback" not in ret.stdout + ret.stderr
+    assert store_path.read_bytes() == before
+
+
+@pytest.mark.parametrize("limit", ["ten", "-1"])
+def test_bad_history_limit_exits_2(salt_run, limit):
+    ret = salt_run.run("deploytoken.history", f"limit={limit}")
+    assert ret.returncode == 2
+    assert ret.data["error"].startswith("The limit must be a whole number, at least 1")
+
+
+def test_unknown_backend_exits_2(salt_run_with):
+    ret = salt_run_with({"backend": "etcd"}).run("deploytoken.status")
+    assert ret.returncode == 2
+    assert ret.data == {
+        "error": "Unknown deploytoken:backend 'etcd': use one of sqlite, google in the master config.",
+        "retcode": 2,
+    }
+
+
+def test_corrupt_store_is_named_and_left_untouched(salt_run_with, session_dir):
+    path = session_dir / "corrupt.sqlite"
+    path.write_bytes(b"not a database" * 512)
+    ret = salt_run_with({"sqlite": {"path": str(path)}}).run("deploytoken.acquire", env={"SUDO_USER": "alice"})
+    assert ret.returncode == 2
+    assert ret.data["error"].startswith(f"The token store {path} is damaged or not a SQLite file")
+    assert path.read_bytes() == b"not a database" * 512
