@@ -35,7 +35,8 @@ def test_full_cycle_through_the_cli(salt_run):
     assert status.returncode == 0
     assert status.data["holder"] == "Alice Smith" and status.data["claim"] == taken.data["claim"]
     assert status.data["backend"] == "sqlite" and status.data["since"].endswith("Z")
-    assert status.data["force_command"] == f"salt-run deploytoken.release force=True claim={taken.data['claim']} reason='...'"
+    claim = taken.data["claim"]
+    assert status.data["force_command"] == f"salt-run deploytoken.release force=True claim={claim} reason='...'"
 
     not_holder = as_user(salt_run, "bob", "deploytoken.release")
     assert not_holder.returncode == 1
@@ -66,7 +67,8 @@ def test_wait_succeeds_when_released_during_the_wait(salt_run, salt_master, even
     as_user(salt_run, "alice", "deploytoken.acquire")
     start = time.time()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        waiting = pool.submit(in_parallel, salt_master, "bob", "deploytoken.acquire", "wait=True", "interval=1", "timeout=90")
+        args = ("deploytoken.acquire", "wait=True", "interval=1", "timeout=90")
+        waiting = pool.submit(in_parallel, salt_master, "bob", *args)
         progress = event_listener.wait_for_events([(salt_master.id, "salt/run/*/progress")], after_time=start)
         assert progress.found_all_events
         assert "held by Alice Smith" in next(iter(progress)).data["message"]
