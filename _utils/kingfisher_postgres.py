@@ -1,0 +1,165 @@
+"""
+Long-running client queries in PostgreSQL, read from pg_stat_activity.
+
+Root cannot log in as ``postgres`` by peer authentication, so the query runs in a forked child
+switched to the ``postgres`` system user (``runas``) that connects over the local socket, which is
+what a person does with ``sudo -u postgres psql``. Forking (rather than starting a program as that
+user) needs no file the postgres user can read, and runs no shell; the child sends its answer back
+as JSON through a pipe. Values reach SQL only as query parameters.
+
+A role without superuser or ``pg_read_all_stats`` sees other sessions as ``<insufficient
+privilege>`` and would find no long query at all; that is an error here, never "none".
+"""
+
+import json
+import math
+import os
+import pwd
+import re
+import select
+import signal
+
+from kingfisher_errors import InputError, SourceError
+
+try:
+    import psycopg
+except ImportError:  # reported as a clear error when PostgreSQL is checked
+    psycopg = None
+
+TIMEOUT = 30
+QUERY_START = 200
+LEADING_COMMENT = re.compile(r"^\s*(?:/\*(.*?)\*/|--([^\n]*))", re.S)
+
+SQL_ALLOWED = (
+    "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')"
+    " FROM pg_roles WHERE rolname = current_user"
+)
+SQL_LONG = (
+    "SELECT pid, usename, host(client_addr), application_name,"
+    " EXTRACT(EPOCH FROM now() - query_start)::float8, query"
+    " FROM pg_stat_activity"
+    " WHERE state = 'active' AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    " AND query_start < now() - make_interval(secs => %s)"
+    " ORDER BY query_start"
+)
+
+
+def check_threshold(threshold):
+    """The threshold in seconds as a float (0 or more), or InputError."""
+    try:
+        if isinstance(threshold, bool):
+            raise ValueError
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not math.isfinite(value) or value < 0:
+        raise InputError(f"The threshold must be a number of seconds, 0 or more; got {threshold!r}.")
+    return value
+
+
+def check_port(port):
+    try:
+        value = int(port)
+    except (TypeError, ValueError):
+        value = 0
+    if isinstance(port, bool) or not 0 < value < 65536 or str(value) != str(port).strip():
+        raise InputError(f"The PostgreSQL port must be a number from 1 to 65535; got {port!r}.")
+    return value
+
+
+def leading_comment(query):
+    """The comment a person put at the start of a query (``/* ... */`` or ``-- ...``), without markers."""
+    match = LEADING_COMMENT.match(query or "")
+    if not match:
+        return None
+    return (match.group(1) if match.group(1) is not None else match.group(2)).strip()
+
+
+def report(rows):
+    """pg_stat_activity rows (pid, usename, client_addr, application_name, seconds, query) as dicts."""
+    return [
+        {
+            "pid": pid,
+            "usename": usename,
+            "client_addr": client_addr,
+            "application_name": application_name,
+            "duration": int(seconds),
+            "comment": leading_comment(query),
+            "query": " ".join((query or "").split())[:QUERY_START],
+        }
+        for pid, usename, client_addr, application_name, seconds, query in rows
+    ]
+
+
+def _fetch(params):
+    """Connect and read; the answer is plain JSON-able data, errors included, so a child can send it."""
+    if psycopg is None:
+        return {"error": "the Python package psycopg is not installed on this minion."}
+    try:
+        with psycopg.connect(host=params["host"], port=params["port"], user=params["user"],
+                             dbname=params["dbname"], connect_timeout=10, autocommit=True) as conn:
+            if not conn.execute(SQL_ALLOWED).fetchone()[0]:
+                return {"privilege": False}
+            return {"rows": [list(row) for row in conn.execute(SQL_LONG, (params["threshold"],))]}
+    except psycopg.Error as exc:
+        lines = str(exc).strip().splitlines()
+        return {"error": lines[0] if lines else type(exc).__name__}
+
+
+def _fetch_as(params, runas):
+    """``_fetch`` in a forked child switched to the system user ``runas`` (when we are root)."""
+    if not runas or os.geteuid() != 0:
+        return _fetch(params)
+    try:
+        entry = pwd.getpwnam(runas)
+    except KeyError:
+        raise InputError(f"There is no system user {runas!r} to connect to PostgreSQL as.") from None
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to runas, answer through the pipe, never return
+        status = 1
+        try:
+            os.close(read_fd)
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            try:
+                answer = _fetch(params)
+            except Exception as exc:  # noqa: BLE001 - any failure must reach the parent as a sentence
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            with os.fdopen(write_fd, "w") as out:
+                json.dump(answer, out)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        ready = select.select([pipe], [], [], TIMEOUT)[0]
+        text = pipe.read() if ready else None
+    if text is None:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    if text is None:
+        raise SourceError(f"PostgreSQL did not answer within {TIMEOUT} seconds.")
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise SourceError(f"PostgreSQL could not be queried as the {runas} user.") from None
+
+
+def long_queries(threshold=3600, socket_dir="/var/run/postgresql", port=5432, user="postgres",
+                 runas="postgres", dbname="postgres"):
+    """``{"threshold", "queries": [...]}``: active client queries older than ``threshold`` seconds."""
+    threshold = check_threshold(threshold)
+    params = {"host": str(socket_dir), "port": check_port(port), "user": str(user), "dbname": str(dbname),
+              "threshold": threshold}
+    answer = _fetch_as(params, runas)
+    where = f"PostgreSQL at {socket_dir} port {params['port']}"
+    if "error" in answer:
+        raise SourceError(f"{where} cannot be queried: {answer['error']}")
+    if answer.get("privilege") is False:
+        raise SourceError(
+            f"Role {user!r} cannot see other sessions' queries in {where} (it needs superuser or "
+            "pg_read_all_stats), so long queries cannot be ruled out."
+        )
+    return {"threshold": threshold, "queries": report(answer["rows"])}

@@ -1,0 +1,121 @@
+"""
+Scrapyd's running and pending jobs, read through its JSON API (Scrapyd 1.2 to 1.6), and crawl
+processes that run on this machine although Scrapyd does not list them.
+
+Jobs are read per project (``listprojects.json``, then ``listjobs.json?project=``), which every
+version from 1.2 on answers. Scrapyd reports errors as HTTP 200 with ``"status": "error"``, so
+every answer's ``status`` is checked. Credentials are only sent, never logged nor returned.
+"""
+
+import datetime
+import time
+import urllib.parse
+
+import requests
+
+import kingfisher_proc as proc
+from kingfisher_errors import InputError, SourceError
+
+TIMEOUT = 10
+
+
+def check_url(url):
+    """``url`` as Scrapyd's base URL without a trailing slash, or InputError."""
+    parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    try:
+        port_ok = parsed is not None and (parsed.port is None or parsed.port > 0)
+    except ValueError:
+        port_ok = False
+    if (
+        parsed is None
+        or parsed.scheme not in ("http", "https")
+        or not parsed.hostname
+        or not port_ok
+        or parsed.query
+        or parsed.fragment
+        or any(char.isspace() for char in url)
+    ):
+        raise InputError(f"The Scrapyd URL {url!r} is not valid: give one like http://localhost:6800.")
+    return url.rstrip("/")
+
+
+def _call(url, endpoint, auth, params=None):
+    where = f"Scrapyd at {url}"
+    try:
+        response = requests.get(f"{url}/{endpoint}", params=params, auth=auth, timeout=TIMEOUT)
+    except requests.RequestException as exc:
+        raise SourceError(f"{where} cannot be reached: {type(exc).__name__}.") from None
+    if response.status_code == 401:
+        raise SourceError(f"{where} refused the username and password (HTTP 401): check kingfisher:scrapyd.")
+    if response.status_code != 200:
+        raise SourceError(f"{where} answered {endpoint} with HTTP {response.status_code}.")
+    try:
+        data = response.json()
+    except ValueError:
+        kind = response.headers.get("Content-Type", "unknown type")
+        raise SourceError(f"{where} answered {endpoint} with {kind}, not JSON: is the URL Scrapyd's?") from None
+    if not isinstance(data, dict) or data.get("status") != "ok":
+        message = data.get("message", "no message") if isinstance(data, dict) else "not an object"
+        raise SourceError(f"{where} answered {endpoint} with an error: {str(message).strip()}.")
+    return data
+
+
+def _started(text):
+    """Scrapyd's start_time (local time, no zone) as an aware datetime, or None."""
+    try:
+        return datetime.datetime.fromisoformat(str(text)).astimezone()
+    except ValueError:
+        return None
+
+
+def jobs(url, username=None, password=None, now=None):
+    """``{"url", "running": [...], "pending": [...]}`` across all projects; SourceError when unreadable."""
+    url = check_url(url)
+    auth = (username, password or "") if username else None
+    now = datetime.datetime.now().astimezone() if now is None else now
+    running, pending = [], []
+    for project in _call(url, "listprojects.json", auth).get("projects", []):
+        listed = _call(url, "listjobs.json", auth, params={"project": project})
+        for job in listed.get("running", []):
+            started = _started(job.get("start_time"))
+            running.append({
+                "project": project,
+                "spider": job.get("spider"),
+                "job": job.get("id"),
+                "pid": job.get("pid"),
+                "started": started.isoformat(timespec="seconds") if started else None,
+                "running_for": int((now - started).total_seconds()) if started else None,
+            })
+        for job in listed.get("pending", []):
+            pending.append({"project": project, "spider": job.get("spider"), "job": job.get("id")})
+    return {"url": url, "running": running, "pending": pending}
+
+
+def crawl_processes():
+    """Every ``scrapyd.runner crawl`` process on this machine: pid, spider, job, started, running for."""
+    found = []
+    now = time.time()
+    for pid in proc.pids():
+        try:
+            args = proc.cmdline(pid)
+            if "scrapyd.runner" not in args or "crawl" not in args:
+                continue
+            start = proc.started(pid)
+        except OSError:
+            continue  # the process ended while we looked
+        spider = args[args.index("crawl") + 1] if args.index("crawl") + 1 < len(args) else None
+        job = next((arg.split("=", 1)[1] for arg in args if arg.startswith("_job=")), None)
+        found.append({
+            "pid": pid,
+            "spider": spider,
+            "job": job,
+            "started": datetime.datetime.fromtimestamp(start).astimezone().isoformat(timespec="seconds"),
+            "running_for": proc.seconds_since(start, now),
+        })
+    return found
+
+
+def unlisted(listed_pids):
+    """Crawl processes whose pid Scrapyd does not list (all of them when Scrapyd could not be read)."""
+    listed = set(listed_pids or ())
+    return [crawl for crawl in crawl_processes() if crawl["pid"] not in listed]

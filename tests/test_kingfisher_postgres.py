@@ -1,0 +1,103 @@
+"""long_queries against a real PostgreSQL 15 cluster (see kingfisher_fixtures.pg_cluster)."""
+
+import time
+
+import pytest
+
+import kingfisher_postgres
+from kingfisher_errors import InputError, SourceError
+
+SLEEP = "SELECT pg_sleep(600)"
+
+
+def long_queries(cluster, **kwargs):
+    return kingfisher_postgres.long_queries(socket_dir=cluster.socket_dir, port=cluster.port, **kwargs)
+
+
+def test_long_queries_name_their_owners(pg_cluster, pg_query):
+    tcp = pg_query(f"/* alice: reindex */ {SLEEP}", user="alice", tcp=True)
+    local = pg_query(f"-- bob: vacuum full\n{SLEEP}", user="bob")
+    idle = pg_query("SELECT 1", user="bob", idle_in_transaction=True)
+    time.sleep(1.2)
+    report = long_queries(pg_cluster, threshold=1)
+    found = {query["pid"]: query for query in report["queries"]}
+    assert set(found) == {tcp, local}, "the idle-in-transaction session is not a long query"
+    assert idle not in found
+    alice = found[tcp]
+    assert alice["usename"] == "alice" and alice["client_addr"] == "127.0.0.1"
+    assert alice["comment"] == "alice: reindex" and alice["query"] == "/* alice: reindex */ SELECT pg_sleep(600)"
+    assert alice["duration"] >= 1
+    bob = found[local]
+    assert bob["usename"] == "bob" and bob["client_addr"] is None and bob["comment"] == "bob: vacuum full"
+    assert report["threshold"] == 1
+
+
+def test_queries_younger_than_the_threshold_are_not_reported(pg_cluster, pg_query):
+    pid = pg_query(SLEEP, user="alice")
+    assert pid not in [query["pid"] for query in long_queries(pg_cluster, threshold=3600)["queries"]]
+
+
+def test_parallel_workers_are_not_counted_twice(pg_cluster, pg_query):
+    with pg_cluster.connect(autocommit=True) as admin:
+        admin.execute("CREATE TABLE IF NOT EXISTS big AS SELECT generate_series(1, 300000) AS n")
+        admin.execute("ANALYZE big")
+    sql = ("SET max_parallel_workers_per_gather = 2; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;"
+           " SET min_parallel_table_scan_size = 0;"
+           " SELECT count(*) FROM big WHERE n > 0 AND pg_sleep(0.01) IS NOT NULL")
+    pid = pg_query(sql, user="postgres")
+    time.sleep(1.2)
+    with pg_cluster.connect(autocommit=True) as admin:
+        workers = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE leader_pid = %s AND pid <> %s",
+                                (pid, pid)).fetchone()[0]
+    assert workers > 0, "the test query should run with parallel workers"
+    report = long_queries(pg_cluster, threshold=1)
+    assert [query["pid"] for query in report["queries"]] == [pid]
+
+
+def test_unprivileged_role_is_an_error_not_none(pg_cluster, pg_query):
+    pg_query(f"/* alice: reindex */ {SLEEP}", user="alice")
+    with pytest.raises(SourceError, match=r"Role 'dtkmonitor' cannot see other sessions' queries .*pg_read_all_stats"):
+        long_queries(pg_cluster, threshold=0, user="dtkmonitor")
+
+
+def test_connecting_without_switching_user_works_too(pg_cluster, pg_query):
+    pid = pg_query(f"/* alice: reindex */ {SLEEP}", user="alice")
+    time.sleep(1.2)
+    assert pid in [query["pid"] for query in long_queries(pg_cluster, threshold=1, runas="")["queries"]]
+
+
+def test_server_down_is_a_source_error(pg_cluster):
+    with pytest.raises(SourceError, match=r"^PostgreSQL at /tmp/nowhere port 1 cannot be queried: "):
+        kingfisher_postgres.long_queries(socket_dir="/tmp/nowhere", port=1)
+
+
+@pytest.mark.parametrize("threshold", ["abc", -1, "-5", float("nan"), None, True, "1h"])
+def test_bad_threshold_is_refused(threshold):
+    with pytest.raises(InputError) as info:
+        kingfisher_postgres.long_queries(threshold=threshold)
+    assert str(info.value) == f"The threshold must be a number of seconds, 0 or more; got {threshold!r}."
+
+
+@pytest.mark.parametrize("port", ["abc", 0, 70000, "5432; ls"])
+def test_bad_port_is_refused(port):
+    with pytest.raises(InputError, match=r"^The PostgreSQL port must be a number from 1 to 65535; got "):
+        kingfisher_postgres.long_queries(port=port)
+
+
+def test_unknown_runas_user_is_refused():
+    with pytest.raises(InputError, match="^There is no system user 'dtk-nobody' to connect to PostgreSQL as.$"):
+        kingfisher_postgres.long_queries(runas="dtk-nobody")
+
+
+@pytest.mark.parametrize(
+    "query, comment",
+    [
+        ("/* alice: reindex */ SELECT 1", "alice: reindex"),
+        ("  -- bob: vacuum\nSELECT 1", "bob: vacuum"),
+        ("/* multi\nline */ SELECT 1", "multi\nline"),
+        ("SELECT 1 /* late */", None),
+        ("", None),
+    ],
+)
+def test_leading_comment(query, comment):
+    assert kingfisher_postgres.leading_comment(query) == comment

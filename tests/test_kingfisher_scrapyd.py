@@ -1,0 +1,100 @@
+"""scrapyd_jobs against a real Scrapyd with a real spider (see kingfisher_fixtures.scrapyd_busy)."""
+
+import contextlib
+import http.server
+import json
+import threading
+
+import pytest
+
+import kingfisher_busy
+import kingfisher_scrapyd
+from kingfisher_errors import InputError, SourceError
+
+
+@contextlib.contextmanager
+def answering(body, content_type):
+    """A one-endpoint web server on 127.0.0.1 that answers every GET with ``body``."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_running_and_pending_jobs_are_listed(scrapyd_busy):
+    report = kingfisher_scrapyd.jobs(scrapyd_busy.url, scrapyd_busy.username, scrapyd_busy.password)
+    (running,) = report["running"]
+    assert running["job"] == scrapyd_busy.running and running["pid"] == scrapyd_busy.pid
+    assert running["project"] == "dtkproject" and running["spider"] == "sleeper"
+    assert running["running_for"] >= 0 and running["started"]
+    assert report["pending"] == [{"project": "dtkproject", "spider": "sleeper", "job": scrapyd_busy.pending}]
+    assert scrapyd_busy.password not in json.dumps(report)
+
+
+def test_listed_crawl_is_not_reported_as_unlisted(scrapyd_busy):
+    assert scrapyd_busy.pid in [crawl["pid"] for crawl in kingfisher_scrapyd.crawl_processes()]
+    assert scrapyd_busy.pid not in [crawl["pid"] for crawl in kingfisher_scrapyd.unlisted([scrapyd_busy.pid])]
+
+
+def test_wrong_password_is_a_clear_error(scrapyd_busy):
+    with pytest.raises(SourceError) as info:
+        kingfisher_scrapyd.jobs(scrapyd_busy.url, scrapyd_busy.username, "wrong")
+    assert str(info.value) == (
+        f"Scrapyd at {scrapyd_busy.url} refused the username and password (HTTP 401): check kingfisher:scrapyd."
+    )
+
+
+def test_stopped_scrapyd_is_unknown_and_its_orphaned_crawl_is_reported(make_scrapyd):
+    server = make_scrapyd(jobs=1)
+    server.kill()
+    with pytest.raises(SourceError, match=rf"^Scrapyd at {server.url} cannot be reached: ConnectionError\.$"):
+        kingfisher_scrapyd.jobs(server.url, server.username, server.password)
+    report = kingfisher_busy.read_scrapyd(server.url, server.username, server.password)
+    assert report["status"] == "unknown"
+    orphan = next(crawl for crawl in report["unlisted"] if crawl["pid"] == server.pid)
+    assert orphan["spider"] == "sleeper" and orphan["job"] == server.running
+    decided = kingfisher_busy.decide({"scrapyd": report})
+    assert decided["busy"] is True and decided["sources"]["scrapyd"]["status"] == "busy"
+    assert decided["reasons"][0].startswith("scrapyd cannot be read, so it counts as busy: Scrapyd at ")
+    assert f"Crawl process {server.pid} of spider sleeper (job {server.running})" in " ".join(decided["reasons"])
+
+
+def test_html_answer_is_a_clear_error():
+    with answering("<html><body>Welcome</body></html>", "text/html") as url:
+        with pytest.raises(SourceError) as info:
+            kingfisher_scrapyd.jobs(url)
+    assert str(info.value) == (
+        f"Scrapyd at {url} answered listprojects.json with text/html, not JSON: is the URL Scrapyd's?"
+    )
+
+
+def test_status_error_answer_is_a_clear_error():
+    body = json.dumps({"status": "error", "message": "project 'x' not found"})
+    with answering(body, "application/json") as url:
+        with pytest.raises(SourceError) as info:
+            kingfisher_scrapyd.jobs(url)
+    assert str(info.value) == f"Scrapyd at {url} answered listprojects.json with an error: project 'x' not found."
+
+
+@pytest.mark.parametrize(
+    "url", ["localhost:6800", "ftp://localhost:6800", "http://", "http://host:port", "http://a b", "http://h/?q=1", 5]
+)
+def test_malformed_url_is_refused(url):
+    with pytest.raises(InputError) as info:
+        kingfisher_scrapyd.jobs(url)
+    assert str(info.value) == f"The Scrapyd URL {url!r} is not valid: give one like http://localhost:6800."
