@@ -35,6 +35,16 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "daemons: needs the shared salt-master and salt-minion")
 
 
+def pytest_unconfigure(config):
+    # Salt queues log records in a deferred handler and prints them at exit, after pytest has closed
+    # the streams: drop them so the run ends on pytest's summary.
+    from salt._logging.handlers import DeferredStreamHandler
+
+    for handler in logging.root.handlers:
+        if isinstance(handler, DeferredStreamHandler):
+            handler.sync_with_handlers(())
+
+
 @pytest.fixture(scope="session")
 def salt_factories_config():
     # A short root keeps unix socket paths under the kernel's 108-character limit.
