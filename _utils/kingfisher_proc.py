@@ -32,6 +32,10 @@ def started(pid):
     return _boot_time() + int(_stat_fields(pid)[19]) / _TICKS
 
 
+def parent(pid):
+    return int(_stat_fields(pid)[1])
+
+
 def foreground_pid(pid):
     """The leader of the foreground process group on ``pid``'s terminal (``pid`` itself without one)."""
     tpgid = int(_stat_fields(pid)[5])

@@ -91,8 +91,19 @@ def jobs(url, username=None, password=None, now=None):
     return {"url": url, "running": running, "pending": pending}
 
 
+def _launched_by_scrapyd(pid):
+    """Whether ``pid``'s parent is a live Scrapyd (which lists its own crawls), not init after a crash."""
+    try:
+        return any("scrapyd" in arg for arg in proc.cmdline(proc.parent(pid)))
+    except OSError:
+        return False
+
+
 def crawl_processes():
-    """Every ``scrapyd.runner crawl`` process on this machine: pid, spider, job, started, running for."""
+    """
+    Every ``scrapyd.runner crawl`` process on this machine: pid, spider, job, started, running for,
+    and ``orphaned`` when no Scrapyd is its parent any more.
+    """
     found = []
     now = time.time()
     for pid in proc.pids():
@@ -103,19 +114,22 @@ def crawl_processes():
             start = proc.started(pid)
         except OSError:
             continue  # the process ended while we looked
-        spider = args[args.index("crawl") + 1] if args.index("crawl") + 1 < len(args) else None
-        job = next((arg.split("=", 1)[1] for arg in args if arg.startswith("_job=")), None)
+        after = args.index("crawl") + 1
         found.append({
             "pid": pid,
-            "spider": spider,
-            "job": job,
+            "spider": args[after] if after < len(args) else None,
+            "job": next((arg.split("=", 1)[1] for arg in args if arg.startswith("_job=")), None),
             "started": datetime.datetime.fromtimestamp(start).astimezone().isoformat(timespec="seconds"),
             "running_for": proc.seconds_since(start, now),
+            "orphaned": not _launched_by_scrapyd(pid),
         })
     return found
 
 
 def unlisted(listed_pids):
-    """Crawl processes whose pid Scrapyd does not list (all of them when Scrapyd could not be read)."""
+    """
+    Crawl processes that Scrapyd does not list: not among ``listed_pids`` and no longer launched by
+    a live Scrapyd (a crawl whose parent is another Scrapyd on this machine is that one's job).
+    """
     listed = set(listed_pids or ())
-    return [crawl for crawl in crawl_processes() if crawl["pid"] not in listed]
+    return [crawl for crawl in crawl_processes() if crawl["pid"] not in listed and crawl["orphaned"]]

@@ -46,9 +46,10 @@ def test_running_and_pending_jobs_are_listed(scrapyd_busy):
     assert scrapyd_busy.password not in json.dumps(report)
 
 
-def test_listed_crawl_is_not_reported_as_unlisted(scrapyd_busy):
-    assert scrapyd_busy.pid in [crawl["pid"] for crawl in kingfisher_scrapyd.crawl_processes()]
-    assert scrapyd_busy.pid not in [crawl["pid"] for crawl in kingfisher_scrapyd.unlisted([scrapyd_busy.pid])]
+def test_crawl_of_a_live_scrapyd_is_not_reported_as_unlisted(scrapyd_busy):
+    crawl = next(crawl for crawl in kingfisher_scrapyd.crawl_processes() if crawl["pid"] == scrapyd_busy.pid)
+    assert crawl["orphaned"] is False and crawl["job"] == scrapyd_busy.running
+    assert scrapyd_busy.pid not in [crawl["pid"] for crawl in kingfisher_scrapyd.unlisted([])]
 
 
 def test_wrong_password_is_a_clear_error(scrapyd_busy):
@@ -67,7 +68,7 @@ def test_stopped_scrapyd_is_unknown_and_its_orphaned_crawl_is_reported(make_scra
     report = kingfisher_busy.read_scrapyd(server.url, server.username, server.password)
     assert report["status"] == "unknown"
     orphan = next(crawl for crawl in report["unlisted"] if crawl["pid"] == server.pid)
-    assert orphan["spider"] == "sleeper" and orphan["job"] == server.running
+    assert orphan["spider"] == "sleeper" and orphan["job"] == server.running and orphan["orphaned"] is True
     decided = kingfisher_busy.decide({"scrapyd": report})
     assert decided["busy"] is True and decided["sources"]["scrapyd"]["status"] == "busy"
     assert decided["reasons"][0].startswith("scrapyd cannot be read, so it counts as busy: Scrapyd at ")

@@ -1,0 +1,100 @@
+"""``salt collect-test kingfisher.*`` through the real salt CLI, master and minion (running as root)."""
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.daemons
+
+MINION = "collect-test"
+
+
+@pytest.fixture(scope="module")
+def salt(salt_cli, salt_minion):
+    def run(function, *args):
+        return salt_cli.run(function, *args, minion_tgt=MINION)
+
+    return run
+
+
+def scrapyd_args(server):
+    return [f"url={server.url}", f"username={server.username}", f"password={server.password}"]
+
+
+def pg_args(cluster):
+    return [f"socket_dir={cluster.socket_dir}", f"port={cluster.port}"]
+
+
+def test_busy_names_every_owner_and_exits_1(salt, scrapyd_busy, tmux_users, pg_cluster, pg_query):
+    pid = pg_query("/* alice: reindex */ SELECT pg_sleep(600)", user="alice", tcp=True)
+    time.sleep(1.2)
+    users = ",".join(user for user, _ in tmux_users.values())
+    ret = salt("kingfisher.busy", "postgres=always", "threshold=1", f"users={users}",
+               *scrapyd_args(scrapyd_busy), *pg_args(pg_cluster))
+    assert ret.returncode == 1, ret
+    report = ret.data
+    assert report["busy"] is True and "result" not in report
+    reasons = "\n".join(report["reasons"])
+    assert f"Scrapyd job {scrapyd_busy.running} of spider sleeper (project dtkproject) has been running" in reasons
+    assert f"Scrapyd job {scrapyd_busy.pending} of spider sleeper (project dtkproject) is waiting to run." in reasons
+    sleep_user, sleep_session = tmux_users["sleep"]
+    assert f"tmux session '{sleep_session}' of {sleep_user} runs 'sleep 3600'" in reasons
+    assert f"PostgreSQL query {pid} of alice from 127.0.0.1 (alice: reindex) has been running" in reasons
+    idle_user, _ = tmux_users["idle"]
+    assert idle_user not in reasons, "an idle shell is not a reason"
+    sources = report["sources"]
+    assert {name: source["status"] for name, source in sources.items()} == {
+        "scrapyd": "busy", "tmux": "busy", "postgres": "busy"}
+    assert scrapyd_busy.password not in ret.stdout
+
+
+def test_idle_server_exits_0(salt, make_scrapyd, tmux_users):
+    server = make_scrapyd(jobs=0)
+    stale_user, _ = tmux_users["stale"]
+    ret = salt("kingfisher.busy", "postgres=never", f"users={stale_user}", *scrapyd_args(server))
+    assert ret.returncode == 0, ret
+    assert ret.data["busy"] is False and ret.data["reasons"] == []
+    assert ret.data["sources"]["postgres"] == {"status": "skipped", "why": "postgres=never"}
+    assert ret.data["sources"]["tmux"]["stale"][0]["owner"] == stale_user
+
+
+def test_unreadable_sources_count_as_busy(salt, make_scrapyd, tmux_users):
+    server = make_scrapyd(jobs=0)
+    server.kill()
+    stale_user, _ = tmux_users["stale"]
+    ret = salt("kingfisher.busy", "postgres=always", f"users={stale_user}", *scrapyd_args(server),
+               "socket_dir=/tmp/dtk-nowhere", "port=1")
+    assert ret.returncode == 1, ret
+    assert ret.data["sources"]["scrapyd"]["status"] == "busy"
+    assert ret.data["reasons"][0] == f"scrapyd cannot be read, so it counts as busy: Scrapyd at {server.url} " \
+        "cannot be reached: ConnectionError."
+    assert ret.data["reasons"][1].startswith(
+        "postgres cannot be read, so it counts as busy: PostgreSQL at /tmp/dtk-nowhere port 1 cannot be queried: ")
+
+
+def test_each_function_answers_through_the_cli(salt, scrapyd_busy, tmux_users, pg_cluster):
+    jobs = salt("kingfisher.scrapyd_jobs", *scrapyd_args(scrapyd_busy))
+    assert jobs.returncode == 0 and jobs.data["running"][0]["job"] == scrapyd_busy.running
+    sleep_user, sleep_session = tmux_users["sleep"]
+    sessions = salt("kingfisher.tmux_sessions", f"users={sleep_user}")
+    assert sessions.returncode == 0 and sessions.data["sessions"][0]["name"] == sleep_session
+    queries = salt("kingfisher.long_queries", "threshold=3600", *pg_args(pg_cluster))
+    assert queries.returncode == 0 and queries.data == {"threshold": 3600.0, "queries": []}
+    pending = salt("kingfisher.postgres_restart_pending")
+    assert pending.returncode == 0 and set(pending.data) == {"restart", "reasons"}
+
+
+@pytest.mark.parametrize(
+    "args, sentence",
+    [
+        (["postgres=sometimes"], "postgres must be one of auto, always or never; got 'sometimes'."),
+        (["postgres=always", "threshold=abc"], "The threshold must be a number of seconds, 0 or more; got 'abc'."),
+        (["postgres=always", "threshold=-5"], "The threshold must be a number of seconds, 0 or more; got -5."),
+        (["url=localhost:6800"], "The Scrapyd URL 'localhost:6800' is not valid: give one like http://localhost:6800."),
+        (["users=alice;id"], "'alice;id' is not a valid user name: use letters, digits, '_' and '-'."),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_1(salt, args, sentence):
+    ret = salt("kingfisher.busy", *args)
+    assert ret.returncode == 1, ret
+    assert sentence in ret.stdout and "Traceback" not in ret.stdout
