@@ -13,15 +13,15 @@ from kingfisher_errors import InputError, SourceError
 
 
 @contextlib.contextmanager
-def answering(body, content_type):
-    """A one-endpoint web server on 127.0.0.1 that answers every GET with ``body``."""
+def answering(body, content_type, routes=None):
+    """A web server on 127.0.0.1 that answers a GET with ``routes[path?query]``, else with ``body``."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200)
             self.send_header("Content-Type", content_type)
             self.end_headers()
-            self.wfile.write(body.encode())
+            self.wfile.write((routes or {}).get(self.path, body).encode())
 
         def log_message(self, *args):
             pass
@@ -90,6 +90,27 @@ def test_status_error_answer_is_a_clear_error():
         with pytest.raises(SourceError) as info:
             kingfisher_scrapyd.jobs(url)
     assert str(info.value) == f"Scrapyd at {url} answered listprojects.json with an error: project 'x' not found."
+
+
+def test_scrapyd_1_2_answers_are_read_per_project():
+    # Scrapyd 1.2: listjobs.json needs a project, and its jobs carry no "project" field.
+    routes = {
+        "/listprojects.json": json.dumps({"status": "ok", "projects": ["kingfisher", "other"]}),
+        "/listjobs.json?project=kingfisher": json.dumps({
+            "status": "ok",
+            "running": [{"id": "j1", "spider": "zambia", "pid": 7, "start_time": "2020-01-01 10:00:00.123456"}],
+            "pending": [{"id": "j2", "spider": "chile"}],
+            "finished": [],
+        }),
+        "/listjobs.json?project=other": json.dumps({"status": "ok", "running": [], "pending": [], "finished": []}),
+    }
+    with answering(json.dumps({"status": "error", "message": "project required"}), "application/json",
+                   routes) as url:
+        report = kingfisher_scrapyd.jobs(url)
+    (running,) = report["running"]
+    assert running["project"] == "kingfisher" and running["job"] == "j1" and running["pid"] == 7
+    assert running["started"].startswith("2020-01-01T10:00:00") and running["running_for"] > 3600
+    assert report["pending"] == [{"project": "kingfisher", "spider": "chile", "job": "j2"}]
 
 
 @pytest.mark.parametrize(

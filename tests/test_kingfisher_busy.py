@@ -1,0 +1,127 @@
+"""The busy decision and the restart decision: pure functions, no daemon."""
+
+import pytest
+
+import kingfisher_busy
+import kingfisher_tmux
+from kingfisher_errors import InputError
+
+SESSION = {
+    "owner": "alice", "socket": "/tmp/tmux-1000/default", "name": "crawl",
+    "panes": [{"command": "sleep", "cmdline": "sleep 3600", "idle": False, "running_for": 7260}],
+}
+IDLE_SESSION = dict(SESSION, name="notes", panes=[{"command": "bash", "cmdline": "-bash", "idle": True,
+                                                   "running_for": 5}])
+QUERY = {"pid": 42, "usename": "alice", "client_addr": "10.0.0.5", "application_name": "psql", "duration": 4000,
+         "comment": "alice: reindex", "query": "/* alice: reindex */ REINDEX TABLE release"}
+
+
+def test_nothing_running_is_not_busy():
+    report = kingfisher_busy.decide({
+        "scrapyd": {"running": [], "pending": [], "unlisted": []},
+        "tmux": {"sessions": [IDLE_SESSION], "stale": [{"socket": "/tmp/tmux-1/default", "owner": "bob"}],
+                 "errors": []},
+        "postgres": {"status": "skipped", "why": "postgres=never"},
+    })
+    assert report["busy"] is False and report["reasons"] == []
+    assert report["sources"]["scrapyd"]["status"] == "idle" and report["sources"]["tmux"]["status"] == "idle"
+    assert report["sources"]["postgres"]["status"] == "skipped"
+
+
+def test_each_reason_is_one_sentence_naming_the_owner():
+    report = kingfisher_busy.decide({
+        "scrapyd": {"running": [{"project": "kingfisher", "spider": "zambia", "job": "j1", "pid": 7,
+                                 "running_for": 59}], "pending": [], "unlisted": []},
+        "tmux": {"sessions": [SESSION, IDLE_SESSION], "errors": []},
+        "postgres": {"queries": [QUERY]},
+    })
+    assert report["busy"] is True
+    assert report["reasons"] == [
+        "Scrapyd job j1 of spider zambia (project kingfisher) has been running for 59 s.",
+        "tmux session 'crawl' of alice runs 'sleep 3600' (for 2 h 01 min).",
+        "PostgreSQL query 42 of alice from 10.0.0.5 (alice: reindex) has been running for 1 h 06 min: "
+        "/* alice: reindex */ REINDEX TABLE release",
+    ]
+
+
+def test_unknown_source_counts_as_busy():
+    report = kingfisher_busy.decide({
+        "tmux": {"sessions": [], "errors": [{"socket": "/tmp/tmux-5/default", "owner": "eve",
+                                            "error": "tmux failed: timed out."}]},
+        "postgres": {"status": "unknown", "error": "PostgreSQL at /run/postgresql port 5432 cannot be queried: x"},
+    })
+    assert report["busy"] is True
+    assert report["reasons"] == [
+        "The tmux server of eve at /tmp/tmux-5/default cannot be read: tmux failed: timed out.",
+        "postgres cannot be read, so it counts as busy: PostgreSQL at /run/postgresql port 5432 cannot be "
+        "queried: x",
+    ]
+
+
+@pytest.mark.parametrize("seconds, text", [(None, "an unknown time"), (0, "0 s"), (600, "10 min"),
+                                           (3725, "1 h 02 min")])
+def test_duration(seconds, text):
+    assert kingfisher_busy.duration(seconds) == text
+
+
+@pytest.mark.parametrize("mode", ["sometimes", "", None, "ALWAYS"])
+def test_unknown_postgres_mode_is_refused(mode):
+    with pytest.raises(InputError) as info:
+        kingfisher_busy.check_mode(mode)
+    assert str(info.value) == f"postgres must be one of auto, always or never; got {mode!r}."
+
+
+def test_restart_pending_from_package_upgrades_and_state_test():
+    state = {
+        "service_|-postgresql_|-postgresql_|-running": {
+            "__id__": "postgresql", "name": "postgresql", "result": None,
+            "comment": "Service is set to be restarted", "changes": {},
+        },
+        "service_|-scrapyd_|-scrapyd_|-running": {
+            "__id__": "scrapyd", "name": "scrapyd", "result": None, "comment": "Service is set to be restarted",
+        },
+        "pkg_|-postgresql_|-postgresql-15_|-installed": {"name": "postgresql-15", "comment": "installed"},
+    }
+    upgrades = {"postgresql-15": "15.9-0+deb12u1", "tmux": "3.3a-4", "libpq5": "15.9-0+deb12u1"}
+    assert kingfisher_busy.restart_reasons(upgrades, state) == {
+        "restart": True,
+        "reasons": [
+            "Package postgresql-15 would be upgraded to 15.9-0+deb12u1.",
+            "The state 'postgresql' says: Service is set to be restarted",
+        ],
+    }
+    assert kingfisher_busy.restart_reasons({"tmux": "3.3a-4"}, None) == {"restart": False, "reasons": []}
+
+
+def test_auto_mode_skips_postgres_when_no_restart_is_pending(tmp_path):
+    report = kingfisher_busy.busy(
+        {"url": "http://127.0.0.1:1"}, ["root"], {"threshold": 3600, "socket_dir": str(tmp_path), "port": 1},
+        postgres_mode="auto", restart={"restart": False, "reasons": []},
+    )
+    assert report["sources"]["postgres"] == {
+        "status": "skipped", "why": "the next deployment would not restart PostgreSQL"}
+    assert report["sources"]["scrapyd"]["status"] == "busy", "Scrapyd at port 1 cannot be read"
+
+
+def test_tmux_lines_become_sessions():
+    line = kingfisher_tmux.SEP.join(["crawl", "1700000000", "2", "1700000600", "0", "bash", "0", "999999999",
+                                     "sleep"])
+    (session,) = kingfisher_tmux.parse_panes(line + "\nmalformed line\n", "alice", "/tmp/tmux-1000/default",
+                                             now=1700001000)
+    assert session["name"] == "crawl" and session["attached"] == 2 and session["owner"] == "alice"
+    assert session["created"].startswith("2023-11-1") and session["idle"] is False
+    assert session["panes"] == [{"window": "0:bash", "pane": 0, "command": "sleep", "cmdline": None,
+                                 "pid": 999999999, "running_for": None, "idle": False}]
+
+
+def test_only_listening_stream_sockets_are_live(tmp_path):
+    table = tmp_path / "unix"
+    table.write_text(
+        "Num       RefCount Protocol Flags    Type St Inode Path\n"
+        "0000: 00000002 00000000 00010000 0001 01 1 /tmp/tmux-1001/default\n"
+        "0000: 00000002 00000000 00000000 0001 03 2 /tmp/tmux-1002/default\n"
+        "0000: 00000002 00000000 00010000 0002 01 3 /tmp/dgram\n"
+        "0000: 00000002 00000000 00010000 0001 01 4 /tmp/tmux-1003/with space\n"
+        "0000: 00000003 00000000 00000000 0001 03 5\n"
+    )
+    assert kingfisher_tmux.listening_sockets(str(table)) == {"/tmp/tmux-1001/default", "/tmp/tmux-1003/with space"}
