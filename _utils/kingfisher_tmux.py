@@ -2,9 +2,9 @@
 Every tmux server on this machine, its sessions and what runs in each pane.
 
 Servers are found from the listening unix sockets in /proc/net/unix whose directory is tmux's
-``tmux-<uid>`` (this catches ``-L`` names and any ``TMUX_TMPDIR``), and queried as root with
-``tmux -S SOCKET list-panes -a``: root may ask any user's server. Unlike ``su USER -c "tmux ls"``
-this needs no login shell, creates no directory, and runs no shell at all. A socket file in a
+``tmux-<uid>`` (this catches ``-L`` names and any ``TMUX_TMPDIR``), and queried with
+``tmux -S SOCKET list-panes -a`` run as the socket's owner. Unlike ``su USER -c "tmux ls"`` this needs
+no login shell (nologin users too), creates no directory, and runs no shell at all. A socket file in a
 ``tmux-<uid>`` directory that nobody listens on is a stale socket.
 """
 
@@ -155,11 +155,20 @@ def parse_panes(text, owner, socket, now=None):
 
 
 def query(socket, tmux="tmux"):
-    """The raw ``list-panes -a`` answer of the server at ``socket``; OSError or CalledProcessError."""
+    """
+    The raw ``list-panes -a`` answer of the server at ``socket``; OSError or CalledProcessError.
+
+    As root, the tmux client runs as the socket's owner: a server is the owner's program, and a tmux
+    server can ask its client to run commands, which must never happen as root.
+    """
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    owner = {}
+    info = os.stat(socket)
+    if os.geteuid() == 0 and info.st_uid != 0:
+        owner = {"user": info.st_uid, "group": info.st_gid, "extra_groups": [], "cwd": "/"}
     done = subprocess.run(
         [tmux, "-S", socket, "list-panes", "-a", "-F", SEP.join("#{%s}" % field for field in FIELDS)],
-        capture_output=True, text=True, timeout=TIMEOUT, env=env, stdin=subprocess.DEVNULL, check=True,
+        capture_output=True, text=True, timeout=TIMEOUT, env=env, stdin=subprocess.DEVNULL, check=True, **owner,
     )
     return done.stdout
 

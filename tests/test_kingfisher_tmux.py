@@ -3,11 +3,21 @@
 import os
 import pathlib
 import shutil
+import tempfile
 
 import pytest
 
 import kingfisher_tmux
 from kingfisher_errors import InputError
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory other users can read: the tmux client runs as the server's owner."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="dtk-bin-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def by_owner(report, owner):
@@ -83,15 +93,24 @@ def test_home_entry_with_shell_metacharacters_is_skipped_and_nothing_runs(tmp_pa
     assert not (tmp_path / "dtk-pwned").exists()
 
 
-def test_a_server_that_cannot_be_read_is_an_error(tmux_users, tmp_path):
+def test_a_server_that_cannot_be_read_is_an_error(tmux_users, shared_dir):
     sleep_user, _ = tmux_users["sleep"]
-    broken = tmp_path / "tmux"
+    broken = shared_dir / "tmux"
     broken.write_text("#!/bin/sh\necho 'no server running' >&2\nexit 1\n")
     broken.chmod(0o755)
     report = kingfisher_tmux.sessions(users=sleep_user, tmux=str(broken))
     assert report["sessions"] == []
     (error,) = report["errors"]
     assert error["owner"] == sleep_user and error["error"] == "tmux failed: no server running."
+
+
+def test_the_client_runs_as_the_server_owner(tmux_users, shared_dir):
+    sleep_user, _ = tmux_users["sleep"]
+    spy = shared_dir / "tmux"
+    spy.write_text("#!/bin/sh\nid -un >&2\nexit 1\n")
+    spy.chmod(0o755)
+    (error,) = kingfisher_tmux.sessions(users=sleep_user, tmux=str(spy))["errors"]
+    assert error["error"] == f"tmux failed: {sleep_user}."
 
 
 def test_discovery_creates_no_directory(tmux_users):
