@@ -193,6 +193,10 @@ def postgres_restart_pending(state_test=None):
     state_return = None
     if _setting("postgres:state_test", state_test):
         state_return = __salt__["state.apply"](test=True)
+        if not isinstance(state_return, dict):
+            # A list of strings: the highstate could not even be compiled (no top file, a render error).
+            errors = "; ".join(str(error) for error in state_return or ["no result"])
+            raise CommandExecutionError(f"state.apply test=True could not run: {errors}")
     return __utils__["kingfisher_busy.restart_reasons"](upgrades, state_return)
 
 
@@ -229,21 +233,18 @@ def busy(postgres=None, url=None, username=None, password=None, users=None, thre
         salt 'collect*' kingfisher.busy postgres=always threshold=600 --out=json
     """
     mode = _setting("busy:postgres", postgres)
-    _call("kingfisher_busy.check_mode", mode)
+    scrapyd_args = _scrapyd_args(url, username, password)
+    tmux_users = _setting("tmux:users", users)
+    postgres_args = _postgres_args(threshold, socket_dir, port, user, runas)
+    _call("kingfisher_busy.check_inputs", scrapyd_args, tmux_users, postgres_args, mode)
     restart = None
     if mode == "auto":
         try:
             restart = postgres_restart_pending()
         except CommandExecutionError as exc:
             log.warning("kingfisher.busy: %s; checking PostgreSQL anyway", exc)
-    report = _call(
-        "kingfisher_busy.busy",
-        _scrapyd_args(url, username, password),
-        _setting("tmux:users", users),
-        _postgres_args(threshold, socket_dir, port, user, runas),
-        postgres_mode=mode,
-        restart=restart,
-    )
+    report = _call("kingfisher_busy.busy", scrapyd_args, tmux_users, postgres_args, postgres_mode=mode,
+                   restart=restart)
     if restart is not None:
         report["sources"]["postgres"]["restart"] = restart
     if report["busy"]:

@@ -130,16 +130,21 @@ def decide(sources):
     return {"busy": bool(reasons), "reasons": reasons, "sources": sources}
 
 
+def check_inputs(scrapyd_args, tmux_users, postgres_args, postgres_mode):
+    """InputError for the first bad argument, before anything is read or run."""
+    check_mode(postgres_mode)
+    scrapyd.check_url(scrapyd_args["url"])
+    tmux.check_users(tmux_users)
+    postgres.check_threshold(postgres_args.get("threshold", 3600))
+    postgres.check_port(postgres_args.get("port", 5432))
+
+
 def busy(scrapyd_args, tmux_users, postgres_args, postgres_mode="auto", restart=None):
     """
     Read every source and decide. ``restart`` is ``postgres_restart_pending``'s answer, needed
     only with ``postgres_mode="auto"``: PostgreSQL is then checked only when it would restart.
     """
-    check_mode(postgres_mode)
-    if postgres_args.get("threshold") is not None:
-        postgres.check_threshold(postgres_args["threshold"])
-    scrapyd.check_url(scrapyd_args["url"])
-    tmux.check_users(tmux_users)
+    check_inputs(scrapyd_args, tmux_users, postgres_args, postgres_mode)
     sources = {"scrapyd": read_scrapyd(**scrapyd_args), "tmux": read_tmux(tmux_users)}
     if postgres_mode == "never":
         sources["postgres"] = {"status": "skipped", "why": "postgres=never"}
