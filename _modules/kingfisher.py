@@ -173,11 +173,11 @@ def postgres_restart_pending(state_test=None):
     """
     Whether the next deployment would restart PostgreSQL, and why: pending ``postgresql*``
     package upgrades (from the package cache, without refreshing it), and, with ``state_test``,
-    a ``state.apply test=True`` (the highstate; slow) reporting a postgresql service "set to be
-    restarted".
+    a ``state.apply test=True`` (slow) reporting a postgresql service "set to be restarted".
 
     state_test
-        Also run the highstate in test mode; default ``kingfisher:postgres:state_test`` or False.
+        ``True``: also test the highstate; an sls name (or comma-separated names): test those;
+        default ``kingfisher:postgres:state_test`` or False.
 
     CLI Example:
 
@@ -185,14 +185,18 @@ def postgres_restart_pending(state_test=None):
 
         salt 'collect*' kingfisher.postgres_restart_pending
         salt 'collect*' kingfisher.postgres_restart_pending state_test=True
+        salt 'collect*' kingfisher.postgres_restart_pending state_test=postgres,kingfisher
     """
     try:
         upgrades = __salt__["pkg.list_upgrades"](refresh=False) if "pkg.list_upgrades" in __salt__ else {}
     except SaltException as exc:
         raise CommandExecutionError(f"Pending package upgrades cannot be listed: {exc}") from None
     state_return = None
-    if _setting("postgres:state_test", state_test):
-        state_return = __salt__["state.apply"](test=True)
+    state_test = _setting("postgres:state_test", state_test)
+    if state_test:
+        # True tests the highstate; a string names the sls files to test (comma-separated).
+        mods = [state_test] if isinstance(state_test, str) else []
+        state_return = __salt__["state.apply"](*mods, test=True)
         if not isinstance(state_return, dict):
             # A list of strings: the highstate could not even be compiled (no top file, a render error).
             errors = "; ".join(str(error) for error in state_return or ["no result"])

@@ -1,5 +1,6 @@
 """``salt collect-test kingfisher.*`` through the real salt CLI, master and minion (running as root)."""
 
+import os
 import time
 
 import pytest
@@ -82,6 +83,25 @@ def test_each_function_answers_through_the_cli(salt, scrapyd_busy, tmux_users, p
     assert queries.returncode == 0 and queries.data == {"threshold": 3600.0, "queries": []}
     pending = salt("kingfisher.postgres_restart_pending")
     assert pending.returncode == 0 and set(pending.data) == {"restart", "reasons"}
+
+
+def test_restart_pending_runs_the_state_test(salt, sls_dir):
+    conf = f"/tmp/dtk-pgconf-{os.getpid()}"
+    (sls_dir / "dtkpgrestart.sls").write_text(
+        f"dtk pg conf:\n  file.managed:\n    - name: {conf}\n    - contents: new\n"
+        "dtk pg service:\n  test.succeed_with_changes:\n    - name: postgresql\n    - watch:\n"
+        "      - file: dtk pg conf\n"
+    )
+    try:
+        ret = salt("kingfisher.postgres_restart_pending", "state_test=dtkpgrestart")
+        assert ret.returncode == 0, ret
+        assert set(ret.data) == {"restart", "reasons"}
+        assert not os.path.exists(conf), "test mode changes nothing"
+        missing = salt("kingfisher.postgres_restart_pending", "state_test=dtk-no-such-sls")
+        assert missing.returncode == 1
+        assert "state.apply test=True could not run: No matching sls found for 'dtk-no-such-sls'" in missing.stdout
+    finally:
+        (sls_dir / "dtkpgrestart.sls").unlink()
 
 
 @pytest.mark.parametrize(
