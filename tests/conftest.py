@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones", "carol": "Carol Díaz"}
 # Fixture modules of the other parts of the suite (real Scrapyd, PostgreSQL, tmux, git, Google fake).
-pytest_plugins = ["kingfisher_fixtures", "git_fixtures"]
+pytest_plugins = ["kingfisher_fixtures", "git_fixtures", "guard_helpers"]
 
 MASTER_ID = "dt-master"
 MINION_ID = "collect-test"
@@ -80,6 +80,7 @@ def master_overrides(sls_dir, store_path, session_dir):
         "pillar_roots": {"base": [str(session_dir / "pillar")]},
         "deploytoken": {"sqlite": {"path": str(store_path)}, "people": PEOPLE},
         "log_level_logfile": "info",
+        "ext_pillar": [{"deploytoken": {}}],
     }
 
 

@@ -1,0 +1,45 @@
+"""
+Give every minion a fresh ``deploytoken:`` pillar: who holds the deploy token (held, holder,
+login, since, claim, reason), the ``people:`` mapping, and ``error`` when the store cannot be read.
+
+Enable it in the master config:
+
+.. code-block:: yaml
+
+    ext_pillar:
+      - deploytoken: {}
+
+Salt recompiles pillar for every state run, so ``deploytoken.held`` sees the current holder. The
+store is read through the runner's own code, at most once per ``deploytoken:pillar_cache`` seconds
+(default 2) however many minions compile pillar at once.
+"""
+
+import logging
+from typing import TYPE_CHECKING
+
+from salt.exceptions import SaltException
+
+if TYPE_CHECKING:
+    __opts__: dict
+    __utils__: dict
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "deploytoken"
+
+
+def __virtual__():
+    if "deploytoken_guard.pillar" not in __utils__:
+        return (False, "deploytoken: the _utils modules are not synced; run salt-run saltutil.sync_all")
+    return __virtualname__
+
+
+def ext_pillar(minion_id, pillar, *args, **kwargs):
+    """The ``deploytoken`` pillar of ``minion_id`` (the same for every minion)."""
+    try:
+        data = __utils__["deploytoken_guard.pillar"](__opts__)
+    except SaltException as exc:  # a bad deploytoken:pillar_cache setting; the guard fails closed on error
+        data = __utils__["deploytoken_guard.unreadable"](exc)
+    if data.get("error"):
+        log.warning("deploytoken ext_pillar: %s", data["error"])
+    return {"deploytoken": data}

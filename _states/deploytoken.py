@@ -1,0 +1,78 @@
+"""
+``deploytoken.held``: stop a state run unless the person running it holds the deploy token.
+
+Put it first, so nothing else runs when it fails:
+
+.. code-block:: yaml
+
+    deploy token held:
+      deploytoken.held:
+        - order: 1
+        - failhard: True
+
+Needs the ``deploytoken`` ext_pillar on the master (``ext_pillar: [{deploytoken: {}}]``).
+"""
+
+import os
+from typing import TYPE_CHECKING
+
+from salt.exceptions import SaltException
+
+if TYPE_CHECKING:
+    __opts__: dict
+    __salt__: dict
+    __utils__: dict
+    __pillar__: dict
+
+__virtualname__ = "deploytoken"
+
+
+def __virtual__():
+    if "deploytoken_guard.decide" not in __utils__:
+        return (False, "deploytoken: the _utils modules are not synced; run saltutil.sync_all")
+    return __virtualname__
+
+
+def held(name):
+    """
+    Pass only when the person running this job holds the deploy token; block (``result: False``,
+    with ``failhard`` the whole run stops) when someone else holds it, when nobody does, or when the
+    token cannot be read. In test mode a block is ``result: None`` with the same sentence.
+
+    The person is the job's publisher (``salt`` or a master-side ``state.apply``: ``sudo_alice`` is
+    alice) or the caller of ``salt-call`` (``SUDO_USER``, else the login name), mapped to a name
+    through ``deploytoken: people:``.
+
+    An emergency override in pillar, ``deploytoken: override: "<why>"``, passes with a loud comment
+    and sends the event ``deploytoken/override`` (who, minion, why) to the master.
+
+    name
+        Any label for the state.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'collect*' state.single deploytoken.held name=guard
+        salt-call state.single deploytoken.held name=guard test=True
+    """
+    ret = {"name": name, "result": False, "changes": {}, "comment": ""}
+    try:
+        login = _login()
+        decision = __utils__["deploytoken_guard.decide"](
+            __pillar__.get("deploytoken"), login, __opts__["id"], test=bool(__opts__.get("test"))
+        )
+    except SaltException as exc:
+        ret["comment"] = f"The deploy token guard failed, so nothing may deploy: {exc}"
+        return ret
+    ret.update(result=decision["result"], comment=decision["comment"])
+    if decision["override"]:
+        ret["changes"] = {"override": decision["override"]}
+        if not __salt__["event.send"]("deploytoken/override", decision["override"]):
+            ret["comment"] += " The deploytoken/override event could not be sent to the master."
+    return ret
+
+
+def _login():
+    """The login of the person running this job, or None when it cannot be told."""
+    return __utils__["deploytoken_guard.job_login"](os.path.join(__opts__["cachedir"], "proc"), os.getpid())

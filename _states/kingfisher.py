@@ -1,0 +1,119 @@
+"""
+Guards that stop a deployment from interrupting work on the Kingfisher server, made for Salt's
+``prereq`` requisite: the guard runs only when the state it protects would change.
+
+.. code-block:: yaml
+
+    no crawls interrupted:
+      kingfisher.no_running_jobs:
+        - prereq:
+          - service: scrapyd
+
+Each guard fails naming whose work would be interrupted. A consent recorded in pillar,
+``kingfisher: consent: "<data support manager>: <why>"``, lets them pass with a loud comment.
+"""
+
+from typing import TYPE_CHECKING
+
+from salt.exceptions import SaltException
+
+if TYPE_CHECKING:
+    __opts__: dict
+    __salt__: dict
+    __utils__: dict
+    __pillar__: dict
+
+__virtualname__ = "kingfisher"
+
+
+def __virtual__():
+    if "kingfisher_guard.decide" not in __utils__:
+        return (False, "kingfisher: the _utils modules are not synced; run saltutil.sync_all")
+    return __virtualname__
+
+
+def no_running_jobs(name, url=None, username=None, password=None):
+    """
+    Fail while Scrapyd runs or has pending jobs (or crawl processes it no longer lists).
+
+    name
+        Any label for the state.
+
+    url, username, password
+        Scrapyd's address and basic auth; default ``kingfisher:scrapyd:*`` from config or pillar.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'collect*' state.single kingfisher.no_running_jobs name=crawls test=True
+    """
+    return _guard(
+        name,
+        "Scrapyd job",
+        lambda: __salt__["kingfisher.scrapyd_jobs"](**_given(url=url, username=username, password=password)),
+        "kingfisher_busy.scrapyd_reasons",
+    )
+
+
+def no_long_queries(name, threshold=None, socket_dir=None, port=None, user=None, runas=None):
+    """
+    Fail while a PostgreSQL client query has been running for longer than ``threshold`` seconds.
+
+    name
+        Any label for the state.
+
+    threshold
+        Seconds; default ``kingfisher:postgres:threshold`` or 3600.
+
+    socket_dir, port, user, runas
+        How to reach PostgreSQL, as for ``kingfisher.long_queries``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'collect*' state.single kingfisher.no_long_queries name=queries threshold=600 test=True
+    """
+    args = _given(threshold=threshold, socket_dir=socket_dir, port=port, user=user, runas=runas)
+    return _guard(
+        name, "long query", lambda: __salt__["kingfisher.long_queries"](**args), "kingfisher_busy.postgres_reasons"
+    )
+
+
+def no_active_sessions(name, users=None):
+    """
+    Fail while a tmux pane runs something other than a shell (or a tmux server cannot be read).
+
+    name
+        Any label for the state.
+
+    users
+        ``auto`` (default, ``kingfisher:tmux:users``) or a comma-separated list of user names.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'collect*' state.single kingfisher.no_active_sessions name=sessions test=True
+    """
+    return _guard(
+        name, "tmux session", lambda: __salt__["kingfisher.tmux_sessions"](**_given(users=users)),
+        "kingfisher_busy.tmux_reasons",
+    )
+
+
+def _given(**kwargs):
+    return {key: value for key, value in kwargs.items() if value is not None}
+
+
+def _guard(name, what, read, reasons_of):
+    ret = {"name": name, "result": False, "changes": {}, "comment": ""}
+    try:
+        consent = __utils__["kingfisher_guard.check_consent"]((__pillar__.get("kingfisher") or {}).get("consent"))
+        reasons = __utils__[reasons_of](read())
+    except SaltException as exc:
+        ret["comment"] = f"Cannot tell whether a {what} would be interrupted, so this deployment may not go on: {exc}"
+        return ret
+    ret.update(__utils__["kingfisher_guard.decide"](reasons, consent, what, test=bool(__opts__.get("test"))))
+    return ret

@@ -1,0 +1,170 @@
+"""
+The decision behind the ``deploytoken.held`` state, and the pillar data it decides on.
+
+The ext_pillar on the master turns the token store into ``snapshot()`` data; on the minion the
+state finds who published the job (``publisher()``) and ``decide()`` says pass or block, with the
+sentence people read. Plain Python: no ``__salt__`` here.
+"""
+
+import os
+
+import salt.payload
+
+import deploytoken_cache
+import deploytoken_model as model
+import deploytoken_token as token
+
+ACQUIRE = "salt-run deploytoken.acquire reason='...'"
+CACHE_SECONDS = 2
+
+
+def pillar(opts):
+    """The ``deploytoken`` pillar on the master: the store as the runner reads it, through a read
+    cache shared by every process, so the store is read at most once per ``deploytoken:pillar_cache``
+    seconds (default 2) however many minions compile pillar at once."""
+    path = os.path.join(opts["cachedir"], "deploytoken-pillar.json")
+    return deploytoken_cache.cached(path, _cache_seconds(opts), lambda: read_store(opts))
+
+
+def read_store(opts):
+    """Pillar data from the configured store; a store that cannot be read gives ``error``."""
+    people = {}
+    try:
+        config = token.settings(opts)
+        people = token.people_of(config)
+        return snapshot(token.open_store(config, opts["cachedir"]).read(), people)
+    except model.DeploytokenError as exc:
+        return unreadable(exc, people)
+
+
+def _cache_seconds(opts):
+    config = opts.get("deploytoken") or {}
+    value = config.get("pillar_cache", CACHE_SECONDS) if isinstance(config, dict) else CACHE_SECONDS
+    return model.check_seconds(value, "deploytoken:pillar_cache")
+
+
+def snapshot(holding, people):
+    """Pillar data for a holding read from the store (``holding`` None: nobody holds the token)."""
+    data = {"held": holding is not None, "people": dict(people or {}), "error": None}
+    fields = holding.to_dict() if holding else dict.fromkeys(("holder", "login", "claim", "since", "reason"))
+    data.update((key, fields[key]) for key in ("holder", "login", "claim", "since", "reason"))
+    return data
+
+
+def unreadable(message, people=None):
+    """Pillar data when the store cannot be read: the guard fails closed on ``error``."""
+    return dict(snapshot(None, people), held=None, error=str(message))
+
+
+def job_login(proc_dir, pid):
+    """The login of the person running the job of process ``pid``, from the minion's proc files.
+
+    ``salt`` writes the publisher (``sudo_bob`` is bob); ``salt-call`` runs as the person at the
+    terminal. A scheduled job has no person: None, and the guard blocks it.
+    """
+    job = _proc_entry(proc_dir, pid)
+    if job is None:
+        return None
+    if job.get("user"):
+        return model.login_of(job["user"])
+    if job.get("tgt") == "salt-call":
+        return model.local_login()
+    return None
+
+
+def _proc_entry(proc_dir, pid):
+    try:
+        names = os.listdir(proc_dir)
+    except OSError:
+        return None
+    for name in names:
+        try:
+            with open(os.path.join(proc_dir, name), "rb") as handle:
+                job = salt.payload.load(handle)
+        except Exception:  # a job that just ended, or a file being written: not ours either way
+            continue
+        if isinstance(job, dict) and job.get("pid") == pid:
+            return job
+    return None
+
+
+def person(login, people):
+    """``Alice Smith (alice)``, or just the login when it has no display name."""
+    shown = model.display_name(login, people)
+    return shown if shown == login else f"{shown} ({login})"
+
+
+def decide(pillar, login, minion, test=False, now=None):
+    """Pass or block a deployment by ``login`` on ``minion``, from the ``deploytoken`` pillar.
+
+    Returns ``{"result", "comment", "override"}``; ``override`` holds the event data to send when
+    an override let the run through. In test mode a block is ``result: None``.
+    """
+    pillar = pillar if isinstance(pillar, dict) else {}
+    people = pillar.get("people") or {}
+    now = now or model.utcnow()
+    blocked = None if test else False
+    who = person(login, people) if login else "an unknown person"
+
+    override = pillar.get("override")
+    if override not in (None, ""):
+        if not isinstance(override, str) or not override.strip() or model._has_control(override):
+            return _ret(blocked, "The deploy token override must give a reason as one line of text, e.g. "
+                        "deploytoken: override: 'database down, agreed with Alice'; nothing was deployed.")
+        reason = override.strip()
+        holder = _holder_text(pillar, now)
+        verb = "would pass" if test else "PASSED"
+        comment = (
+            f"OVERRIDE: the deploy token guard {verb} for {who} on {minion} without checking the token "
+            f"({holder}), because: {reason!r}. Remove deploytoken:override from the pillar once done."
+        )
+        event = {"login": login, "person": who, "minion": minion, "reason": reason, "holder": pillar.get("holder")}
+        return {"result": True, "comment": comment, "override": None if test else event}
+
+    if not pillar or "held" not in pillar:
+        return _ret(blocked, "The deploy token cannot be checked: this minion's pillar has no deploytoken data. "
+                    "Add ext_pillar: [{deploytoken: {}}] to the master config, restart the master, and run "
+                    "salt-run saltutil.sync_all.")
+    if pillar.get("error"):
+        return _ret(blocked, f"The deploy token cannot be read, so nobody may deploy: {pillar['error']} "
+                    "Check with salt-run deploytoken.status.")
+    if not login:
+        return _ret(blocked, "The deploy token guard cannot tell who runs this job (a scheduled job or an "
+                    "unknown publisher), so it may not deploy. Run it with salt, salt-call or salt-ssh as the "
+                    "holder of the token.")
+    if not pillar.get("held"):
+        return _ret(blocked, f"Nobody holds the deploy token, so {who} may not deploy on {minion}. Take it "
+                    f"first with: {ACQUIRE}")
+    holding = model.Holding(holder=pillar.get("holder") or "", login=pillar.get("login"))
+    if model.same_person(holding, login, model.display_name(login, people)):
+        return _ret(True, f"{who} holds the deploy token, since {_since(pillar, now)} "
+                    f"(claim {pillar.get('claim')}).")
+    return _ret(blocked, f"Deploy token is held by {_holder_text(pillar, now)}, so {who} may not deploy on "
+                f"{minion}. Wait with salt-run deploytoken.acquire wait=True, or ask {pillar.get('holder')} "
+                "to run salt-run deploytoken.release.")
+
+
+def _ret(result, comment):
+    return {"result": result, "comment": comment, "override": None}
+
+
+def _since(pillar, now):
+    moment = model.parse_time(pillar.get("since"))
+    if moment is None:
+        return "an unknown time"
+    age = model.human_duration(max(0, int((now - moment).total_seconds())))
+    return f"{moment.strftime('%Y-%m-%d %H:%M UTC')} ({age})"
+
+
+def _holder_text(pillar, now):
+    if pillar.get("error"):
+        return "the token could not be read"
+    if not pillar.get("held"):
+        return "nobody holds the token"
+    holder = pillar.get("holder") or "someone"
+    login = pillar.get("login")
+    text = f"{holder} ({login})" if login and login != holder else holder
+    text += f" since {_since(pillar, now)}"
+    if pillar.get("reason"):
+        text += f': "{pillar["reason"]}"'
+    return text

@@ -1,0 +1,35 @@
+"""
+The decision behind the ``kingfisher.no_*`` states: block while someone's work would be
+interrupted, unless the data support manager's consent is recorded in pillar.
+"""
+
+import deploytoken_model as model
+
+
+def check_consent(consent):
+    """``"<data support manager>: <why>"`` stripped, or None when no consent is given."""
+    if consent in (None, ""):
+        return None
+    text = consent.strip() if isinstance(consent, str) else ""
+    manager, _, why = text.partition(":")
+    if not manager.strip() or not why.strip() or model._has_control(text):
+        raise model.InputError(
+            f"The kingfisher consent {consent!r} must name the data support manager and why, on one line, "
+            "e.g. kingfisher: consent: 'Dana Lee: the crawl can be restarted'."
+        )
+    return text
+
+
+def decide(reasons, consent, what, test=False):
+    """``{"result", "comment"}`` for a guard whose checks found ``reasons`` (sentences naming owners)."""
+    if not reasons:
+        return {"result": True, "comment": f"No {what} would be interrupted."}
+    found = " ".join(reasons)
+    if consent:
+        verb = "would pass" if test else "PASSED"
+        return {"result": True, "comment": f"CONSENT: {verb} although {found} Consent recorded in pillar: {consent!r}."}
+    return {
+        "result": None if test else False,
+        "comment": f"{found} Deploying now would interrupt this work: wait until it ends, or record the data "
+        "support manager's consent in pillar (kingfisher: consent: '<manager>: <why>').",
+    }

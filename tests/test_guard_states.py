@@ -1,0 +1,158 @@
+"""deploytoken.held and the deploytoken ext_pillar, through the real salt, salt-call and salt-run."""
+
+import time
+
+import pytest
+
+from guard_helpers import MINION, unreadable_store
+
+pytestmark = pytest.mark.daemons
+
+GUARDED = """\
+deploy token held:
+  deploytoken.held:
+    - order: 1
+    - failhard: True
+
+the deployment:
+  file.managed:
+    - name: {marker}
+    - contents: deployed
+"""
+
+
+@pytest.fixture
+def guarded(write_sls, marker_dir):
+    marker = marker_dir / "deployed"
+    return write_sls("dtguarded", GUARDED.format(marker=marker)), marker
+
+
+def apply_as(salt_cli, login, sls, *args):
+    return salt_cli.run("state.apply", sls, *args, minion_tgt=MINION, env={"SUDO_USER": login})
+
+
+def call_as(salt_minion, login, sls, *args):
+    return salt_minion.salt_call_cli(timeout=120).run("state.apply", sls, *args, env={"SUDO_USER": login})
+
+
+def guard_of(ret):
+    (state,) = [value for key, value in ret.data.items() if key.startswith("deploytoken_|")]
+    return state
+
+
+def test_holder_deploys_and_others_are_stopped_at_the_guard(salt_cli, salt_minion, token, guarded):
+    sls, marker = guarded
+    token.take("alice", reason="upgrade postgres")
+
+    bob = apply_as(salt_cli, "bob", sls)
+    assert bob.returncode == 1
+    comment = guard_of(bob)["comment"]
+    assert comment.startswith("Deploy token is held by Alice Smith (alice) since ")
+    assert '"upgrade postgres", so Bob Jones (bob) may not deploy on collect-test.' in comment
+    assert "salt-run deploytoken.acquire wait=True, or ask Alice Smith to run salt-run deploytoken.release" in comment
+    assert not marker.exists()
+
+    alice = apply_as(salt_cli, "alice", sls)
+    assert alice.returncode == 0, alice
+    assert guard_of(alice)["comment"].startswith("Alice Smith (alice) holds the deploy token, since ")
+    assert marker.read_text().strip() == "deployed"
+
+
+def test_salt_call_checks_the_caller(salt_minion, token, guarded):
+    sls, marker = guarded
+    token.take("alice")
+
+    bob = call_as(salt_minion, "bob", sls)
+    assert bob.returncode == 1
+    assert "so Bob Jones (bob) may not deploy on collect-test" in guard_of(bob)["comment"]
+    assert not marker.exists()
+
+    alice = call_as(salt_minion, "alice", sls)
+    assert alice.returncode == 0, alice
+    assert marker.exists()
+
+
+def test_nobody_holding_blocks(salt_cli, token, guarded):
+    sls, marker = guarded
+    ret = apply_as(salt_cli, "alice", sls)
+    assert ret.returncode == 1
+    assert guard_of(ret)["comment"] == (
+        "Nobody holds the deploy token, so Alice Smith (alice) may not deploy on collect-test. "
+        "Take it first with: salt-run deploytoken.acquire reason='...'"
+    )
+    assert not marker.exists()
+
+
+def test_unreadable_store_blocks(salt_cli, token, guarded, store_path):
+    sls, marker = guarded
+    token.take("alice")
+    with unreadable_store(store_path):
+        token.forget()
+        ret = apply_as(salt_cli, "alice", sls)
+    token.forget()
+    assert ret.returncode == 1
+    comment = guard_of(ret)["comment"]
+    assert comment.startswith("The deploy token cannot be read, so nobody may deploy: ")
+    assert str(store_path) in comment and comment.endswith("Check with salt-run deploytoken.status.")
+    assert not marker.exists()
+
+
+def test_pillar_follows_the_holder_between_two_runs(salt_cli, salt_run, token, guarded):
+    sls, marker = guarded
+    token.take("alice")
+    assert apply_as(salt_cli, "alice", sls).returncode == 0
+    marker.unlink()
+
+    # No refresh_pillar and no cache dropping: only the real runner changes the holder.
+    released = salt_run.run("deploytoken.release", env={"SUDO_USER": "alice"})
+    assert released.returncode == 0, released
+    taken = salt_run.run("deploytoken.acquire", env={"SUDO_USER": "bob"})
+    assert taken.returncode == 0, taken
+    time.sleep(2)  # the ext_pillar reads the store at most once per 2 seconds (deploytoken:pillar_cache)
+
+    ret = apply_as(salt_cli, "alice", sls)
+    assert ret.returncode == 1
+    assert guard_of(ret)["comment"].startswith("Deploy token is held by Bob Jones (bob) since ")
+    assert not marker.exists()
+
+
+def test_test_mode_reports_without_blocking(salt_cli, token, guarded):
+    sls, marker = guarded
+    token.take("alice")
+    blocked = guard_of(apply_as(salt_cli, "bob", sls, "test=True"))
+    assert blocked["result"] is None
+    assert blocked["comment"].startswith("Deploy token is held by Alice Smith (alice) since ")
+    passing = guard_of(apply_as(salt_cli, "alice", sls, "test=True"))
+    assert passing["result"] is True and passing["comment"].startswith("Alice Smith (alice) holds the deploy token")
+    assert not marker.exists()
+
+
+def test_override_passes_loudly_and_tells_the_master(
+    salt_cli, salt_master, event_listener, token, guarded, pillar_sls
+):
+    sls, marker = guarded
+    pillar_sls("deploytoken:\n  override: database down, agreed with Alice\n")
+    start = time.time()
+    ret = apply_as(salt_cli, "bob", sls)
+    assert ret.returncode == 0, ret
+    comment = guard_of(ret)["comment"]
+    assert comment.startswith("OVERRIDE: the deploy token guard PASSED for Bob Jones (bob) on collect-test ")
+    assert "(nobody holds the token), because: 'database down, agreed with Alice'." in comment
+    assert marker.exists()
+    (event,) = event_listener.wait_for_events([(salt_master.id, "deploytoken/override")], after_time=start, timeout=30)
+    data = event.data.get("data", event.data)
+    assert data["login"] == "bob" and data["minion"] == MINION and data["reason"] == "database down, agreed with Alice"
+
+
+def test_override_without_a_reason_blocks(salt_cli, token, guarded, pillar_sls):
+    sls, marker = guarded
+    pillar_sls("deploytoken:\n  override: True\n")
+    ret = apply_as(salt_cli, "bob", sls)
+    assert ret.returncode == 1
+    assert guard_of(ret)["comment"].startswith("The deploy token override must give a reason as one line of text")
+    assert not marker.exists()
+
+
+def test_status_says_the_ext_pillar_is_configured(salt_run):
+    ret = salt_run.run("deploytoken.status")
+    assert ret.returncode == 0 and ret.data["ext_pillar"] is True
