@@ -51,7 +51,11 @@ def status():
         salt-run deploytoken.status
         salt-run deploytoken.status --out=json
     """
-    return _run(lambda config, store: __utils__["deploytoken_token.status"](store))
+    ret = _run(lambda config, store: __utils__["deploytoken_token.status"](store))
+    # Without the ext_pillar, deploytoken.held on the minions cannot see the token and blocks every run.
+    pillars = __opts__.get("ext_pillar") or []
+    ret["ext_pillar"] = any(isinstance(entry, dict) and "deploytoken" in entry for entry in pillars)
+    return ret
 
 
 def acquire(reason="", wait=False, timeout=600, interval=10, name=None):
