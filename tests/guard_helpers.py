@@ -19,8 +19,9 @@ def marker_dir():
 
 
 @pytest.fixture
-def write_sls(sls_dir):
-    """``write_sls(name, text)`` writes ``<name>.sls`` into the test file root; removed afterwards."""
+def write_sls(sls_dir, salt_minion):
+    """``write_sls(name, text)`` writes ``<name>.sls`` into the test file root (for the shared minion);
+    removed afterwards."""
     written = []
 
     def write(name, text):

@@ -1,0 +1,148 @@
+"""kingfisher.no_running_jobs / no_long_queries / no_active_sessions under ``prereq``, against real
+Scrapyd, PostgreSQL and tmux servers, through the real salt CLI."""
+
+import time
+
+import pytest
+
+from guard_helpers import MINION
+
+pytestmark = pytest.mark.daemons
+
+# The file.managed stands in for the service a deployment would restart: the guard runs only when it
+# would change.
+PREREQ = """\
+{guard} would be interrupted:
+  kingfisher.{guard}:
+{args}
+    - prereq:
+      - file: service stand-in
+
+service stand-in:
+  file.managed:
+    - name: {marker}
+    - contents: restarted
+"""
+
+
+@pytest.fixture
+def guarded(write_sls, marker_dir):
+    """``guarded(guard, **args)`` writes the sls and returns (sls name, the stand-in's path)."""
+    marker = marker_dir / "restarted"
+
+    def write(guard, **args):
+        lines = "\n".join(f"    - {key}: {value!r}" for key, value in args.items())
+        return write_sls(f"dtkf_{guard}", PREREQ.format(guard=guard, args=lines, marker=marker)), marker
+
+    return write
+
+
+def apply(salt_cli, sls, *args):
+    return salt_cli.run("state.apply", sls, *args, minion_tgt=MINION)
+
+
+def guard_of(ret):
+    (state,) = [value for key, value in ret.data.items() if key.startswith("kingfisher_|")]
+    return state
+
+
+def scrapyd(server):
+    return {"url": server.url, "username": server.username, "password": server.password}
+
+
+def test_running_crawl_blocks_a_restart(salt_cli, scrapyd_busy, guarded):
+    sls, marker = guarded("no_running_jobs", **scrapyd(scrapyd_busy))
+    ret = apply(salt_cli, sls)
+    assert ret.returncode == 1
+    guard = guard_of(ret)
+    assert guard["result"] is False
+    assert f"Scrapyd job {scrapyd_busy.running} of spider sleeper (project dtkproject) has been running" in (
+        guard["comment"]
+    )
+    assert guard["comment"].endswith(
+        "Deploying now would interrupt this work: wait until it ends, or record the data support manager's "
+        "consent in pillar (kingfisher: consent: '<manager>: <why>')."
+    )
+    assert scrapyd_busy.password not in ret.stdout
+    assert not marker.exists()
+
+
+def test_long_query_blocks_a_restart(salt_cli, pg_cluster, pg_query, guarded):
+    pid = pg_query("/* alice: reindex */ SELECT pg_sleep(600)", user="alice", tcp=True)
+    time.sleep(1.2)
+    sls, marker = guarded("no_long_queries", threshold=1, socket_dir=str(pg_cluster.socket_dir), port=pg_cluster.port)
+    ret = apply(salt_cli, sls)
+    assert ret.returncode == 1
+    assert f"PostgreSQL query {pid} of alice from 127.0.0.1 (alice: reindex) has been running" in (
+        guard_of(ret)["comment"]
+    )
+    assert not marker.exists()
+
+
+def test_tmux_pane_running_a_program_blocks_a_restart(salt_cli, tmux_users, guarded):
+    user, session = tmux_users["sleep"]
+    idle, _ = tmux_users["idle"]
+    sls, marker = guarded("no_active_sessions", users=f"{user},{idle}")
+    ret = apply(salt_cli, sls)
+    assert ret.returncode == 1
+    comment = guard_of(ret)["comment"]
+    assert f"tmux session '{session}' of {user} runs 'sleep 3600'" in comment and idle not in comment
+    assert not marker.exists()
+
+
+def test_idle_services_let_the_restart_happen(salt_cli, make_scrapyd, tmux_users, guarded):
+    sls, marker = guarded("no_running_jobs", **scrapyd(make_scrapyd(jobs=0)))
+    ret = apply(salt_cli, sls)
+    assert ret.returncode == 0, ret
+    assert guard_of(ret)["comment"] == "No Scrapyd job would be interrupted."
+    assert marker.exists()
+
+
+def test_guard_does_not_run_without_a_pending_change(salt_cli, scrapyd_busy, guarded):
+    sls, marker = guarded("no_running_jobs", **scrapyd(scrapyd_busy))
+    marker.write_text("restarted\n")
+    ret = apply(salt_cli, sls)
+    assert ret.returncode == 0, ret
+    guard = guard_of(ret)
+    assert guard["result"] is True and "Scrapyd" not in guard["comment"]
+
+
+def test_consent_passes_loudly(salt_cli, scrapyd_busy, guarded, pillar_sls):
+    pillar_sls("kingfisher:\n  consent: 'Dana Lee: the crawl can be restarted'\n")
+    sls, marker = guarded("no_running_jobs", **scrapyd(scrapyd_busy))
+    ret = apply(salt_cli, sls)
+    assert ret.returncode == 0, ret
+    comment = guard_of(ret)["comment"]
+    assert comment.startswith(f"CONSENT: PASSED although Scrapyd job {scrapyd_busy.running} ")
+    assert comment.endswith("Consent recorded in pillar: 'Dana Lee: the crawl can be restarted'.")
+    assert marker.exists()
+
+
+def test_consent_without_a_manager_blocks(salt_cli, scrapyd_busy, guarded, pillar_sls):
+    pillar_sls("kingfisher:\n  consent: 'fine by me'\n")
+    sls, marker = guarded("no_running_jobs", **scrapyd(scrapyd_busy))
+    ret = apply(salt_cli, sls)
+    assert ret.returncode == 1
+    assert guard_of(ret)["comment"] == (
+        "Cannot tell whether a Scrapyd job would be interrupted, so this deployment may not go on: The kingfisher "
+        "consent 'fine by me' must name the data support manager and why, on one line, e.g. kingfisher: consent: "
+        "'Dana Lee: the crawl can be restarted'."
+    )
+    assert not marker.exists()
+
+
+def test_unreachable_scrapyd_blocks(salt_cli, guarded):
+    sls, marker = guarded("no_running_jobs", url="http://127.0.0.1:9")
+    ret = apply(salt_cli, sls)
+    assert ret.returncode == 1
+    assert guard_of(ret)["comment"].startswith(
+        "Cannot tell whether a Scrapyd job would be interrupted, so this deployment may not go on: "
+    )
+    assert not marker.exists()
+
+
+def test_test_mode_reports_a_block_as_none(salt_cli, scrapyd_busy, guarded):
+    sls, marker = guarded("no_running_jobs", **scrapyd(scrapyd_busy))
+    guard = guard_of(apply(salt_cli, sls, "test=True"))
+    assert guard["result"] is None and "Scrapyd job" in guard["comment"]
+    assert not marker.exists()
