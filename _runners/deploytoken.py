@@ -18,7 +18,9 @@ Configuration (master config, all optional):
 import logging
 from typing import TYPE_CHECKING
 
+import salt.client
 import salt.utils.event
+import salt.utils.minions
 from salt.exceptions import SaltException, SaltInvocationError
 
 if TYPE_CHECKING:
@@ -156,6 +158,140 @@ def history(limit=10):
         salt-run deploytoken.history limit=20 --out=json
     """
     return _run(lambda config, store: __utils__["deploytoken_token.history"](store, limit))
+
+
+def update_repos(repos=None):
+    """
+    Bring each deploy repository to its default branch and pull it with rebase. Nothing is stashed
+    or discarded: uncommitted changes that block the switch, a rebase conflict (aborted, the
+    repository left as it was), a detached HEAD, unpushed local commits, no remote or a remote that
+    cannot be reached are each reported in one sentence. Exit status 1 if any repository has a problem.
+
+    repos
+        A list of absolute paths of git checkouts. Default: ``deploytoken: repos:`` from the master
+        config, else the git checkouts among the master's file_roots and pillar_roots.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploytoken.update_repos
+        salt-run deploytoken.update_repos repos='["/srv/deploy", "/srv/deploy/pillar/private"]'
+    """
+    try:
+        result = __utils__["deploytoken_repos.update_all"](_repo_paths(repos), progress=_progress)
+    except SaltException as exc:
+        return {"error": str(exc), "retcode": BAD_INPUT}
+    if not result["ok"]:
+        result["retcode"] = 1
+    return result
+
+
+def setup(targets=None, reason="", wait=False, consent=None, repos=None, tgt_type="glob", busy_args=None,
+          timeout=600, interval=10, name=None):
+    """
+    The Setup of the deploy procedure in one command: update the deploy repositories (stops on any
+    problem), ask ``targets`` whether Kingfisher is busy (stops when any is busy or does not answer,
+    unless ``consent`` is given), then take the deploy token. Each step is reported on the runner's
+    event stream; one summary is returned. Exit status 1 when stopped or refused, 2 on bad input.
+
+    targets
+        The Kingfisher minions to check with ``kingfisher.busy``, e.g. ``collect*``. Left out: no check.
+
+    reason
+        Why you deploy; written in the token and the history.
+
+    wait
+        ``True`` to wait for the token if someone else holds it (see ``deploytoken.acquire``).
+
+    consent
+        ``"<manager>: <why>"``: the data support manager who agreed to go ahead although Kingfisher
+        is busy, and why. Recorded with the claim, so it shows in ``deploytoken.history``.
+
+    repos
+        The repositories to update, as for ``deploytoken.update_repos``.
+
+    tgt_type
+        How ``targets`` is matched (``glob`` by default, ``list``, ``compound``, ...).
+
+    busy_args
+        A mapping of arguments for ``kingfisher.busy``, e.g. ``'{"postgres": "always"}'``.
+
+    timeout, interval
+        With ``wait``, as for ``deploytoken.acquire``.
+
+    name
+        Write this name in the token instead of yours, as for ``deploytoken.acquire``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploytoken.setup reason="upgrade postgres"
+        salt-run deploytoken.setup targets='collect*' reason="upgrade postgres"
+        salt-run deploytoken.setup targets='collect*' reason="new spider" consent="Dana Lee: crawl restarts fine"
+    """
+
+    def action(config, store):
+        waiting = _flag(wait, "wait")
+        if busy_args is not None and not isinstance(busy_args, dict):
+            raise SaltInvocationError(f"busy_args must be a mapping of kingfisher.busy arguments, got {busy_args!r}.")
+        __utils__["deploytoken_model.check_seconds"](timeout, "timeout")
+        __utils__["deploytoken_model.check_seconds"](interval, "interval", minimum=0.1)
+        people = __utils__["deploytoken_token.people_of"](config)
+        caller = _caller()
+        __utils__["deploytoken_token.who"](caller, name, people)
+        # The steps run inside deploytoken_setup.run, where this module's __utils__ and __opts__ are not
+        # reachable: bind everything they need now.
+        update_all = __utils__["deploytoken_repos.update_all"]
+        acquire_token = __utils__["deploytoken_token.acquire"]
+        conf_file, gather_timeout = __opts__["conf_file"], __opts__.get("timeout", 5)
+
+        def check_busy(found):
+            client = salt.client.LocalClient(conf_file)
+            # LocalClient prints to stdout when nothing matches, which would spoil --out=json.
+            if not salt.utils.minions.CkMinions(client.opts).check_minions(found, tgt_type)["minions"]:
+                return {}
+            return client.cmd(found, "kingfisher.busy", kwarg=dict(busy_args or {}), tgt_type=tgt_type,
+                              full_return=True, timeout=gather_timeout)
+
+        def take(recorded):
+            return acquire_token(
+                store, caller, people, reason=recorded, name=name, wait=waiting, timeout=timeout,
+                interval=interval, progress=_progress, notify=_fire,
+            )
+
+        return __utils__["deploytoken_setup.run"](
+            _repo_paths(repos), targets, reason, consent,
+            update=lambda paths: update_all(paths, progress=_progress),
+            check_busy=check_busy, acquire=take, progress=_progress,
+        )
+
+    return _run(action)
+
+
+def cleanup(note="", name=None):
+    """
+    The Cleanup of the deploy procedure: give the deploy token back with a note for the history
+    (same as ``deploytoken.release``).
+
+    note
+        What happened, e.g. "rebooted kingfisher-main".
+
+    name
+        The name you took the token under, if you gave ``name=`` to setup.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploytoken.cleanup note="rebooted kingfisher-main"
+    """
+    return release(note=note, name=name)
+
+
+def _repo_paths(repos):
+    return __utils__["deploytoken_repos.default_paths"](__opts__) if repos is None else repos
 
 
 # ---- Salt plumbing ----------------------------------------------------------------------------

@@ -1,0 +1,118 @@
+"""
+The team's Setup as one command: update the deploy repositories, check that Kingfisher is not busy,
+take the deploy token. Each step is a function handed in by the caller (the runner), so this module
+decides the order and when to stop, and knows nothing of Salt.
+"""
+
+import deploytoken_model as model
+import deploytoken_repos as repos
+
+REFUSED = 1
+CONSENT_EXAMPLE = "consent='Dana Lee: the crawl can be restarted tomorrow'"
+
+
+def check_targets(targets):
+    """``None`` (no Kingfisher check) or a non-empty target expression."""
+    if targets is None:
+        return None
+    if not isinstance(targets, str) or not targets.strip():
+        raise model.InputError(
+            f"targets is empty: give the Kingfisher minions to check, e.g. targets='collect*', or leave it out; "
+            f"got {targets!r}."
+        )
+    return targets.strip()
+
+
+def check_consent(consent):
+    """``None`` or ``"<manager>: <why>"``, both parts present, one line."""
+    if consent is None or consent == "":
+        return None
+    text = model.check_text(consent, "consent")
+    manager, colon, why = text.partition(":")
+    if not colon or not manager.strip() or not why.strip():
+        raise model.InputError(
+            f"consent must name the data support manager who agreed and why, as consent='<manager>: <why>', "
+            f"e.g. {CONSENT_EXAMPLE}; got {text!r}."
+        )
+    return f"{manager.strip()}: {why.strip()}"
+
+
+def verdicts(returns):
+    """Per minion: busy or not, and why, from ``LocalClient.cmd(..., full_return=True)`` answers.
+
+    A minion that did not answer, or whose ``kingfisher.busy`` failed, counts as busy (unknown).
+    """
+    found = {}
+    for minion, answer in sorted(returns.items()):
+        report = answer.get("ret") if isinstance(answer, dict) else None
+        if answer is False or answer is None:
+            found[minion] = _unknown(f"{minion} did not answer, so it counts as busy.")
+        elif isinstance(report, dict) and isinstance(report.get("busy"), bool):
+            reasons = [str(reason) for reason in report.get("reasons") or []]
+            if report["busy"] and not reasons:
+                reasons = [f"{minion} says it is busy."]
+            found[minion] = {"busy": report["busy"], "answered": True, "reasons": reasons}
+        else:
+            found[minion] = _unknown(f"{minion} could not run kingfisher.busy, so it counts as busy: {report}")
+    return found
+
+
+def _unknown(sentence):
+    return {"busy": True, "answered": False, "reasons": [sentence]}
+
+
+def run(paths, targets, reason, consent, update, check_busy, acquire, progress):
+    """Update ``paths``; check ``targets`` unless None; take the token. Returns one summary dict.
+
+    ``update(paths)`` -> the ``deploytoken_repos.update_all`` result; ``check_busy(targets)`` ->
+    ``{minion: full return}``; ``acquire(reason)`` -> the token's acquire result.
+    """
+    targets = check_targets(targets)
+    consent = check_consent(consent)
+    reason = model.check_text(reason, "reason")
+    paths = repos.check_paths(paths)
+    summary = {"repos": None, "kingfisher": None, "consent": consent, "token": None, "done": False}
+
+    progress(f"Step 1 of 3: updating {len(paths)} repositories.")
+    summary["repos"] = update(paths)
+    if not summary["repos"]["ok"]:
+        problems = summary["repos"]["problems"]
+        return _stop(summary, f"Setup stopped: {len(problems)} repository problem(s): " + " ".join(problems))
+
+    if targets is None:
+        progress("Step 2 of 3: no targets given, Kingfisher is not checked.")
+    else:
+        progress(f"Step 2 of 3: asking {targets} whether Kingfisher is busy.")
+        returns = check_busy(targets)
+        if not returns:
+            return _stop(summary, f"Setup stopped: no minion matches targets {targets!r}.")
+        summary["kingfisher"] = verdicts(returns)
+        busy = {minion: found for minion, found in summary["kingfisher"].items() if found["busy"]}
+        for minion, found in summary["kingfisher"].items():
+            progress(f"{minion}: " + ("busy: " + " ".join(found["reasons"]) if found["busy"] else "not busy."))
+        if busy and not consent:
+            reasons = " ".join(f"{minion}: {' '.join(found['reasons'])}" for minion, found in busy.items())
+            return _stop(
+                summary,
+                f"Setup stopped: Kingfisher is busy. {reasons} Ask the owners, or the data support manager, "
+                f"and run again with {CONSENT_EXAMPLE}.",
+            )
+        if busy:
+            progress(f"Kingfisher is busy, going ahead with the consent of {consent}.")
+
+    progress("Step 3 of 3: taking the deploy token.")
+    recorded = f"{reason} [consent: {consent}]".strip() if consent else reason
+    summary["token"] = acquire(recorded)
+    if summary["token"].get("retcode"):
+        return _stop(summary, "Setup stopped: " + summary["token"]["message"], summary["token"]["retcode"])
+    summary["done"] = True
+    summary["message"] = "Setup done: repositories updated, " + (
+        "Kingfisher checked, " if targets else ""
+    ) + summary["token"]["message"]
+    return summary
+
+
+def _stop(summary, message, retcode=REFUSED):
+    summary["message"] = message
+    summary["retcode"] = retcode
+    return summary

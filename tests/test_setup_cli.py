@@ -1,0 +1,161 @@
+"""``salt-run deploytoken.update_repos / setup / cleanup`` end to end: the real salt-run CLI, the shared
+real master and minion, real git repositories, and a real Scrapyd for the Kingfisher check."""
+
+import json
+
+import git
+import pytest
+
+pytestmark = [pytest.mark.daemons, pytest.mark.usefixtures("free_token")]
+
+MINION = "collect-test"
+CONSENT = "Dana Lee: the crawl can be restarted tomorrow"
+
+
+def as_alice(salt_run, *args):
+    return salt_run.run(*args, env={"SUDO_USER": "alice"})
+
+
+def repos_arg(*repos):
+    return "repos=" + json.dumps([repo.working_tree_dir if hasattr(repo, "working_tree_dir") else str(repo)
+                                  for repo in repos])
+
+
+def busy_arg(server):
+    # Only this test's Scrapyd; no tmux user has a server; PostgreSQL is not part of these checks.
+    return "busy_args=" + json.dumps({"url": server.url, "username": server.username, "password": server.password,
+                                      "users": "dtknobody", "postgres": "never"})
+
+
+@pytest.fixture
+def behind(git_world):
+    """A clone on a feature branch, one commit behind its origin's default branch ``trunk``."""
+    origin = git_world.origin(default="trunk")
+    clone = git_world.clone(origin)
+    clone.git.checkout("-b", "feature")
+    upstream = git_world.push_from_elsewhere(origin, {"new.txt": "from upstream\n"})
+    return clone, upstream
+
+
+def token_holder(salt_run):
+    return as_alice(salt_run, "deploytoken.status").data.get("holder")
+
+
+def test_update_repos_switches_pulls_and_reports(salt_run, behind, git_world):
+    clone, upstream = behind
+    ret = as_alice(salt_run, "deploytoken.update_repos", repos_arg(clone))
+    assert ret.returncode == 0, ret
+    (report,) = ret.data["repos"]
+    assert ret.data["ok"] is True and ret.data["problems"] == []
+    assert (report["branch_before"], report["branch_after"], report["pulled"]) == ("feature", "trunk", 1)
+    assert report["head_after"] == upstream and clone.head.commit.hexsha == upstream
+
+
+def test_update_repos_exits_1_on_a_problem(salt_run, git_world):
+    good = git_world.clone(git_world.origin())
+    lonely = git_world.path("lonely")
+    lonely.mkdir()
+    git_world.commit(git.Repo.init(lonely), {"a": "a\n"}, "only")
+    ret = as_alice(salt_run, "deploytoken.update_repos", repos_arg(good, lonely))
+    assert ret.returncode == 1, ret
+    assert ret.data["problems"] == [
+        f"{lonely}: has no remote named origin, so there is nothing to pull from. Nothing was changed."]
+    assert ret.data["repos"][0]["problem"] is None
+
+
+@pytest.mark.parametrize("entry, sentence", [
+    ("srv/deploy", "The repos entry 'srv/deploy' is a relative path: give an absolute path."),
+    ("/nonexistent/dt-deploy", "The repos entry /nonexistent/dt-deploy is not a directory."),
+    ("/tmp", "The repos entry /tmp is not a git repository."),
+])
+def test_update_repos_bad_entry_changes_nothing(salt_run, behind, entry, sentence):
+    clone, _ = behind
+    ret = as_alice(salt_run, "deploytoken.update_repos", repos_arg(clone, entry))
+    assert ret.returncode == 2, ret
+    assert ret.data == {"error": sentence, "retcode": 2}
+    assert clone.active_branch.name == "feature"
+
+
+def test_setup_on_idle_minion_takes_the_token_and_cleanup_gives_it_back(salt_run, salt_minion, behind, make_scrapyd):
+    clone, upstream = behind
+    server = make_scrapyd(jobs=0)
+    ret = as_alice(salt_run, "deploytoken.setup", f"targets={MINION}", "reason=upgrade postgres",
+                   repos_arg(clone), busy_arg(server))
+    assert ret.returncode == 0, ret
+    summary = ret.data
+    assert summary["done"] is True and summary["consent"] is None
+    assert summary["repos"]["repos"][0]["branch_after"] == "trunk" and clone.head.commit.hexsha == upstream
+    assert summary["kingfisher"] == {MINION: {"busy": False, "answered": True, "reasons": []}}
+    assert summary["token"]["holder"] == "Alice Smith" and summary["token"]["reason"] == "upgrade postgres"
+    assert summary["message"].startswith("Setup done: repositories updated, Kingfisher checked, You hold the deploy")
+    assert server.password not in ret.stdout
+
+    done = as_alice(salt_run, "deploytoken.cleanup", "note=rebooted kingfisher-main")
+    assert done.returncode == 0 and done.data["released"], done
+    (row,) = as_alice(salt_run, "deploytoken.history", "limit=1").data
+    assert row["claim"] == summary["token"]["claim"] and row["note"] == "rebooted kingfisher-main"
+    assert token_holder(salt_run) is None
+
+
+def test_running_crawl_stops_setup_and_consent_lets_it_through(salt_run, salt_minion, behind, scrapyd_busy):
+    clone, _ = behind
+    args = (f"targets={MINION}", "reason=new spider", repos_arg(clone), busy_arg(scrapyd_busy))
+    stopped = as_alice(salt_run, "deploytoken.setup", *args)
+    assert stopped.returncode == 1, stopped
+    assert stopped.data["done"] is False and stopped.data["token"] is None
+    message = stopped.data["message"]
+    assert message.startswith(f"Setup stopped: Kingfisher is busy. {MINION}: Scrapyd job {scrapyd_busy.running} "
+                              "of spider sleeper (project dtkproject) has been running")
+    assert message.endswith("Ask the owners, or the data support manager, and run again with "
+                            "consent='Dana Lee: the crawl can be restarted tomorrow'.")
+    assert token_holder(salt_run) is None
+
+    agreed = as_alice(salt_run, "deploytoken.setup", *args, f"consent={CONSENT}")
+    assert agreed.returncode == 0, agreed
+    assert agreed.data["kingfisher"][MINION]["busy"] is True and agreed.data["consent"] == CONSENT
+    assert agreed.data["token"]["reason"] == f"new spider [consent: {CONSENT}]"
+
+    assert as_alice(salt_run, "deploytoken.cleanup", "note=crawl restarted").returncode == 0
+    (row,) = as_alice(salt_run, "deploytoken.history", "limit=1").data
+    assert row["reason"] == f"new spider [consent: {CONSENT}]" and row["note"] == "crawl restarted"
+
+
+def test_setup_stops_on_a_repository_problem_before_asking_anyone(salt_run, git_world):
+    origin = git_world.origin()
+    clone = git_world.clone(origin)
+    git_world.commit(clone, {"README": "local\n"}, "local change")
+    git_world.push_from_elsewhere(origin, {"README": "upstream\n"})
+    ret = as_alice(salt_run, "deploytoken.setup", "targets=nobody-matches-this", repos_arg(clone))
+    assert ret.returncode == 1, ret
+    assert ret.data["message"].startswith(f"Setup stopped: 1 repository problem(s): {clone.working_tree_dir}: "
+                                          "rebasing main onto origin/main conflicts with local commit(s) ")
+    assert ret.data["kingfisher"] is None and ret.data["token"] is None
+    assert token_holder(salt_run) is None
+
+
+def test_setup_stops_when_no_minion_matches(salt_run, behind):
+    clone, _ = behind
+    ret = as_alice(salt_run, "deploytoken.setup", "targets=nobody-matches-this", repos_arg(clone))
+    assert ret.returncode == 1, ret
+    assert ret.data["message"] == "Setup stopped: no minion matches targets 'nobody-matches-this'."
+    assert token_holder(salt_run) is None
+
+
+@pytest.mark.parametrize("arg, sentence", [
+    ("targets=", "targets is empty: give the Kingfisher minions to check, e.g. targets='collect*', or leave it out; "
+                 "got ''."),
+    ("consent=Dana Lee", "consent must name the data support manager who agreed and why, as "
+                         "consent='<manager>: <why>', e.g. consent='Dana Lee: the crawl can be restarted tomorrow'; "
+                         "got 'Dana Lee'."),
+    ("consent=Dana Lee:", "consent must name the data support manager who agreed and why, as "
+                          "consent='<manager>: <why>', e.g. consent='Dana Lee: the crawl can be restarted tomorrow'; "
+                          "got 'Dana Lee:'."),
+    ("wait=maybe", "wait must be True or False, got 'maybe'."),
+])
+def test_setup_bad_input_changes_nothing(salt_run, behind, arg, sentence):
+    clone, _ = behind
+    ret = as_alice(salt_run, "deploytoken.setup", "reason=x", repos_arg(clone), arg)
+    assert ret.returncode == 2, ret
+    assert ret.data == {"error": sentence, "retcode": 2}
+    assert clone.active_branch.name == "feature", "the repositories were not touched"
+    assert token_holder(salt_run) is None

@@ -1,0 +1,54 @@
+"""The Setup decisions without Salt: targets and consent checks, and reading kingfisher.busy answers."""
+
+import pytest
+
+import deploytoken_model as model
+import deploytoken_setup as setup
+
+
+def test_targets_left_out_or_given():
+    assert setup.check_targets(None) is None
+    assert setup.check_targets(" collect* ") == "collect*"
+
+
+@pytest.mark.parametrize("targets", ["", "   ", 5])
+def test_empty_targets_are_refused(targets):
+    with pytest.raises(model.InputError, match=r"^targets is empty: give the Kingfisher minions to check"):
+        setup.check_targets(targets)
+
+
+def test_consent_names_manager_and_reason():
+    assert setup.check_consent(None) is None and setup.check_consent("") is None
+    assert setup.check_consent(" Dana Lee :  crawl restarts fine ") == "Dana Lee: crawl restarts fine"
+
+
+@pytest.mark.parametrize("consent", ["Dana Lee", "Dana Lee:", ": crawl restarts fine", " : "])
+def test_consent_without_manager_or_reason_is_refused(consent):
+    with pytest.raises(model.InputError) as caught:
+        setup.check_consent(consent)
+    assert str(caught.value).startswith(
+        "consent must name the data support manager who agreed and why, as consent='<manager>: <why>'")
+
+
+def test_consent_must_be_one_line():
+    with pytest.raises(model.InputError, match="^The consent must be a single line"):
+        setup.check_consent("Dana: ok\nrm -rf")
+
+
+def test_verdicts_fail_closed():
+    returns = {
+        "idle": {"ret": {"busy": False, "reasons": [], "sources": {}}, "retcode": 0},
+        "crawling": {"ret": {"busy": True, "reasons": ["Scrapyd job 1 of spider a is running."]}, "retcode": 1},
+        "silent": False,
+        "old": {"ret": "'kingfisher.busy' is not available.", "retcode": 254},
+        "terse": {"ret": {"busy": True}, "retcode": 1},
+    }
+    assert setup.verdicts(returns) == {
+        "crawling": {"busy": True, "answered": True, "reasons": ["Scrapyd job 1 of spider a is running."]},
+        "idle": {"busy": False, "answered": True, "reasons": []},
+        "old": {"busy": True, "answered": False,
+                "reasons": ["old could not run kingfisher.busy, so it counts as busy: 'kingfisher.busy' is not "
+                            "available."]},
+        "silent": {"busy": True, "answered": False, "reasons": ["silent did not answer, so it counts as busy."]},
+        "terse": {"busy": True, "answered": True, "reasons": ["terse says it is busy."]},
+    }
