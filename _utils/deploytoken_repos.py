@@ -167,11 +167,15 @@ def _update(repo, path, report):
         except git.GitCommandError as exc:
             _abort_rebase(repo)
             _switch_back(repo, before, default)
-            commits = ", ".join(sha[:12] for sha in local) or "none"
+            if not local:
+                raise RepoProblem(
+                    f"{path}: cannot bring {default} up to {upstream} ({_git_said(exc)}); the repository is as "
+                    "it was. Move those files away, then run again."
+                ) from None
             raise RepoProblem(
-                f"{path}: rebasing {default} onto {upstream} conflicts with local commit(s) {commits} "
-                f"({_git_said(exc)}); the rebase was aborted and the repository is as it was. "
-                "Resolve it by hand with git pull --rebase."
+                f"{path}: rebasing {default} onto {upstream} conflicts with local commit(s) "
+                f"{_listing([sha[:12] for sha in local])} ({_git_said(exc)}); the rebase was aborted and the "
+                "repository is as it was. Resolve it by hand with git pull --rebase."
             ) from None
         report["pulled"] = behind
     ahead = repo.git.rev_list(f"{upstream}..HEAD").split()
@@ -234,12 +238,14 @@ def _head(repo):
 
 
 def _git_said(exc):
-    """The last meaningful line git printed, without its ``fatal:``/``error:`` prefix."""
-    lines = [line.strip() for line in str(exc.stderr or "").splitlines() if line.strip()]
-    lines = [line.removeprefix("stderr: ").strip("'").strip() for line in lines]
+    """What git said went wrong, on one line, without its ``fatal:``/``error:`` prefix."""
+    lines = [line.strip().removeprefix("stderr: ").strip("'").strip() for line in str(exc.stderr or "").splitlines()]
     lines = [line for line in lines if line and not line.startswith("hint:")]
-    for line in lines:
-        for prefix in ("fatal: ", "error: ", "CONFLICT "):
-            if line.startswith(prefix):
-                return line.removeprefix("fatal: ").removeprefix("error: ").rstrip(".")
+    for index, line in enumerate(lines):
+        if line.startswith(("fatal: ", "error: ")):
+            said = line.removeprefix("fatal: ").removeprefix("error: ")
+            if said.endswith(":"):  # a list follows, e.g. the files in the way
+                listed = [item for item in lines[index + 1:index + 4] if not item.startswith(("Please", "Aborting"))]
+                said = f"{said} {', '.join(listed)}"
+            return said.rstrip(".")
     return (lines[-1] if lines else f"git exited with status {exc.status}").rstrip(".")

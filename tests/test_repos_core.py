@@ -237,3 +237,19 @@ def test_default_paths_are_the_git_checkouts_among_the_roots(git_world):
     assert repos.default_paths(dict(opts, deploytoken={"repos": ["/srv/x"]})) == ["/srv/x"]
     with pytest.raises(model.InputError, match="^No repositories to update: set deploytoken: repos:"):
         repos.default_paths({"file_roots": {"base": [str(plain)]}})
+
+
+def test_untracked_file_in_the_way_of_the_pull_is_kept(git_world):
+    origin = git_world.origin()
+    clone = git_world.clone(origin)
+    head = clone.head.commit.hexsha
+    git_world.push_from_elsewhere(origin, {"data.csv": "upstream\n"})
+    with open(os.path.join(clone.working_tree_dir, "data.csv"), "w") as handle:
+        handle.write("my scratch file\n")
+
+    report = repos.update(clone.working_tree_dir)
+
+    assert report["problem"].startswith(f"{clone.working_tree_dir}: cannot bring main up to origin/main (")
+    assert "data.csv" in report["problem"]
+    assert report["problem"].endswith("; the repository is as it was. Move those files away, then run again.")
+    assert clone.head.commit.hexsha == head and read(clone, "data.csv") == "my scratch file\n"
