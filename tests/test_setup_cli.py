@@ -151,6 +151,7 @@ def test_setup_stops_when_no_minion_matches(salt_run, behind):
                           "consent='<manager>: <why>', e.g. consent='Dana Lee: the crawl can be restarted tomorrow'; "
                           "got 'Dana Lee:'."),
     ("wait=maybe", "wait must be True or False, got 'maybe'."),
+    ("busy_args=always", "busy_args must be a mapping of kingfisher.busy arguments, got 'always'."),
 ])
 def test_setup_bad_input_changes_nothing(salt_run, behind, arg, sentence):
     clone, _ = behind
