@@ -6,6 +6,7 @@ state finds who published the job (``publisher()``) and ``decide()`` says pass o
 sentence people read. Plain Python: no ``__salt__`` here.
 """
 
+import logging
 import os
 
 import salt.payload
@@ -16,6 +17,8 @@ import deploytoken_token as token
 
 ACQUIRE = "salt-run deploytoken.acquire reason='...'"
 CACHE_SECONDS = 2
+
+log = logging.getLogger(__name__)
 
 
 def pillar(opts):
@@ -28,6 +31,7 @@ def pillar(opts):
 
 def read_store(opts):
     """Pillar data from the configured store; a store that cannot be read gives ``error``."""
+    log.debug("deploytoken: reading the token store for the ext_pillar")
     people = {}
     try:
         config = token.settings(opts)

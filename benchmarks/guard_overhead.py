@@ -1,0 +1,184 @@
+"""
+What do the deploy token guard and its ext_pillar cost a state run?
+
+Starts a real salt-master and salt-minion (as root, in a temp folder, on 127.0.0.1) three times:
+
+1. baseline: no ext_pillar, a small sls without the guard;
+2. guarded: ``ext_pillar: [{deploytoken: {}}]`` and the same sls with ``deploytoken.held`` first
+   (alice holds the token and runs ``state.apply``);
+3. guarded without the read cache (``deploytoken:pillar_cache: 0``).
+
+Prints the median wall time of ``salt MINION state.apply`` for 1 and 2 and their ratio, and how
+many times the token store was read for 20 concurrent pillar compiles (``salt-call pillar.items``
+run at once on the minion) with and without the cache.
+
+Run with the project's venv, as root: ``sudo .venv/bin/python benchmarks/guard_overhead.py [--runs N]``
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import pathlib
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+BIN = pathlib.Path(sys.executable).parent
+MINION = "bench-minion"
+READ_LINE = "deploytoken: reading the token store for the ext_pillar"
+
+SLS = """\
+{guard}
+a small deployment:
+  file.managed:
+    - name: {root}/deployed
+    - contents: deployed
+"""
+GUARD = """\
+deploy token held:
+  deploytoken.held:
+    - order: 1
+    - failhard: True
+"""
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Salt:
+    """A master and a minion in ``root``, stopped (and the folder removed) on exit."""
+
+    def __init__(self, guarded, pillar_cache=None):
+        self.root = pathlib.Path(tempfile.mkdtemp(prefix="dtb-", dir="/tmp"))
+        self.conf = self.root / "conf"
+        self.guarded = guarded
+        self.pillar_cache = pillar_cache
+        self.processes = []
+
+    def __enter__(self):
+        root, conf = self.root, self.conf
+        for sub in ("conf", "sls", "pillar", "master/cache/proc", "minion/cache", "sock-m", "sock-n", "pki-m", "pki-n"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "sls" / "bench.sls").write_text(SLS.format(guard=GUARD if self.guarded else "", root=root))
+        publish, ret = free_port(), free_port()
+        deploytoken = {"sqlite": {"path": str(root / "token.sqlite")}, "people": {"alice": "Alice Smith"}}
+        if self.pillar_cache is not None:
+            deploytoken["pillar_cache"] = self.pillar_cache
+        master = {
+            "id": "bench-master", "user": "root", "interface": "127.0.0.1", "publish_port": publish,
+            "ret_port": ret, "root_dir": str(root), "pki_dir": str(root / "pki-m"),
+            "cachedir": str(root / "master/cache"), "sock_dir": str(root / "sock-m"),
+            "pidfile": str(root / "master.pid"), "log_file": str(root / "master.log"),
+            "log_level_logfile": "debug", "auto_accept": True,
+            "file_roots": {"base": [str(REPO), str(root / "sls")]},
+            "pillar_roots": {"base": [str(root / "pillar")]},
+            "deploytoken": deploytoken,
+        }
+        if self.guarded:
+            master["ext_pillar"] = [{"deploytoken": {}}]
+        minion = {
+            "id": MINION, "user": "root", "master": "127.0.0.1", "master_port": ret, "publish_port": publish,
+            "root_dir": str(root), "pki_dir": str(root / "pki-n"), "cachedir": str(root / "minion/cache"),
+            "sock_dir": str(root / "sock-n"), "pidfile": str(root / "minion.pid"),
+            "log_file": str(root / "minion.log"),
+        }
+        (conf / "master").write_text(json.dumps(master))
+        (conf / "minion").write_text(json.dumps(minion))
+        self.processes.append(self._start("salt-master"))
+        self.run("salt-run", "saltutil.sync_all")
+        self.processes.append(self._start("salt-minion"))
+        deadline = time.monotonic() + 120
+        while self.run("salt", MINION, "test.ping", check=False).get(MINION) is not True:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the minion did not answer; see {root}/minion.log")
+            time.sleep(1)
+        self.run("salt", MINION, "saltutil.sync_all")
+        return self
+
+    def __exit__(self, *exc):
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _start(self, daemon):
+        return subprocess.Popen([str(BIN / daemon), "-c", str(self.conf), "-l", "quiet"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def run(self, script, *args, check=True, user="alice"):
+        command = [str(BIN / script), "-c", str(self.conf), "--out=json", *args]
+        env = dict(os.environ, SUDO_USER=user, PYTHONWARNINGS="ignore")
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stdout}{done.stderr}")
+        try:
+            return json.loads(done.stdout or "{}")
+        except ValueError:
+            return {}
+
+    def store_reads(self):
+        return (self.root / "master.log").read_text(errors="replace").count(READ_LINE)
+
+
+def median_apply(salt, runs):
+    salt.run("salt", MINION, "state.apply", "bench")  # the first run writes the file; the others change nothing
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        salt.run("salt", MINION, "state.apply", "bench")
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def concurrent_compiles(salt, count=20):
+    before = salt.store_reads()
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        answers = list(pool.map(lambda _: salt.run("salt-call", "pillar.items"), range(count)))
+    assert all("deploytoken" in answer.get("local", {}) for answer in answers), answers[:1]
+    return salt.store_reads() - before
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--runs", type=int, default=7, help="state.apply runs per case (default 7)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("Run as root: the master and the minion run as root in a temp folder.")
+
+    with Salt(guarded=False) as salt:
+        baseline = median_apply(salt, args.runs)
+    with Salt(guarded=True) as salt:
+        salt.run("salt-run", "deploytoken.acquire", "reason=benchmark")
+        time.sleep(2.5)  # let the ext_pillar's read cache (2 s) forget "nobody holds it"
+        guarded = median_apply(salt, args.runs)
+        time.sleep(3)
+        cached_reads = concurrent_compiles(salt)
+    with Salt(guarded=True, pillar_cache=0) as salt:
+        uncached_reads = concurrent_compiles(salt)
+
+    print(f"state.apply of a small sls, median of {args.runs} runs on a real master and minion:")
+    print(f"  without guard and ext_pillar: {baseline * 1000:8.0f} ms")
+    print(f"  with deploytoken.held + ext_pillar: {guarded * 1000:8.0f} ms")
+    print(f"  added: {(guarded - baseline) * 1000:+.0f} ms per run, ratio {guarded / baseline:.2f}")
+    # Without the cache every pillar compile reads the store (salt-call asks the master more than once).
+    print("token store reads for 20 concurrent salt-call pillar.items on the minion:")
+    print(f"  with the read cache (2 s): {cached_reads}")
+    print(f"  without (pillar_cache: 0): {uncached_reads}   ratio {cached_reads / max(uncached_reads, 1):.2f}")
+
+
+if __name__ == "__main__":
+    main()
