@@ -55,8 +55,9 @@ def status():
     """
     ret = _run(lambda config, store: __utils__["deploytoken_token.status"](store))
     # Without the ext_pillar, deploytoken.held on the minions cannot see the token and blocks every run.
-    pillars = __opts__.get("ext_pillar") or []
-    ret["ext_pillar"] = any(isinstance(entry, dict) and "deploytoken" in entry for entry in pillars)
+    if "error" not in ret:
+        pillars = __opts__.get("ext_pillar") or []
+        ret["ext_pillar"] = any(isinstance(entry, dict) and "deploytoken" in entry for entry in pillars)
     return ret
 
 
