@@ -112,10 +112,10 @@ def decide(pillar, login, minion, test=False, now=None):
 
     override = pillar.get("override")
     if override not in (None, ""):
-        if not isinstance(override, str) or not override.strip() or model._has_control(override):
+        reason = _one_line(override, "override")
+        if not reason:
             return _ret(blocked, "The deploy token override must give a reason as one line of text, e.g. "
                         "deploytoken: override: 'database down, agreed with Alice'; nothing was deployed.")
-        reason = override.strip()
         holder = _holder_text(pillar, now)
         verb = "would pass" if test else "PASSED"
         comment = (
@@ -146,6 +146,16 @@ def decide(pillar, login, minion, test=False, now=None):
     return _ret(blocked, f"Deploy token is held by {_holder_text(pillar, now)}, so {who} may not deploy on "
                 f"{minion}. Wait with salt-run deploytoken.acquire wait=True, or ask {pillar.get('holder')} "
                 "to run salt-run deploytoken.release.")
+
+
+def _one_line(value, what):
+    """``value`` stripped when it is one line of text, else ''."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        return model.check_text(value, what)
+    except model.InputError:
+        return ""
 
 
 def _ret(result, comment):

@@ -10,9 +10,12 @@ def check_consent(consent):
     """``"<data support manager>: <why>"`` stripped, or None when no consent is given."""
     if consent in (None, ""):
         return None
-    text = consent.strip() if isinstance(consent, str) else ""
+    try:
+        text = model.check_text(consent, "consent") if isinstance(consent, str) else ""
+    except model.InputError:
+        text = ""
     manager, _, why = text.partition(":")
-    if not manager.strip() or not why.strip() or model._has_control(text):
+    if not manager.strip() or not why.strip():
         raise model.InputError(
             f"The kingfisher consent {consent!r} must name the data support manager and why, on one line, "
             "e.g. kingfisher: consent: 'Dana Lee: the crawl can be restarted'."
