@@ -100,7 +100,8 @@ def acquire(reason="", wait=False, timeout=600, interval=10, name=None):
             interval=interval,
             progress=_progress,
             notify=_fire,
-        )
+        ),
+        changes=True,
     )
 
 
@@ -141,7 +142,8 @@ def release(note="", name=None, force=False, reason="", claim=None):
             reason=reason,
             claim=None if claim is None else str(claim),
             notify=_fire,
-        )
+        ),
+        changes=True,
     )
 
 
@@ -268,7 +270,7 @@ def setup(targets=None, reason="", wait=False, consent=None, repos=None, tgt_typ
             check_busy=check_busy, acquire=take, progress=_progress,
         )
 
-    return _run(action)
+    return _run(action, changes=True)
 
 
 def cleanup(note="", name=None):
@@ -298,14 +300,21 @@ def _repo_paths(repos):
 # ---- Salt plumbing ----------------------------------------------------------------------------
 
 
-def _run(action):
-    """Open the configured store and run ``action``; our errors become one sentence and exit 2."""
+def _run(action, changes=False):
+    """Open the configured store and run ``action``; our errors become one sentence and exit 2.
+
+    ``changes``: the action may change the holder, so the ext_pillar's read cache is dropped and the
+    next state run sees the new holder at once.
+    """
     try:
         config = __utils__["deploytoken_token.settings"](__opts__)
         store = __utils__["deploytoken_token.open_store"](config, __opts__["cachedir"])
         return action(config, store)
     except SaltException as exc:
         return {"error": str(exc), "retcode": BAD_INPUT}
+    finally:
+        if changes:
+            __utils__["deploytoken_guard.forget_pillar"](__opts__)
 
 
 def _caller():

@@ -33,6 +33,14 @@ def cached(path, max_age, read, clock=time.time):
         return data
 
 
+def forget(path):
+    """Drop the cached value, so the next ``cached`` call reads again."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _fresh(path, max_age, clock):
     try:
         with open(path) as handle:

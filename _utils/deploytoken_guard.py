@@ -25,8 +25,16 @@ def pillar(opts):
     """The ``deploytoken`` pillar on the master: the store as the runner reads it, through a read
     cache shared by every process, so the store is read at most once per ``deploytoken:pillar_cache``
     seconds (default 2) however many minions compile pillar at once."""
-    path = os.path.join(opts["cachedir"], "deploytoken-pillar.json")
-    return deploytoken_cache.cached(path, _cache_seconds(opts), lambda: read_store(opts))
+    return deploytoken_cache.cached(_cache_path(opts), _cache_seconds(opts), lambda: read_store(opts))
+
+
+def forget_pillar(opts):
+    """After the runner changed the token: the next pillar compile reads the store again."""
+    deploytoken_cache.forget(_cache_path(opts))
+
+
+def _cache_path(opts):
+    return os.path.join(opts["cachedir"], "deploytoken-pillar.json")
 
 
 def read_store(opts):

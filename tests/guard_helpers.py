@@ -55,8 +55,8 @@ def pillar_sls(session_dir):
 
 @pytest.fixture
 def token(salt_run, salt_master, free_token):
-    """``token.take(login)`` through the real runner; the ext_pillar's read cache is dropped after each
-    change the test makes, so a test never sees the holder of the previous test. Free afterwards."""
+    """``token.take(login)`` through the real runner (which drops the ext_pillar's read cache itself).
+    ``free_token`` empties the store behind the runner's back, so the cache is dropped around the test too."""
     cache = pathlib.Path(salt_master.config["cachedir"]) / "deploytoken-pillar.json"
 
     class Token:
@@ -66,7 +66,6 @@ def token(salt_run, salt_master, free_token):
         def take(self, login, reason="deploy the guard test"):
             ret = salt_run.run("deploytoken.acquire", f"reason={reason}", env={"SUDO_USER": login})
             assert ret.returncode == 0, ret
-            self.forget()
             return ret.data
 
     tok = Token()
