@@ -118,3 +118,23 @@ def test_bad_input_is_one_sentence_and_exit_1(salt, args, sentence):
     ret = salt("kingfisher.busy", *args)
     assert ret.returncode == 1, ret
     assert sentence in ret.stdout and "Traceback" not in ret.stdout
+
+
+def test_settings_come_from_pillar_through_config_get(salt, salt_cli, pillar_sls, scrapyd_busy, pg_cluster):
+    pillar_sls(
+        "kingfisher:\n"
+        f"  scrapyd: {{url: '{scrapyd_busy.url}', username: {scrapyd_busy.username},"
+        f" password: '{scrapyd_busy.password}'}}\n"
+        f"  postgres: {{socket_dir: '{pg_cluster.socket_dir}', port: {pg_cluster.port}, threshold: 7200}}\n"
+    )
+    try:
+        assert salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=MINION).returncode == 0
+        jobs = salt("kingfisher.scrapyd_jobs")
+        assert jobs.returncode == 0, jobs
+        assert scrapyd_busy.running in str(jobs.data) and scrapyd_busy.password not in jobs.stdout
+        queries = salt("kingfisher.long_queries")
+        assert queries.returncode == 0, queries
+        assert queries.data["threshold"] == 7200 and queries.data["queries"] == []
+    finally:
+        pillar_sls("{}\n")
+        salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=MINION)
