@@ -1,0 +1,220 @@
+"""The Google store against the fake Docs/Sheets server, through the real googleapiclient."""
+
+import pytest
+
+import deploytoken_gdoc as gdoc
+import deploytoken_google
+import deploytoken_model as model
+import deploytoken_token as token_store
+from google_fixtures import free_doc
+
+PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones"}
+
+
+def store_for(config, **extra):
+    config = dict(config, **extra)
+    return deploytoken_google.open_store(config, config.pop("cachedir"))
+
+
+def holding(name="Alice Smith", claim="c1", login="alice"):
+    return model.Holding(holder=name, login=login, caller=login, claim=claim, since="2026-01-01T00:00:00Z",
+                         reason="upgrade")
+
+
+def test_acquire_writes_name_and_status_reads_it_back(fake_google, google_config):
+    store = store_for(google_config)
+    assert store.read() is None
+    wanted = holding()
+    assert store.acquire(wanted) == wanted
+    assert fake_google.held_text(google_config["document_id"]) == "Held by: Alice Smith\n"
+    assert store.read() == wanted
+
+
+def test_acquire_refused_while_held_by_other(fake_google, google_config):
+    store = store_for(google_config)
+    store.acquire(holding())
+    current = store.acquire(holding("Bob Jones", "c2", "bob"))
+    assert current.claim == "c1"
+    assert fake_google.held_text(google_config["document_id"]) == "Held by: Alice Smith\n"
+
+
+def test_release_writes_nobody_and_one_history_row(fake_google, google_config):
+    store = store_for(google_config)
+    result = token_store.acquire(store, "alice", PEOPLE, reason="upgrade")
+    released = token_store.release(store, "alice", PEOPLE, note="done")
+    assert released["released"] is True
+    assert fake_google.held_text(google_config["document_id"]) == "Held by: Nobody\n"
+    rows = fake_google.rows(google_config["spreadsheet_id"])
+    assert [row[0] for row in rows[1:]] == [result["claim"]]
+    history = store.history(10)
+    assert history[0].claim == result["claim"] and history[0].note == "done"
+    assert history[0].to_dict()["pending"] is False
+
+
+def test_release_of_ended_claim_is_a_conflict(fake_google, google_config):
+    store = store_for(google_config)
+    store.acquire(holding())
+    with pytest.raises(model.ClaimConflict, match="Claim other has already ended"):
+        store.release("other", None)
+
+
+def test_text_and_style_elsewhere_untouched_with_emoji_and_accents(fake_google, google_config):
+    document_id = google_config["document_id"]
+    fake_google.add_document(document_id, free_doc(before="Déploiement 🚀 token — ☃\n"))
+    store = store_for(google_config)
+    store.acquire(holding("Carol Díaz 🎉", "c1", "carol"))
+    runs = fake_google.runs(document_id)
+    assert runs[0] == [{"text": "Déploiement 🚀 token — ☃\n"}]
+    assert runs[1] == [{"text": "Held by: "}, {"text": "Carol Díaz 🎉\n", "style": {"bold": True}}]
+    assert store.read().claim == "c1"
+    store.release("c1", _row("c1"))
+    assert fake_google.runs(document_id)[1][1] == {"text": "Nobody\n", "style": {"bold": True}}
+
+
+def test_hand_typed_name_is_the_holder_and_can_be_forced(fake_google, google_config):
+    store = store_for(google_config, people=PEOPLE)
+    store.acquire(holding())
+    fake_google.hand_edit(google_config["document_id"], "Bob Jones")
+    current = store.read()
+    assert current.holder == "Bob Jones" and current.login == "bob"
+    assert current.claim.startswith("hand-") and store.read().claim == current.claim
+    refused = token_store.acquire(store, "alice", PEOPLE)
+    assert refused["retcode"] == 1 and "Bob Jones" in refused["message"]
+    forced = token_store.release(store, "alice", PEOPLE, force=True, reason="Bob is away", claim=current.claim)
+    assert forced["released"] is True
+    assert fake_google.held_text(google_config["document_id"]) == "Held by: Nobody\n"
+
+
+def test_hand_release_to_nobody_is_respected(fake_google, google_config):
+    store = store_for(google_config)
+    store.acquire(holding())
+    fake_google.hand_edit(google_config["document_id"], "Nobody")
+    assert store.read() is None
+
+
+def test_split_runs_are_joined(fake_google, google_config):
+    document_id = google_config["document_id"]
+    fake_google.add_document(document_id, [[{"text": "Held "}, {"text": "by: Ali", "style": {"italic": True}},
+                                            {"text": "ce Smith\n"}]])
+    store = store_for(google_config)
+    assert store.read().holder == "Alice Smith"
+
+
+def test_status_reads_are_cached(fake_google, google_config):
+    store = store_for(google_config, cache_seconds=30)
+    before = fake_google.calls["docs.get"]
+    for _ in range(5):
+        store_for(google_config, cache_seconds=30).read()
+    assert fake_google.calls["docs.get"] - before == 1
+    store.acquire(holding())
+    assert store.read().holder == "Alice Smith"
+
+
+def test_append_failure_spools_row_then_flush_delivers_once(fake_google, google_config):
+    store = store_for(google_config)
+    store.acquire(holding())
+    fake_google.inject("values.append", "error", code=500, count=10)
+    store.release("c1", _row("c1"))
+    assert fake_google.held_text(google_config["document_id"]) == "Held by: Nobody\n"
+    pending = store.history(5)
+    assert pending[0].claim == "c1" and pending[0].to_dict()["pending"] is True
+    assert store.flush_spool() == 0
+    claims = [row[0] for row in fake_google.rows(google_config["spreadsheet_id"])]
+    assert claims.count("c1") == 1
+
+
+def test_append_committed_then_503_is_not_doubled(fake_google, google_config):
+    store = store_for(google_config)
+    store.acquire(holding())
+    fake_google.inject("values.append", "commit_then_error", code=503)
+    store.release("c1", _row("c1"))
+    claims = [row[0] for row in fake_google.rows(google_config["spreadsheet_id"])]
+    assert claims.count("c1") == 1
+    assert store.flush_spool() == 0
+
+
+def test_write_committed_then_503_still_acquires(fake_google, google_config):
+    store = store_for(google_config)
+    fake_google.inject("docs.batchUpdate", "commit_then_error", code=503)
+    assert store.acquire(holding()).claim == "c1"
+    assert store.read().claim == "c1"
+
+
+def test_edit_between_read_and_write_respects_the_other_person(fake_google, google_config):
+    store = store_for(google_config)
+    fake_google.inject("docs.batchUpdate", "edit_between", name="Bob Jones")
+    current = store.acquire(holding())
+    assert current.holder == "Bob Jones" and current.claim.startswith("hand-")
+
+
+def test_spurious_revision_bump_and_transient_errors_are_retried(fake_google, google_config):
+    store = store_for(google_config)
+    fake_google.inject("docs.batchUpdate", "bump")
+    fake_google.inject("docs.get", "error", code=429)
+    fake_google.inject("docs.get", "reset")
+    assert store.acquire(holding()).claim == "c1"
+
+
+@pytest.mark.parametrize(
+    "blocks, sentence",
+    [
+        ([[{"text": "Nothing here\n"}]], "has no 'Held by:' line: add a paragraph reading 'Held by: Nobody'"),
+        (free_doc() + free_doc("Bob"), "has 2 'Held by:' lines: keep exactly one"),
+        ([{"table": [["Held by: Nobody\n"]]}], "inside a table: move it to a plain paragraph"),
+        ([[{"text": "Held by: "}, {"text": "Bob\n", "suggestedInsertionIds": ["s1"]}]],
+         "pending suggestion on its 'Held by:' line: accept or reject it"),
+    ],
+)
+def test_bad_docs_give_their_sentence_and_change_nothing(fake_google, google_config, blocks, sentence):
+    document_id = google_config["document_id"]
+    fake_google.add_document(document_id, blocks)
+    before = fake_google.runs(document_id)
+    store = store_for(google_config)
+    with pytest.raises(model.StoreError, match=sentence):
+        store.acquire(holding())
+    assert fake_google.runs(document_id) == before
+
+
+def test_viewer_only_account_is_told_to_become_editor(fake_google, google_config):
+    fake_google.viewer_only.add(google_config["document_id"])
+    with pytest.raises(model.StoreError, match="share the Doc with the service account's client_email as Editor"):
+        store_for(google_config).acquire(holding())
+
+
+@pytest.mark.parametrize(
+    "change, sentence",
+    [
+        ({"document_id": "missing"}, r"The deploy token Doc missing does not exist \(HTTP 404\)"),
+        ({"spreadsheet_id": "missing"}, r"The deploy history Sheet missing does not exist \(HTTP 404\)"),
+    ],
+)
+def test_wrong_ids_give_their_sentence(fake_google, google_config, change, sentence):
+    store = store_for(google_config, **change)
+    with pytest.raises(model.StoreError, match=sentence):
+        store.read() if "document_id" in change else store.history(5)
+
+
+def test_missing_key_file_and_unreadable_json(google_config, tmp_path):
+    with pytest.raises(model.InputError, match="service account key file /nonexistent.json does not exist"):
+        store_for(google_config, service_account_file="/nonexistent.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(model.InputError, match="cannot be read as JSON"):
+        store_for(google_config, service_account_file=str(bad))
+    with pytest.raises(model.InputError, match="deploytoken:google:document_id is missing"):
+        store_for(google_config, document_id="")
+
+
+def test_parser_gives_utf16_indexes():
+    document = {"revisionId": "r", "body": {"content": [
+        {"endIndex": 1, "sectionBreak": {}},
+        {"startIndex": 1, "paragraph": {"elements": [{"startIndex": 1, "textRun": {"content": "🚀\n"}}]}},
+        {"startIndex": 4, "paragraph": {"elements": [{"startIndex": 4, "textRun": {"content": "Held by:  Zoë 🎉\n"}}]}},
+    ]}}
+    line = gdoc.find_held_line(document)
+    assert (line.name, line.start, line.end) == ("Zoë 🎉", 14, 20)
+
+
+def _row(claim):
+    return model.HistoryRow(claim=claim, holder="Alice Smith", login="alice", caller="alice",
+                            acquired="2026-01-01T00:00:00Z", released="2026-01-01T01:00:00Z", duration=3600)
