@@ -109,32 +109,53 @@ class GoogleStore:
         )
 
     def release(self, claim, row):
-        """Write Nobody if ``claim`` is still the current claim, then append ``row`` to the Sheet."""
+        """Write Nobody if ``claim`` is still the current claim, then append ``row`` to the Sheet.
+
+        The row is spooled as tentative before the Doc is written: if this process dies or the Doc stops
+        answering after the write, the next flush finds the claim gone from the Doc and delivers the row.
+        """
         self.flush_spool()
-        for attempt in range(CAS_ATTEMPTS):
-            line = self._read_line()
-            current = None if line.free else self._holding(line)
-            if current is None or current.claim != claim:
-                raise model.ClaimConflict(model.claim_ended(claim, current))
-            if self._write_name(line, model.NOBODY, None):
-                break
-            self._pause(attempt)
-        else:
-            raise model.StoreError(
-                f"{self.where} kept changing while writing it ({CAS_ATTEMPTS} tries): try again in a minute."
-            )
+        self._spool(row, tentative=True)
+        try:
+            for attempt in range(CAS_ATTEMPTS):
+                line = self._read_line()
+                current = None if line.free else self._holding(line)
+                if current is None or current.claim != claim:
+                    raise model.ClaimConflict(model.claim_ended(claim, current))
+                if self._write_name(line, model.NOBODY, None):
+                    break
+                self._pause(attempt)
+            else:
+                raise model.StoreError(
+                    f"{self.where} kept changing while writing it ({CAS_ATTEMPTS} tries): try again in a minute."
+                )
+        except model.ClaimConflict:
+            self._unspool(row.claim)
+            raise
         with self._locked("spool"):
             spool = _load(self._path("spool.json")) or []
-            if all(entry["claim"] != row.claim for entry in spool):
-                spool.append(row.to_dict())
-                _save(self._path("spool.json"), spool)
-            self._flush_locked(known_absent={row.claim})
+            ours = [entry for entry in spool if entry["claim"] == row.claim and entry.get("tentative")]
+            # Still tentative in the spool: nobody else delivered it, so the Sheet cannot have it yet.
+            spool = [entry for entry in spool if entry["claim"] != row.claim] + [row.to_dict()]
+            _save(self._path("spool.json"), spool)
+            self._flush_locked(known_absent={row.claim} if ours else set())
         return row
+
+    def _spool(self, row, tentative):
+        with self._locked("spool"):
+            spool = [entry for entry in _load(self._path("spool.json")) or [] if entry["claim"] != row.claim]
+            _save(self._path("spool.json"), spool + [dict(row.to_dict(), tentative=tentative)])
+
+    def _unspool(self, claim):
+        with self._locked("spool"):
+            spool = [entry for entry in _load(self._path("spool.json")) or [] if entry["claim"] != claim]
+            _save(self._path("spool.json"), spool)
 
     def history(self, limit):
         """Rows of the Sheet, newest first, after the spooled rows (marked ``pending``)."""
         self.flush_spool()
-        pending = [dict(entry, pending=True) for entry in reversed(_load(self._path("spool.json")) or [])]
+        spooled = [entry for entry in _load(self._path("spool.json")) or [] if not entry.get("tentative")]
+        pending = [dict(entry, pending=True) for entry in reversed(spooled)]
         rows = [dict(_row_from_cells(cells), pending=False) for cells in reversed(self._sheet_rows())]
         rows = [row for row in rows if row["claim"] != "claim"]
         return [_HistoryEntry(entry) for entry in (pending + rows)[:limit]]
@@ -224,6 +245,7 @@ class GoogleStore:
         where = f"The deploy history Sheet {self.spreadsheet_id}"
         delivered = set()
         try:
+            spool = self._settle_tentative(spool)
             if any(entry["claim"] not in known_absent for entry in spool):
                 delivered = {cells[0] for cells in self._sheet_rows() if cells}
             for entry in spool:
@@ -236,6 +258,22 @@ class GoogleStore:
         remaining = [entry for entry in spool if entry["claim"] not in delivered]
         _save(self._path("spool.json"), remaining)
         return len(remaining)
+
+    def _settle_tentative(self, spool):
+        """Keep a tentative row (a release cut short) only once the Doc no longer shows its claim."""
+        if not any(entry.get("tentative") for entry in spool):
+            return spool
+        line = self._read_line()
+        current = None if line.free else self._holding(line)
+        settled = []
+        for entry in spool:
+            if entry.get("tentative"):
+                if current is not None and current.claim == entry["claim"]:
+                    continue
+                entry = {key: value for key, value in entry.items() if key != "tentative"}
+            settled.append(entry)
+        _save(self._path("spool.json"), settled)
+        return settled
 
     def _append(self, entry, where):
         """Append one row; after a failure whose effect is unknown, look for its claim before trying again."""

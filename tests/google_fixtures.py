@@ -53,6 +53,8 @@ def google_key_info():
 @pytest.fixture
 def google_config(fake_google, google_key_info):
     """A fresh Doc (free) and Sheet (with a header row) on the fake, and the store's config for them."""
+    for queued in fake_google.faults.values():
+        queued.clear()  # a fault left over from the previous test must not hit this one
     directory = tempfile.mkdtemp(prefix="dtg-", dir="/tmp")
     number = next(_ids)
     document_id, spreadsheet_id = f"doc{number}", f"sheet{number}"

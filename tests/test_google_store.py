@@ -55,7 +55,8 @@ def test_release_of_ended_claim_is_a_conflict(fake_google, google_config):
     store = store_for(google_config)
     store.acquire(holding())
     with pytest.raises(model.ClaimConflict, match="Claim other has already ended"):
-        store.release("other", None)
+        store.release("other", _row("other"))
+    assert store.flush_spool() == 0
 
 
 def test_text_and_style_elsewhere_untouched_with_emoji_and_accents(fake_google, google_config):

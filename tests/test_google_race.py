@@ -1,0 +1,108 @@
+"""Many acquirers at once, and many injected faults: one holder, every history row exactly once."""
+
+import multiprocessing
+import random
+
+import pytest
+
+import deploytoken_google
+import deploytoken_model as model
+import deploytoken_token as token_store
+
+RACERS = 50
+
+
+def _store(config):
+    config = dict(config)
+    return deploytoken_google.open_store(config, config.pop("cachedir"))
+
+
+def _race(config, number, results):
+    wanted = model.Holding(holder=f"Racer {number}", login=f"racer{number}", claim=f"claim{number}")
+    try:
+        current = _store(config).acquire(wanted)
+        results.put((number, current.holder, current.claim == wanted.claim, None))
+    except model.StoreError as exc:
+        results.put((number, None, False, str(exc)))
+
+
+def run_race(config):
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    racers = [context.Process(target=_race, args=(config, number, results)) for number in range(RACERS)]
+    try:
+        for racer in racers:
+            racer.start()
+        answers = [results.get(timeout=120) for _ in racers]
+    finally:
+        for racer in racers:
+            racer.join(timeout=30)
+            if racer.is_alive():
+                racer.kill()
+    return answers
+
+
+def held_name(fake, config):
+    return fake.held_text(config["document_id"])[len("Held by: ") : -1]
+
+
+@pytest.mark.parametrize("faults", [False, True])
+def test_fifty_acquirers_end_with_exactly_one_holder(fake_google, google_config, faults):
+    if faults:
+        for op, kind, code in [("docs.batchUpdate", "commit_then_error", 503), ("docs.batchUpdate", "error", 429),
+                               ("docs.get", "error", 500), ("docs.get", "reset", 0), ("docs.batchUpdate", "bump", 0)]:
+            fake_google.inject(op, kind, code=code, count=4)
+    answers = run_race(google_config)
+    holder = held_name(fake_google, google_config)
+    winners = [number for number, _, won, _ in answers if won]
+    assert len(winners) == 1 and holder == f"Racer {winners[0]}"
+    failures = [error for *_, error in answers if error]
+    assert all(error.count(". ") == 0 and "\n" not in error for error in failures)
+    assert all(seen == holder for _, seen, _, error in answers if not error)
+
+
+def test_fifty_acquirers_respect_a_hand_typed_holder(fake_google, google_config):
+    fake_google.hand_edit(google_config["document_id"], "Dana Typed")
+    fake_google.inject("docs.batchUpdate", "edit_between", name="Erin Typed")
+    answers = run_race(google_config)
+    assert not [number for number, _, won, _ in answers if won]
+    assert held_name(fake_google, google_config) == "Dana Typed"
+
+
+def test_over_a_hundred_faults_never_two_holders_nor_lost_or_doubled_rows(fake_google, google_config):
+    chooser = random.Random(3)
+    store = _store(google_config)
+    people = {"alice": "Alice Smith"}
+    kinds = [("error", 503), ("error", 429), ("error", 500), ("reset", 0), ("commit_then_error", 503)]
+    ops = ["docs.get", "docs.batchUpdate", "values.get", "values.append"]
+    injected, released, sentences = 0, [], []
+
+    def attempt(action):
+        for _ in range(10):
+            try:
+                return action()
+            except model.StoreError as exc:
+                sentences.append(str(exc))
+        raise AssertionError("the store never recovered")
+
+    for _ in range(30):
+        for _ in range(4):
+            op = chooser.choice(ops)
+            kind, code = chooser.choice(kinds if op.endswith(("batchUpdate", "append")) else kinds[:4])
+            fake_google.inject(op, kind, code=code)
+            injected += 1
+        result = attempt(lambda: token_store.acquire(store, "alice", people, reason="fault drill"))
+        assert result["acquired"] is True, result
+        assert held_name(fake_google, google_config) == "Alice Smith"
+        outcome = attempt(lambda: token_store.release(store, "alice", people, note="done"))
+        if outcome.get("released"):
+            released.append(result["claim"])
+        assert held_name(fake_google, google_config) == "Nobody"
+    assert injected >= 100
+    for op in ops:
+        fake_google.faults[op].clear()
+    assert store.flush_spool() == 0
+    claims = [row[0] for row in fake_google.rows(google_config["spreadsheet_id"])[1:]]
+    assert sorted(claims) == sorted(set(claims))
+    assert set(released) <= set(claims)
+    assert all("\n" not in sentence and sentence.endswith(".") for sentence in sentences)
