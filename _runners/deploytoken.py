@@ -297,6 +297,21 @@ def _repo_paths(repos):
     return __utils__["deploytoken_repos.default_paths"](__opts__) if repos is None else repos
 
 
+def flush():
+    """
+    Write to the history the rows still spooled on the master (the Google backend keeps a row
+    locally when the Sheet could not be reached, and delivers it on the next runner call). A row
+    whose claim id is already in the Sheet is not written again. Exit status 1 while rows remain.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploytoken.flush
+    """
+    return _run(lambda config, store: __utils__["deploytoken_token.flush"](store))
+
+
 # ---- Salt plumbing ----------------------------------------------------------------------------
 
 

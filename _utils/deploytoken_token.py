@@ -41,7 +41,10 @@ def open_store(config, cachedir):
     if backend == "google":
         if deploytoken_google is None:
             raise model.InputError("deploytoken:backend is google, but the Google store is not installed.")
-        return deploytoken_google.open_store(config.get("google") or {}, cachedir)
+        google = config.get("google") or {}
+        if isinstance(google, dict):
+            google = dict(google, people=people_of(config))  # maps a name typed in the Doc to a login
+        return deploytoken_google.open_store(google, cachedir)
     raise model.InputError(
         f"Unknown deploytoken:backend {backend!r}: use one of {', '.join(BACKENDS)} in the master config."
     )
@@ -91,6 +94,19 @@ def status(store):
 def history(store, limit=10):
     limit = model.check_count(limit, "limit")
     return [row.to_dict() for row in store.history(limit)]
+
+
+def flush(store):
+    """Deliver the history rows a store still keeps locally (the Google store's spool)."""
+    pending = store.flush_spool() if hasattr(store, "flush_spool") else 0
+    if pending:
+        return {
+            "pending": pending,
+            "message": f"{pending} history row(s) could not be written to the history yet; they stay "
+            "spooled on the master: try again later.",
+            "retcode": REFUSED,
+        }
+    return {"pending": 0, "message": "Every history row is in the history."}
 
 
 # ---- acquire ----------------------------------------------------------------------------------
