@@ -185,45 +185,65 @@ class GoogleStore:
         }
         request = self.docs.documents().batchUpdate(documentId=self.document_id, body=body)
         self._forget_read()
+        if holding is not None:
+            # Noted before the write, so a reader that sees our name in the Doc before we hear back
+            # (another process, or us after a lost answer) still knows the claim behind it.
+            self._update_state(lambda state: state["claims"].append(_holding_dict(holding)))
         try:
-            reply = self._call(request, "write", self.where)
+            self._call(request, "write", self.where)
         except _Ambiguous:
             # The write may have been applied before the answer was lost: the Doc tells.
             after = self._read_line()
             if after.revision == line.revision or after.name != name:
-                return False
-            reply = {"writeControl": {"requiredRevisionId": after.revision}}
+                return self._abandon(holding)
         except _Stale:
             if self._read_line().revision == line.revision:
+                self._abandon(holding)
                 raise model.StoreError(
                     f"{self.where} rejected the change of its '{gdoc.MARKER}' line: check that line by hand."
                 ) from None
-            return False
-        revision = (reply.get("writeControl") or {}).get("requiredRevisionId")
-        self._remember(name, holding, revision)
+            return self._abandon(holding)
+
+        def written(state):
+            state["claims"] = [_holding_dict(holding)] if holding is not None else []
+
+        self._update_state(written)
         return True
 
+    def _abandon(self, holding):
+        if holding is not None:
+            self._update_state(
+                lambda state: state.update(claims=[c for c in state["claims"] if c["claim"] != holding.claim])
+            )
+        return False
+
     def _holding(self, line):
+        """The holding behind the Doc's name: a claim we wrote under that name, else a hand-typed one."""
         if line.free:
             return None
+        found = {}
+
+        def look(state):
+            ours = [claim for claim in state["claims"] if claim["holder"] == line.name]
+            if ours:
+                found.update(ours[0])
+                return
+            hand = state.get("hand") or {}
+            if hand.get("name") != line.name:
+                digest = hashlib.sha256(f"{line.name}\0{line.revision}".encode()).hexdigest()[:16]
+                hand = state["hand"] = {"name": line.name, "claim": f"hand-{digest}"}
+            found.update(holder=line.name, login=model.login_for_name(line.name, self.people), claim=hand["claim"])
+
+        self._update_state(look)
+        return model.Holding(**found)
+
+    def _update_state(self, change):
+        """Run ``change(state)`` on the local state file under its lock, and save it."""
         with self._locked("state"):
             state = _load(self._path("state.json")) or {}
-            if state.get("document") == self.document_id and state.get("holder") == line.name and state.get("claim"):
-                return model.Holding(**{key: state.get(key) for key in _HOLDING_FIELDS})
-            hand = state.get("hand") or {}
-            if hand.get("name") != line.name or state.get("document") != self.document_id:
-                digest = hashlib.sha256(f"{line.name}\0{line.revision}".encode()).hexdigest()[:16]
-                hand = {"name": line.name, "claim": f"hand-{digest}"}
-                _save(self._path("state.json"), {"document": self.document_id, "hand": hand})
-        return model.Holding(
-            holder=line.name, login=model.login_for_name(line.name, self.people), claim=hand["claim"]
-        )
-
-    def _remember(self, name, holding, revision):
-        with self._locked("state"):
-            state = {"document": self.document_id, "revision": revision}
-            if holding is not None:
-                state.update({key: getattr(holding, key) for key in _HOLDING_FIELDS}, holder=name)
+            if state.get("document") != self.document_id or "claims" not in state:
+                state = {"document": self.document_id, "claims": []}
+            change(state)
             _save(self._path("state.json"), state)
 
     def _forget_read(self):
@@ -346,6 +366,10 @@ class GoogleStore:
 
 
 _HOLDING_FIELDS = ("holder", "login", "caller", "claim", "since", "reason")
+
+
+def _holding_dict(holding):
+    return {key: getattr(holding, key) for key in _HOLDING_FIELDS}
 
 
 class _Stale(Exception):

@@ -21,9 +21,9 @@ def _race(config, number, results):
     wanted = model.Holding(holder=f"Racer {number}", login=f"racer{number}", claim=f"claim{number}")
     try:
         current = _store(config).acquire(wanted)
-        results.put((number, current.holder, current.claim == wanted.claim, None))
+        results.put((number, current.holder, current.claim, current.claim == wanted.claim, None))
     except model.StoreError as exc:
-        results.put((number, None, False, str(exc)))
+        results.put((number, None, None, False, str(exc)))
 
 
 def run_race(config):
@@ -54,18 +54,19 @@ def test_fifty_acquirers_end_with_exactly_one_holder(fake_google, google_config,
             fake_google.inject(op, kind, code=code, count=4)
     answers = run_race(google_config)
     holder = held_name(fake_google, google_config)
-    winners = [number for number, _, won, _ in answers if won]
+    winners = [number for number, _, _, won, _ in answers if won]
     assert len(winners) == 1 and holder == f"Racer {winners[0]}"
     failures = [error for *_, error in answers if error]
     assert all(error.count(". ") == 0 and "\n" not in error for error in failures)
-    assert all(seen == holder for _, seen, _, error in answers if not error)
+    # Every loser names the winner and the winner's claim, not a hand-typed guess.
+    assert {(seen, claim) for _, seen, claim, _, error in answers if not error} == {(holder, f"claim{winners[0]}")}
 
 
 def test_fifty_acquirers_respect_a_hand_typed_holder(fake_google, google_config):
     fake_google.hand_edit(google_config["document_id"], "Dana Typed")
     fake_google.inject("docs.batchUpdate", "edit_between", name="Erin Typed")
     answers = run_race(google_config)
-    assert not [number for number, _, won, _ in answers if won]
+    assert not [number for number, _, _, won, _ in answers if won]
     assert held_name(fake_google, google_config) == "Dana Typed"
 
 
