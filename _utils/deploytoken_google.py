@@ -4,10 +4,11 @@ history" Sheet is the history.
 
 - Every write to the Doc is a compare-and-swap (``writeControl.requiredRevisionId``); a stale revision
   means someone else wrote first: re-read and decide again, a bounded number of times.
-- The Doc only holds a name. The claim id, since, reason, login and caller of a claim we wrote live in a
-  small state file in the master's cachedir, next to the name we wrote: when the Doc shows another name,
-  a person typed it by hand, and it gets a claim id ``hand-<hash>`` made from the name and the revision at
-  which we first saw it (stable while the name stays, so ``release force=True claim=...`` works).
+- The Doc only holds a name. The claim id, since, reason, login and caller of a claim we write are noted
+  in a small state file in the master's cachedir just before the write: when the Doc shows a name with no
+  such claim, a person typed it by hand, and it gets a claim id ``hand-<hash>`` made from the name and the
+  revision at which we first saw it (stable while the name stays, so ``release force=True claim=...``
+  works). Known limit: if a person types back exactly the name of our last claim, that claim is assumed.
 - A history row is written to a local spool before it is appended to the Sheet and removed once the
   Sheet has it; a row whose append failed is appended again later only after checking the Sheet for its
   claim id, so it is never lost and never doubled.
