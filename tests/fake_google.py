@@ -79,15 +79,16 @@ class FakeGoogle:
         with self.lock:
             return [list(row) for row in self.sheets[spreadsheet_id]]
 
-    def inject(self, op, kind, code=503, name=None, count=1):
+    def inject(self, op, kind, code=503, name=None, count=1, then=None):
         """Queue ``count`` faults for the next requests of ``op``.
 
         kind: ``error`` (answer ``code``, apply nothing), ``commit_then_error`` (apply, then answer
         ``code``), ``reset`` (close the connection, apply nothing), ``edit_between`` (a person writes
         ``name`` just before this write), ``bump`` (the revision changes with no visible edit).
+        ``then``: ``(op, kind, code, count)`` queued once this fault has fired, to hit the requests after it.
         """
         with self.lock:
-            self.faults[op].extend([{"kind": kind, "code": code, "name": name}] * count)
+            self.faults[op].extend([{"kind": kind, "code": code, "name": name, "then": then}] * count)
 
     def serve(self):
         fake = self
@@ -260,6 +261,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with fake.lock:
             fake.calls[op] += 1
             fault = fake.faults[op].pop(0) if fake.faults[op] else None
+            if fault and fault["then"]:
+                then_op, kind, code, count = fault["then"]
+                fake.faults[then_op][:0] = [{"kind": kind, "code": code, "name": None, "then": None}] * count
         if fault and fault["kind"] == "reset":
             self.close_connection = True
             self.connection.shutdown(2)

@@ -141,6 +141,37 @@ def test_write_committed_then_503_still_acquires(fake_google, google_config):
     assert store.read().claim == "c1"
 
 
+def test_write_applied_but_doc_unreachable_after_keeps_our_claim(fake_google, google_config):
+    store = store_for(google_config)
+    fake_google.inject("docs.batchUpdate", "commit_then_error", code=503, then=("docs.get", "error", 503, 5))
+    with pytest.raises(model.StoreError, match=r"did not answer after 5 tries \(HTTP 503\): try again later\.$"):
+        store.acquire(holding())
+    assert store.read().claim == "c1"
+
+
+def test_release_cut_short_after_the_write_still_delivers_its_row_once(fake_google, google_config):
+    store = store_for(google_config)
+    store.acquire(holding())
+    fake_google.inject("docs.batchUpdate", "commit_then_error", code=503, then=("docs.get", "error", 503, 5))
+    with pytest.raises(model.StoreError, match="did not answer"):
+        store.release("c1", _row("c1"))
+    assert fake_google.held_text(google_config["document_id"]) == "Held by: Nobody\n"
+    assert store.flush_spool() == 0
+    assert store.flush_spool() == 0
+    claims = [row[0] for row in fake_google.rows(google_config["spreadsheet_id"])]
+    assert claims.count("c1") == 1
+
+
+def test_release_refused_by_a_stale_doc_leaves_no_row(fake_google, google_config):
+    store = store_for(google_config)
+    store.acquire(holding())
+    fake_google.inject("docs.batchUpdate", "edit_between", name="Bob Jones")
+    with pytest.raises(model.ClaimConflict, match="now held by Bob Jones"):
+        store.release("c1", _row("c1"))
+    assert store.flush_spool() == 0
+    assert [row[0] for row in fake_google.rows(google_config["spreadsheet_id"])] == ["claim"]
+
+
 def test_edit_between_read_and_write_respects_the_other_person(fake_google, google_config):
     store = store_for(google_config)
     fake_google.inject("docs.batchUpdate", "edit_between", name="Bob Jones")
