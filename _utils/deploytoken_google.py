@@ -134,7 +134,7 @@ class GoogleStore:
             self._unspool(row.claim)
             raise
         with self._locked("spool"):
-            spool = _load(self._path("spool.json")) or []
+            spool = _load_kept(self._path("spool.json")) or []
             ours = [entry for entry in spool if entry["claim"] == row.claim and entry.get("tentative")]
             # Still tentative in the spool: nobody else delivered it, so the Sheet cannot have it yet.
             spool = [entry for entry in spool if entry["claim"] != row.claim] + [row.to_dict()]
@@ -144,18 +144,18 @@ class GoogleStore:
 
     def _spool(self, row, tentative):
         with self._locked("spool"):
-            spool = [entry for entry in _load(self._path("spool.json")) or [] if entry["claim"] != row.claim]
+            spool = [entry for entry in _load_kept(self._path("spool.json")) or [] if entry["claim"] != row.claim]
             _save(self._path("spool.json"), spool + [dict(row.to_dict(), tentative=tentative)])
 
     def _unspool(self, claim):
         with self._locked("spool"):
-            spool = [entry for entry in _load(self._path("spool.json")) or [] if entry["claim"] != claim]
+            spool = [entry for entry in _load_kept(self._path("spool.json")) or [] if entry["claim"] != claim]
             _save(self._path("spool.json"), spool)
 
     def history(self, limit):
         """Rows of the Sheet, newest first, after the spooled rows (marked ``pending``)."""
         self.flush_spool()
-        spooled = [entry for entry in _load(self._path("spool.json")) or [] if not entry.get("tentative")]
+        spooled = [entry for entry in _load_kept(self._path("spool.json")) or [] if not entry.get("tentative")]
         pending = [dict(entry, pending=True) for entry in reversed(spooled)]
         rows = [dict(_row_from_cells(cells), pending=False) for cells in reversed(self._sheet_rows())]
         rows = [row for row in rows if row["claim"] != "claim"]
@@ -241,7 +241,7 @@ class GoogleStore:
     def _update_state(self, change):
         """Run ``change(state)`` on the local state file under its lock, and save it."""
         with self._locked("state"):
-            state = _load(self._path("state.json")) or {}
+            state = _load_kept(self._path("state.json")) or {}
             if state.get("document") != self.document_id or "claims" not in state:
                 state = {"document": self.document_id, "claims": []}
             change(state)
@@ -260,7 +260,7 @@ class GoogleStore:
 
     def _flush_locked(self, known_absent):
         """Deliver the spool (we hold its lock); rows in ``known_absent`` need no check of the Sheet."""
-        spool = _load(self._path("spool.json")) or []
+        spool = _load_kept(self._path("spool.json")) or []
         if not spool:
             return 0
         where = f"The deploy history Sheet {self.spreadsheet_id}"
@@ -456,6 +456,20 @@ def _load(path):
             return json.load(handle)
     except (FileNotFoundError, ValueError):
         return None
+
+
+def _load_kept(path):
+    """The spool and the noted claims keep what Google does not have yet: damaged means stop, never start afresh."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise model.StoreError(
+            f"The file {path} is damaged ({exc}); it keeps deploy history rows or claims not yet written to "
+            "Google, so it was left untouched: repair it, or move it aside once its rows are in the Sheet."
+        ) from exc
 
 
 def _save(path, data):

@@ -250,3 +250,16 @@ def test_parser_gives_utf16_indexes():
 def _row(claim):
     return model.HistoryRow(claim=claim, holder="Alice Smith", login="alice", caller="alice",
                             acquired="2026-01-01T00:00:00Z", released="2026-01-01T01:00:00Z", duration=3600)
+
+
+def test_damaged_spool_is_named_and_kept(fake_google, google_config):
+    store = store_for(google_config)
+    token_store.acquire(store, "alice", PEOPLE)
+    spool = store._path("spool.json")
+    with open(spool, "w") as handle:
+        handle.write('[{"claim": "lost?", ')
+    with pytest.raises(model.StoreError, match=f"The file {spool} is damaged .* left untouched"):
+        token_store.release(store, "alice", PEOPLE)
+    with open(spool) as handle:
+        assert handle.read() == '[{"claim": "lost?", '
+    assert fake_google.held_text(google_config["document_id"]) == "Held by: Alice Smith\n"
