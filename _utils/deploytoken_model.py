@@ -129,7 +129,7 @@ def seconds_between(start, end):
 def human_duration(seconds):
     """``42 s``, ``38 min``, ``3 h 05 min``, ``2 d 4 h``."""
     if seconds is None:
-        return "unknown time"
+        return "an unknown time"
     seconds = int(seconds)
     if seconds < 60:
         return f"{seconds} s"

@@ -9,6 +9,7 @@ gathers (pending package upgrades, a ``state.apply test=True`` return).
 import kingfisher_postgres as postgres
 import kingfisher_scrapyd as scrapyd
 import kingfisher_tmux as tmux
+from deploytoken_model import human_duration as duration
 from kingfisher_errors import InputError, SourceError
 
 POSTGRES_MODES = ("auto", "always", "never")
@@ -18,18 +19,6 @@ def check_mode(mode):
     if mode not in POSTGRES_MODES:
         raise InputError(f"postgres must be one of auto, always or never; got {mode!r}.")
     return mode
-
-
-def duration(seconds):
-    """``3725`` -> ``"1 h 02 min"``: the length a person reads at a glance."""
-    if seconds is None:
-        return "an unknown time"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 # Sentences, one per reason
