@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import socket
 import time
 
@@ -59,7 +60,7 @@ class GoogleStore:
                 raise model.InputError(f"deploytoken:google:{key} is missing: set it in the master config.")
         self.document_id = config["document_id"]
         self.spreadsheet_id = config["spreadsheet_id"]
-        self.history_range = config["history_range"]
+        self.history_range = _check_history_range(config["history_range"])
         self.location = f"https://docs.google.com/document/d/{self.document_id}"
         self.where = f"The deploy token Doc {self.document_id}"
         self.people = config.get("people") or {}
@@ -456,6 +457,30 @@ def _load(path):
             return json.load(handle)
     except (FileNotFoundError, ValueError):
         return None
+
+
+_A1_COLUMNS = re.compile(r"^(?:.+!)?\$?([A-Za-z]{1,3})\$?\d*:\$?([A-Za-z]{1,3})\$?\d*$")
+
+
+def _column_number(letters):
+    number = 0
+    for letter in letters.upper():
+        number = number * 26 + ord(letter) - ord("A") + 1
+    return number
+
+
+def _check_history_range(text):
+    """A range like ``'Deploy history'!A:K`` must hold every history column (a named range is taken as is)."""
+    found = _A1_COLUMNS.match(text.strip())
+    if found:
+        width = _column_number(found.group(2)) - _column_number(found.group(1)) + 1
+        needed = len(model.HistoryRow.COLUMNS)
+        if width < needed:
+            raise model.InputError(
+                f"deploytoken:google:history_range {text!r} spans {width} columns, but a history row has "
+                f"{needed} ({', '.join(model.HistoryRow.COLUMNS)}): use e.g. \"'Deploy history'!A:K\"."
+            )
+    return text
 
 
 def _load_kept(path):

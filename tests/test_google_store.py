@@ -263,3 +263,15 @@ def test_damaged_spool_is_named_and_kept(fake_google, google_config):
     with open(spool) as handle:
         assert handle.read() == '[{"claim": "lost?", '
     assert fake_google.held_text(google_config["document_id"]) == "Held by: Alice Smith\n"
+
+
+@pytest.mark.parametrize("history_range", ["'Deploy history'!A:H", "Sheet1!$B$1:$K"])
+def test_history_range_too_narrow_is_refused(fake_google, google_config, history_range):
+    with pytest.raises(model.InputError, match=r"spans (8|10) columns, but a history row has 11 \(claim, holder"):
+        store_for(google_config, history_range=history_range)
+    assert fake_google.held_text(google_config["document_id"]) == "Held by: Nobody\n"
+
+
+@pytest.mark.parametrize("history_range", ["'Deploy history'!A:K", "History!B2:Z", "deploy_history_named_range"])
+def test_history_ranges_wide_enough_or_named_are_taken(fake_google, google_config, history_range):
+    assert store_for(google_config, history_range=history_range).history_range == history_range
