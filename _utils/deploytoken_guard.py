@@ -171,11 +171,7 @@ def _ret(result, comment):
 
 
 def _since(pillar, now):
-    moment = model.parse_time(pillar.get("since"))
-    if moment is None:
-        return "an unknown time"
-    age = model.human_duration(max(0, int((now - moment).total_seconds())))
-    return f"{moment.strftime('%Y-%m-%d %H:%M UTC')} ({age})"
+    return token.since_text(pillar.get("since"), now)
 
 
 def _holder_text(pillar, now):
@@ -183,10 +179,10 @@ def _holder_text(pillar, now):
         return "the token could not be read"
     if not pillar.get("held"):
         return "nobody holds the token"
-    holder = pillar.get("holder") or "someone"
-    login = pillar.get("login")
-    text = f"{holder} ({login})" if login and login != holder else holder
-    text += f" since {_since(pillar, now)}"
-    if pillar.get("reason"):
-        text += f': "{pillar["reason"]}"'
-    return text
+    holding = model.Holding(
+        holder=pillar.get("holder") or "someone",
+        login=pillar.get("login"),
+        since=pillar.get("since"),
+        reason=pillar.get("reason") or "",
+    )
+    return token.describe(holding, now)

@@ -84,7 +84,7 @@ def status(store):
     ret.update(
         age=model.human_duration(age),
         age_seconds=age,
-        message=f"The deploy token is held by {_describe(holding, age)}.",
+        message=f"The deploy token is held by {describe(holding)}.",
         release_command="salt-run deploytoken.release note='...'",
         force_command=_force_command(holding),
     )
@@ -163,7 +163,8 @@ def acquire(
                 acquired=True,
                 changed=False,
                 backend=store.backend,
-                message=f"You already hold the deploy token, since {_when(current.since)} (claim {current.claim}).",
+                message=f"You already hold the deploy token, since {since_text(current.since)} "
+                f"(claim {current.claim}).",
             )
         waited = clock() - start
         age = model.seconds_between(current.since, model.isoformat(model.utcnow()))
@@ -171,11 +172,11 @@ def acquire(
             if wait:
                 message = (
                     f"Gave up after waiting {model.human_duration(waited)}: the deploy token is still held by "
-                    f"{_describe(current, age)}. Ask {current.holder} to run salt-run deploytoken.release."
+                    f"{describe(current)}. Ask {current.holder} to run salt-run deploytoken.release."
                 )
             else:
                 message = (
-                    f"Deploy token is held by {_describe(current, age)}. Wait with salt-run "
+                    f"Deploy token is held by {describe(current)}. Wait with salt-run "
                     f"deploytoken.acquire wait=True, or ask {current.holder} to run salt-run deploytoken.release."
                 )
             return dict(
@@ -189,7 +190,7 @@ def acquire(
             )
         if progress:
             progress(
-                f"Waiting for the deploy token, held by {_describe(current, age)}; "
+                f"Waiting for the deploy token, held by {describe(current)}; "
                 f"waited {model.human_duration(waited)} of {model.human_duration(timeout)}."
             )
         sleep(max(0.0, min(interval, timeout - waited)))
@@ -231,13 +232,12 @@ def release(
             "retcode": REFUSED,
         }
     if not force and not _is_holder(current, login, shown, caller):
-        age = model.seconds_between(current.since, model.isoformat(model.utcnow()))
         return dict(
             current.to_dict(),
             released=False,
             changed=False,
             message=(
-                f"You ({shown}) do not hold the deploy token: it is held by {_describe(current, age)}. "
+                f"You ({shown}) do not hold the deploy token: it is held by {describe(current)}. "
                 f"Ask {current.holder} to run salt-run deploytoken.release, or end the claim with "
                 f"{_force_command(current)}"
             ),
@@ -281,16 +281,22 @@ def _is_holder(holding, login, shown, caller):
     return model.same_person(holding, login, shown) or (bool(caller) and holding.caller == caller)
 
 
-def _when(since):
+def since_text(since, now=None):
+    """``2026-11-26 14:02 UTC (38 min)``, or ``an unknown time`` (a name typed by hand)."""
     moment = model.parse_time(since)
-    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "an unknown time"
+    if moment is None:
+        return "an unknown time"
+    age = max(0, int(((now or model.utcnow()) - moment).total_seconds()))
+    return f"{moment.strftime('%Y-%m-%d %H:%M UTC')} ({model.human_duration(age)})"
 
 
-def _describe(holding, age):
-    who_ = holding.holder
+def describe(holding, now=None):
+    """``Alice Smith (alice) since 2026-11-26 14:02 UTC (38 min): "upgrade postgres"``: the runner's
+    refusals and the state guard both name the holder this way."""
+    text = holding.holder
     if holding.login and holding.login != holding.holder:
-        who_ += f" ({holding.login})"
-    text = f"{who_} since {_when(holding.since)} ({model.human_duration(age)})"
+        text += f" ({holding.login})"
+    text += f" since {since_text(holding.since, now)}"
     if holding.reason:
         text += f': "{holding.reason}"'
     return text
