@@ -22,9 +22,8 @@ import time
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "_utils"), str(REPO / "tests")]
 
-import kingfisher_fixtures as services  # noqa: E402
-
 import kingfisher_busy  # noqa: E402
+import kingfisher_fixtures as services  # noqa: E402
 import kingfisher_tmux  # noqa: E402
 
 PANES = 200
