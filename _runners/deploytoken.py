@@ -92,7 +92,7 @@ def acquire(reason="", wait=False, timeout=600, interval=10, name=None):
         lambda config, store: __utils__["deploytoken_token.acquire"](
             store,
             _caller(),
-            __utils__["deploytoken_token.people_of"](config),
+            config.people,
             reason=reason,
             name=name,
             wait=_flag(wait, "wait"),
@@ -135,7 +135,7 @@ def release(note="", name=None, force=False, reason="", claim=None):
         lambda config, store: __utils__["deploytoken_token.release"](
             store,
             _caller(),
-            __utils__["deploytoken_token.people_of"](config),
+            config.people,
             note=note,
             name=name,
             force=_flag(force, "force"),
@@ -241,7 +241,7 @@ def setup(targets=None, reason="", wait=False, consent=None, repos=None, tgt_typ
             raise SaltInvocationError(f"busy_args must be a mapping of kingfisher.busy arguments, got {busy_args!r}.")
         __utils__["deploytoken_model.check_seconds"](timeout, "timeout")
         __utils__["deploytoken_model.check_seconds"](interval, "interval", minimum=0.1)
-        people = __utils__["deploytoken_token.people_of"](config)
+        people = config.people
         caller = _caller()
         __utils__["deploytoken_token.who"](caller, name, people)
         # The steps run inside deploytoken_setup.run, where this module's __utils__ and __opts__ are not
@@ -322,8 +322,8 @@ def _run(action, changes=False):
     next state run sees the new holder at once.
     """
     try:
-        config = __utils__["deploytoken_token.settings"](__opts__)
-        store = __utils__["deploytoken_token.open_store"](config, __opts__["cachedir"])
+        config = __utils__["deploytoken_settings.from_opts"](__opts__)
+        store = __utils__["deploytoken_token.open_store"](config)
         return action(config, store)
     except SaltException as exc:
         return {"error": str(exc), "retcode": BAD_INPUT}

@@ -13,10 +13,10 @@ import salt.payload
 
 import deploytoken_cache
 import deploytoken_model as model
+import deploytoken_settings
 import deploytoken_token as token
 
 ACQUIRE = "salt-run deploytoken.acquire reason='...'"
-CACHE_SECONDS = 2
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,8 @@ def pillar(opts):
     """The ``deploytoken`` pillar on the master: the store as the runner reads it, through a read
     cache shared by every process, so the store is read at most once per ``deploytoken:pillar_cache``
     seconds (default 2) however many minions compile pillar at once."""
-    return deploytoken_cache.cached(_cache_path(opts), _cache_seconds(opts), lambda: read_store(opts))
+    settings = deploytoken_settings.from_opts(opts)
+    return deploytoken_cache.cached(_cache_path(opts), settings.pillar_cache, lambda: read_store(settings))
 
 
 def forget_pillar(opts):
@@ -37,22 +38,13 @@ def _cache_path(opts):
     return os.path.join(opts["cachedir"], "deploytoken-pillar.json")
 
 
-def read_store(opts):
+def read_store(settings):
     """Pillar data from the configured store; a store that cannot be read gives ``error``."""
     log.debug("deploytoken: reading the token store for the ext_pillar")
-    people = {}
     try:
-        config = token.settings(opts)
-        people = token.people_of(config)
-        return snapshot(token.open_store(config, opts["cachedir"]).read(), people)
+        return snapshot(token.open_store(settings).read(), settings.people)
     except model.DeploytokenError as exc:
-        return unreadable(exc, people)
-
-
-def _cache_seconds(opts):
-    config = opts.get("deploytoken") or {}
-    value = config.get("pillar_cache", CACHE_SECONDS) if isinstance(config, dict) else CACHE_SECONDS
-    return model.check_seconds(value, "deploytoken:pillar_cache")
+        return unreadable(exc, settings.people)
 
 
 def snapshot(holding, people):

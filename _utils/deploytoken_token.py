@@ -23,38 +23,19 @@ BACKENDS = ("sqlite", "google")
 REFUSED = 1
 
 
-def settings(opts):
-    """The ``deploytoken:`` block of the master config (a dict, possibly empty)."""
-    config = opts.get("deploytoken") or {}
-    if not isinstance(config, dict):
-        raise model.InputError("The deploytoken setting in the master config must be a mapping.")
-    return config
-
-
-def open_store(config, cachedir):
+def open_store(settings):
     """The token store named by ``deploytoken:backend`` (``sqlite`` unless told otherwise)."""
-    backend = config.get("backend", "sqlite")
-    if backend == "sqlite":
-        sqlite = config.get("sqlite") or {}
-        path = sqlite.get("path") or os.path.join(cachedir, "deploytoken.sqlite")
+    if settings.backend == "sqlite":
+        path = settings.section("sqlite").get("path") or os.path.join(settings.cachedir, "deploytoken.sqlite")
         return deploytoken_sqlite.SqliteStore(path)
-    if backend == "google":
+    if settings.backend == "google":
         if deploytoken_google is None:
             raise model.InputError("deploytoken:backend is google, but the Google store is not installed.")
-        google = config.get("google") or {}
-        if isinstance(google, dict):
-            google = dict(google, people=people_of(config))  # maps a name typed in the Doc to a login
-        return deploytoken_google.open_store(google, cachedir)
+        google = dict(settings.section("google"), people=settings.people)  # maps a name typed in the Doc to a login
+        return deploytoken_google.open_store(google, settings.cachedir)
     raise model.InputError(
-        f"Unknown deploytoken:backend {backend!r}: use one of {', '.join(BACKENDS)} in the master config."
+        f"Unknown deploytoken:backend {settings.backend!r}: use one of {', '.join(BACKENDS)} in the master config."
     )
-
-
-def people_of(config):
-    people = config.get("people") or {}
-    if not isinstance(people, dict):
-        raise model.InputError("deploytoken:people must map login names to display names.")
-    return {str(login): str(name) for login, name in people.items()}
 
 
 def who(login, name, people):

@@ -10,6 +10,7 @@ import tempfile
 import pytest
 
 import deploytoken_model as model
+import deploytoken_settings as settings
 import deploytoken_sqlite
 import deploytoken_token as token
 
@@ -106,16 +107,17 @@ def test_force_without_reason_refused_and_store_unchanged(store):
 
 def test_unknown_backend_refused(tmp_path):
     with pytest.raises(model.InputError, match="Unknown deploytoken:backend 'etcd': use one of sqlite, google"):
-        token.open_store({"backend": "etcd"}, str(tmp_path))
+        token.open_store(settings.from_opts({"deploytoken": {"backend": "etcd"}, "cachedir": str(tmp_path)}))
 
 
 def test_relative_store_path_refused(tmp_path):
     with pytest.raises(model.InputError, match="must be an absolute file path"):
-        token.open_store({"sqlite": {"path": "token.sqlite"}}, str(tmp_path))
+        config = {"deploytoken": {"sqlite": {"path": "token.sqlite"}}, "cachedir": str(tmp_path)}
+        token.open_store(settings.from_opts(config))
 
 
 def test_default_store_lives_in_the_cachedir(tmp_path):
-    store = token.open_store({}, str(tmp_path))
+    store = token.open_store(settings.from_opts({"cachedir": str(tmp_path)}))
     assert store.path == str(tmp_path / "deploytoken.sqlite")
 
 
