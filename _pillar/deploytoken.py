@@ -1,6 +1,7 @@
 """
 Give every minion a fresh ``deploytoken:`` pillar: who holds the deploy token (held, holder,
-login, since, claim, reason), the ``people:`` mapping, and ``error`` when the store cannot be read.
+login, since, claim, reason), the ``people:`` mapping, which store said so, for which minion and when,
+under salt-ssh the operator who runs it, and ``error`` when the store cannot be read.
 
 Enable it in the master config:
 
@@ -29,17 +30,17 @@ __virtualname__ = "deploytoken"
 
 
 def __virtual__():
-    if "deploytoken_guard.pillar" not in __utils__:
+    if "deploytoken_pillar.pillar" not in __utils__:
         return (False, "deploytoken: the _utils modules are not synced; run salt-run saltutil.sync_all")
     return __virtualname__
 
 
 def ext_pillar(minion_id, pillar, *args, **kwargs):
-    """The ``deploytoken`` pillar of ``minion_id`` (the same for every minion)."""
+    """The ``deploytoken`` pillar of ``minion_id``."""
     try:
-        data = __utils__["deploytoken_guard.pillar"](__opts__)
-    except SaltException as exc:  # a bad deploytoken:pillar_cache setting; the guard fails closed on error
-        data = __utils__["deploytoken_guard.unreadable"](exc)
+        data = __utils__["deploytoken_pillar.pillar"](__opts__, minion_id)
+    except SaltException as exc:  # a bad deploytoken: setting; the guard fails closed on error
+        data = __utils__["deploytoken_pillar.unreadable"](exc)
     if data.get("error"):
         log.warning("deploytoken ext_pillar: %s", data["error"])
     return {"deploytoken": data}

@@ -329,7 +329,7 @@ def _run(action, changes=False):
         return {"error": str(exc), "retcode": BAD_INPUT}
     finally:
         if changes:
-            __utils__["deploytoken_guard.forget_pillar"](__opts__)
+            __utils__["deploytoken_pillar.forget"](__opts__)
 
 
 def _caller():

@@ -10,7 +10,8 @@ Put it first, so nothing else runs when it fails:
         - order: 1
         - failhard: True
 
-Needs the ``deploytoken`` ext_pillar on the master (``ext_pillar: [{deploytoken: {}}]``).
+Needs the ``deploytoken`` ext_pillar on the master (``ext_pillar: [{deploytoken: {}}]``), or, under
+salt-ssh, in the configuration of each operator's salt-ssh.
 """
 
 import os
@@ -40,8 +41,14 @@ def held(name):
     token cannot be read. In test mode a block is ``result: None`` with the same sentence.
 
     The person is the job's publisher (``salt`` or a master-side ``state.apply``: ``sudo_alice`` is
-    alice) or the caller of ``salt-call`` (``SUDO_USER``, else the login name), mapped to a name
-    through ``deploytoken: people:``.
+    alice), the caller of ``salt-call`` (``SUDO_USER``, else the login name), or under salt-ssh the
+    operator who runs ``salt-ssh`` on their own machine (never the SSH account on the target), mapped
+    to a name through ``deploytoken: people:``. Where sshd exposes the key that logged in
+    (``ExposeAuthInfo yes``), that key must be listed for that person under ``ssh_keys``.
+
+    A server remembers which token store its last deployment obeyed (``deploytoken:store_memory`` in
+    the minion config, default ``/var/lib/deploytoken/store.json``) and blocks a run whose token comes
+    from another store, so two private stores can never both hand out the token.
 
     An emergency override in pillar, ``deploytoken: override: "<why>"``, passes with a loud comment
     and sends the event ``deploytoken/override`` (who, minion, why) to the master.
@@ -57,12 +64,23 @@ def held(name):
         salt-call state.single deploytoken.held name=guard test=True
     """
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
+    guard = "deploytoken_guard."
+    memory = (__opts__.get("deploytoken") or {}).get("store_memory") or __utils__[guard + "STORE_MEMORY"]
     try:
-        login = _login()
-        decision = __utils__["deploytoken_guard.decide"](
-            __pillar__.get("deploytoken"), login, __opts__["id"], test=bool(__opts__.get("test"))
+        pillar = __pillar__.get("deploytoken")
+        ssh = __utils__[guard + "operator_login"](pillar) is not None
+        decision = __utils__[guard + "decide"](
+            pillar,
+            None if ssh else _login(),
+            __opts__["id"],
+            test=bool(__opts__.get("test")),
+            ssh_auth=__utils__[guard + "ssh_auth_keys"](os.environ) if ssh else None,
+            remembered=__utils__[guard + "remembered_store"](memory),
+            memory=memory,
         )
-    except SaltException as exc:
+        if decision["remember"]:
+            __utils__[guard + "remember_store"](memory, decision["remember"], decision["comment"])
+    except (SaltException, OSError) as exc:
         ret["comment"] = f"The deploy token guard failed, so nothing may deploy: {exc}"
         return ret
     ret.update(result=decision["result"], comment=decision["comment"])

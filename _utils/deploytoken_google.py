@@ -82,6 +82,10 @@ class GoogleStore:
         self.docs = build("docs", "v1")
         self.sheets = build("sheets", "v4")
 
+    @property
+    def identity(self):
+        return {"id": f"google:{self.document_id}", "name": f"Google Doc {self.document_id}"}
+
     # -- the store interface ---------------------------------------------------------------
 
     def read(self):

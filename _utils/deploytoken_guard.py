@@ -1,63 +1,23 @@
 """
-The decision behind the ``deploytoken.held`` state, and the pillar data it decides on.
+The decision behind the ``deploytoken.held`` state, on the minion (or salt-ssh target).
 
-The ext_pillar on the master turns the token store into ``snapshot()`` data; on the minion the
-state finds who published the job (``publisher()``) and ``decide()`` says pass or block, with the
-sentence people read. Plain Python: no ``__salt__`` here.
+The state finds who runs the job (``job_login()`` from the minion's proc files, or the salt-ssh
+operator named in the pillar), and ``decide()`` says pass or block from the ``deploytoken`` pillar,
+with the sentence people read. Plain Python, and deliberately light: it loads no token store and no
+Google client, since it runs in every state run on every minion.
 """
 
-import logging
+import json
 import os
 
 import salt.payload
 
-import deploytoken_cache
 import deploytoken_model as model
-import deploytoken_settings
-import deploytoken_token as token
+import deploytoken_sshkey as sshkey
 
 ACQUIRE = "salt-run deploytoken.acquire reason='...'"
-
-log = logging.getLogger(__name__)
-
-
-def pillar(opts):
-    """The ``deploytoken`` pillar on the master: the store as the runner reads it, through a read
-    cache shared by every process, so the store is read at most once per ``deploytoken:pillar_cache``
-    seconds (default 2) however many minions compile pillar at once."""
-    settings = deploytoken_settings.from_opts(opts)
-    return deploytoken_cache.cached(_cache_path(opts), settings.pillar_cache, lambda: read_store(settings))
-
-
-def forget_pillar(opts):
-    """After the runner changed the token: the next pillar compile reads the store again."""
-    deploytoken_cache.forget(_cache_path(opts))
-
-
-def _cache_path(opts):
-    return os.path.join(opts["cachedir"], "deploytoken-pillar.json")
-
-
-def read_store(settings):
-    """Pillar data from the configured store; a store that cannot be read gives ``error``."""
-    log.debug("deploytoken: reading the token store for the ext_pillar")
-    try:
-        return snapshot(token.open_store(settings).read(), settings.people)
-    except model.DeploytokenError as exc:
-        return unreadable(exc, settings.people)
-
-
-def snapshot(holding, people):
-    """Pillar data for a holding read from the store (``holding`` None: nobody holds the token)."""
-    data = {"held": holding is not None, "people": dict(people or {}), "error": None}
-    fields = holding.to_dict() if holding else dict.fromkeys(("holder", "login", "claim", "since", "reason"))
-    data.update((key, fields[key]) for key in ("holder", "login", "claim", "since", "reason"))
-    return data
-
-
-def unreadable(message, people=None):
-    """Pillar data when the store cannot be read: the guard fails closed on ``error``."""
-    return dict(snapshot(None, people), held=None, error=str(message))
+# The file in which a server remembers the token store its last deployment obeyed.
+STORE_MEMORY = "/var/lib/deploytoken/store.json"
 
 
 def job_login(proc_dir, pid):
@@ -92,22 +52,71 @@ def _proc_entry(proc_dir, pid):
     return None
 
 
+def operator_login(pillar):
+    """Under salt-ssh: the login of the operator the pillar names (None with a master)."""
+    operator = pillar.get("operator") if isinstance(pillar, dict) else None
+    if isinstance(operator, dict) and isinstance(operator.get("login"), str) and operator["login"]:
+        return operator["login"]
+    return None
+
+
+def remembered_store(path):
+    """The store this server's last deployment obeyed (``{"id", "name", ...}``), or None."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            found = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        # A damaged memory must not let a second store in: it names a store no pillar carries.
+        return {"id": None, "name": f"an unreadable record ({path})"}
+    return found if isinstance(found, dict) else {"id": None, "name": f"an unreadable record ({path})"}
+
+
+def remember_store(path, store, who, now=None):
+    """Note that this server now obeys ``store``; written atomically, readable by root only."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    record = dict(store, since=model.isoformat(now or model.utcnow()), by=who)
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(record, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
 def person(login, people):
     """``Alice Smith (alice)``, or just the login when it has no display name."""
     shown = model.display_name(login, people)
     return shown if shown == login else f"{shown} ({login})"
 
 
-def decide(pillar, login, minion, test=False, now=None):
+def decide(pillar, login, minion, test=False, now=None, ssh_auth=None, remembered=None, memory=STORE_MEMORY):
     """Pass or block a deployment by ``login`` on ``minion``, from the ``deploytoken`` pillar.
 
-    Returns ``{"result", "comment", "override"}``; ``override`` holds the event data to send when
-    an override let the run through. In test mode a block is ``result: None``.
+    Under salt-ssh (the pillar names an operator) the operator is the person, the pillar must have
+    been issued for this minion moments ago, and where sshd exposes the key that logged in
+    (``ssh_auth``: fingerprints) that key must be the operator's. ``remembered`` is the store this
+    server obeyed last (None: none yet).
+
+    Returns ``{"result", "comment", "override", "remember"}``; ``override`` holds the event data to
+    send when an override let the run through, ``remember`` the store to note once the run passes.
+    In test mode a block is ``result: None``.
     """
     pillar = pillar if isinstance(pillar, dict) else {}
     people = pillar.get("people") or {}
     now = now or model.utcnow()
     blocked = None if test else False
+    operator = operator_login(pillar)
+    if operator:
+        login = operator
     who = person(login, people) if login else "an unknown person"
 
     override = pillar.get("override")
@@ -123,7 +132,7 @@ def decide(pillar, login, minion, test=False, now=None):
             f"({holder}), because: {reason!r}. Remove deploytoken:override from the pillar once done."
         )
         event = {"login": login, "person": who, "minion": minion, "reason": reason, "holder": pillar.get("holder")}
-        return {"result": True, "comment": comment, "override": None if test else event}
+        return dict(_ret(True, comment), override=None if test else event)
 
     if not pillar or "held" not in pillar:
         return _ret(blocked, "The deploy token cannot be checked: this minion's pillar has no deploytoken data. "
@@ -132,6 +141,19 @@ def decide(pillar, login, minion, test=False, now=None):
     if pillar.get("error"):
         return _ret(blocked, f"The deploy token cannot be read, so nobody may deploy: {pillar['error']} "
                     "Check with salt-run deploytoken.status.")
+    if operator:
+        problem = _operator_problem(pillar, operator, who, minion, now, ssh_auth)
+        if problem:
+            return _ret(blocked, problem)
+    store = pillar.get("store") if isinstance(pillar.get("store"), dict) else None
+    if store and remembered and remembered.get("id") != store.get("id"):
+        return _ret(blocked, (
+            f"{minion} obeys the deploy token of {remembered.get('name')}, but this run's token comes from "
+            f"{store.get('name')}: two stores would each hand out their own token, so nobody may deploy this "
+            f"way. Deploy with the store the team shares (deploytoken:backend google or postgres on every "
+            f"operator's machine), or, if the team moved to {store.get('name')} on purpose, remove {memory} "
+            f"on {minion} first."
+        ))
     if not login:
         return _ret(blocked, "The deploy token guard cannot tell who runs this job (a scheduled job or an "
                     "unknown publisher), so it may not deploy. Run it with salt, salt-call or salt-ssh as the "
@@ -141,11 +163,50 @@ def decide(pillar, login, minion, test=False, now=None):
                     f"first with: {ACQUIRE}")
     holding = model.Holding(holder=pillar.get("holder") or "", login=pillar.get("login"))
     if model.same_person(holding, login, model.display_name(login, people)):
-        return _ret(True, f"{who} holds the deploy token, since {_since(pillar, now)} "
-                    f"(claim {pillar.get('claim')}).")
+        passed = _ret(True, f"{who} holds the deploy token, since {model.since_text(pillar.get('since'), now)} "
+                      f"(claim {pillar.get('claim')}).")
+        if store and not test and (remembered or {}).get("id") != store.get("id"):
+            passed["remember"] = store
+        return passed
     return _ret(blocked, f"Deploy token is held by {_holder_text(pillar, now)}, so {who} may not deploy on "
                 f"{minion}. Wait with salt-run deploytoken.acquire wait=True, or ask {pillar.get('holder')} "
                 "to run salt-run deploytoken.release.")
+
+
+def _operator_problem(pillar, login, who, minion, now, ssh_auth):
+    """Why the salt-ssh operator named in the pillar cannot be believed, or None."""
+    issued = model.parse_time(pillar.get("issued"))
+    max_age = pillar.get("max_age")
+    if isinstance(max_age, bool) or not isinstance(max_age, (int, float)):
+        max_age = None
+    if pillar.get("minion") != minion:
+        return (f"The deploy token data in this run's pillar was made for {pillar.get('minion')!r}, not for "
+                f"{minion}, so nobody may deploy: run salt-ssh against {minion} itself.")
+    if issued is None or max_age is None or not -max_age <= (now - issued).total_seconds() <= max_age:
+        return (f"The deploy token data in this run's pillar was issued at {pillar.get('issued')}, not within "
+                f"{model.human_duration(max_age)} of now ({model.isoformat(now)} on {minion}), so nobody may "
+                "deploy: run salt-ssh again, and check that the clocks of both machines are right.")
+    if ssh_auth is None:
+        return None
+    owners = pillar.get("ssh_keys") or {}
+    if not ssh_auth:
+        return (f"sshd on {minion} exposes the key that logged in, but none was found for this login, so "
+                f"{who} may not deploy: log in with your own SSH key.")
+    others = [f"{key} ({owners[key]})" for key in ssh_auth if key in owners and owners[key] != login]
+    if others:
+        return (f"{who} runs salt-ssh, but the SSH key that logged in to {minion} belongs to someone else: "
+                f"{', '.join(others)}, so {who} may not deploy: log in with your own key.")
+    if not any(owners.get(key) == login for key in ssh_auth):
+        return (f"The SSH key that logged in to {minion} ({', '.join(ssh_auth)}) is not listed for {who} in "
+                f"deploytoken:people, so {who} may not deploy: add it under deploytoken: people: {login}: "
+                "ssh_keys, or log in with a key listed there.")
+    return None
+
+
+def ssh_auth_keys(environ):
+    """Fingerprints of the keys sshd says logged in (``ExposeAuthInfo yes``), or None without it."""
+    path = environ.get("SSH_USER_AUTH")
+    return sshkey.logged_in_keys(path) if path else None
 
 
 def _one_line(value, what):
@@ -159,11 +220,7 @@ def _one_line(value, what):
 
 
 def _ret(result, comment):
-    return {"result": result, "comment": comment, "override": None}
-
-
-def _since(pillar, now):
-    return token.since_text(pillar.get("since"), now)
+    return {"result": result, "comment": comment, "override": None, "remember": None}
 
 
 def _holder_text(pillar, now):
@@ -177,4 +234,4 @@ def _holder_text(pillar, now):
         since=pillar.get("since"),
         reason=pillar.get("reason") or "",
     )
-    return token.describe(holding, now)
+    return model.describe(holding, now)

@@ -143,6 +143,27 @@ def human_duration(seconds):
     return f"{days} d {hours} h"
 
 
+def since_text(since, now=None):
+    """``2026-11-26 14:02 UTC (38 min)``, or ``an unknown time`` (a name typed by hand)."""
+    moment = parse_time(since)
+    if moment is None:
+        return "an unknown time"
+    age = max(0, int(((now or utcnow()) - moment).total_seconds()))
+    return f"{moment.strftime('%Y-%m-%d %H:%M UTC')} ({human_duration(age)})"
+
+
+def describe(holding, now=None):
+    """``Alice Smith (alice) since 2026-11-26 14:02 UTC (38 min): "upgrade postgres"``: the runner's
+    refusals and the state guard both name the holder this way."""
+    text = holding.holder
+    if holding.login and holding.login != holding.holder:
+        text += f" ({holding.login})"
+    text += f" since {since_text(holding.since, now)}"
+    if holding.reason:
+        text += f': "{holding.reason}"'
+    return text
+
+
 # ---- checks on input --------------------------------------------------------------------------
 
 

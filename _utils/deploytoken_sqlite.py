@@ -6,6 +6,7 @@ serialised by SQLite's own lock, and a release commits together with its history
 """
 
 import os
+import socket
 import sqlite3
 
 import deploytoken_model as model
@@ -42,6 +43,11 @@ class SqliteStore:
             )
         self.path = str(path)
         self.location = self.path
+
+    @property
+    def identity(self):
+        host = socket.getfqdn()
+        return {"id": f"sqlite:{host}:{self.path}", "name": f"SQLite store {self.path} on {host}"}
 
     # -- the store interface ---------------------------------------------------------------
 

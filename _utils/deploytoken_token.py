@@ -13,6 +13,7 @@ import time
 
 import deploytoken_model as model
 import deploytoken_sqlite
+from deploytoken_model import describe, since_text
 
 try:
     import deploytoken_google
@@ -260,27 +261,6 @@ def release(
 
 def _is_holder(holding, login, shown, caller):
     return model.same_person(holding, login, shown) or (bool(caller) and holding.caller == caller)
-
-
-def since_text(since, now=None):
-    """``2026-11-26 14:02 UTC (38 min)``, or ``an unknown time`` (a name typed by hand)."""
-    moment = model.parse_time(since)
-    if moment is None:
-        return "an unknown time"
-    age = max(0, int(((now or model.utcnow()) - moment).total_seconds()))
-    return f"{moment.strftime('%Y-%m-%d %H:%M UTC')} ({model.human_duration(age)})"
-
-
-def describe(holding, now=None):
-    """``Alice Smith (alice) since 2026-11-26 14:02 UTC (38 min): "upgrade postgres"``: the runner's
-    refusals and the state guard both name the holder this way."""
-    text = holding.holder
-    if holding.login and holding.login != holding.holder:
-        text += f" ({holding.login})"
-    text += f" since {since_text(holding.since, now)}"
-    if holding.reason:
-        text += f': "{holding.reason}"'
-    return text
 
 
 def _force_command(holding):

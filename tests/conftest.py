@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones", "carol": "Carol Díaz"}
 # Fixture modules of the other parts of the suite (real Scrapyd, PostgreSQL, tmux, git, Google fake).
-pytest_plugins = ["kingfisher_fixtures", "git_fixtures", "guard_helpers", "google_fixtures"]
+pytest_plugins = ["kingfisher_fixtures", "git_fixtures", "guard_helpers", "google_fixtures", "ssh_fixtures"]
 
 MASTER_ID = "dt-master"
 MINION_ID = "collect-test"
@@ -95,8 +95,10 @@ def salt_master(salt_factories, master_overrides, session_dir):
 
 
 @pytest.fixture(scope="session")
-def salt_minion(salt_master):
-    minion = salt_master.salt_minion_daemon(MINION_ID, overrides={"log_level_logfile": "info"})
+def salt_minion(salt_master, session_dir):
+    # The file in which the minion remembers the token store it obeys: private to this test session.
+    overrides = {"log_level_logfile": "info", "deploytoken": {"store_memory": str(session_dir / "store-memory.json")}}
+    minion = salt_master.salt_minion_daemon(MINION_ID, overrides=overrides)
     with minion.started():
         ret = salt_master.salt_cli(timeout=120).run("saltutil.sync_all", minion_tgt=MINION_ID)
         assert ret.returncode == 0, ret

@@ -10,6 +10,7 @@ import salt.payload
 import deploytoken_cache
 import deploytoken_guard as guard
 import deploytoken_model as model
+import deploytoken_pillar
 import kingfisher_guard
 from deploytoken_sqlite import SqliteStore
 
@@ -19,7 +20,7 @@ ALICE = model.Holding(holder="Alice Smith", login="alice", claim="c1", since="20
 
 
 def pillar(holding=ALICE, **extra):
-    return dict(guard.snapshot(holding, PEOPLE), **extra)
+    return dict(deploytoken_pillar.snapshot(holding, PEOPLE), **extra)
 
 
 def test_holder_passes():
@@ -28,6 +29,7 @@ def test_holder_passes():
         "result": True,
         "comment": "Alice Smith (alice) holds the deploy token, since 2026-11-26 14:02 UTC (38 min) (claim c1).",
         "override": None,
+        "remember": None,
     }
 
 
@@ -56,7 +58,7 @@ def test_a_login_without_a_display_name_is_shown_as_is():
     [
         (pillar(None), "alice", "Nobody holds the deploy token, so Alice Smith (alice) may not deploy on m1. "
          "Take it first with: salt-run deploytoken.acquire reason='...'"),
-        (guard.unreadable("The token store /x is broken.", PEOPLE), "alice",
+        (deploytoken_pillar.unreadable("The token store /x is broken.", PEOPLE), "alice",
          "The deploy token cannot be read, so nobody may deploy: The token store /x is broken. "
          "Check with salt-run deploytoken.status."),
         (None, "alice", "The deploy token cannot be checked: this minion's pillar has no deploytoken data. Add "
@@ -71,7 +73,9 @@ def test_a_login_without_a_display_name_is_shown_as_is():
     ],
 )
 def test_blocks_fail_closed_with_one_sentence(data, login, sentence):
-    assert guard.decide(data, login, "m1", now=NOW) == {"result": False, "comment": sentence, "override": None}
+    assert guard.decide(data, login, "m1", now=NOW) == {
+        "result": False, "comment": sentence, "override": None, "remember": None
+    }
 
 
 def test_override_passes_loudly_with_the_event_data():
@@ -109,21 +113,24 @@ def test_job_login_reads_the_publisher_of_this_process(tmp_path, monkeypatch):
 def test_pillar_reads_the_store_like_the_runner(tmp_path):
     opts = {"cachedir": str(tmp_path), "deploytoken": {"people": PEOPLE}}
     SqliteStore(str(tmp_path / "deploytoken.sqlite")).acquire(ALICE)
-    data = guard.pillar(opts)
+    store = SqliteStore(str(tmp_path / "deploytoken.sqlite"))
+    data = deploytoken_pillar.pillar(opts, "m1", now=NOW)
     assert data == {"held": True, "people": PEOPLE, "error": None, "holder": "Alice Smith", "login": "alice",
-                    "claim": "c1", "since": "2026-11-26T14:02:00Z", "reason": "pg"}
+                    "claim": "c1", "since": "2026-11-26T14:02:00Z", "reason": "pg", "store": store.identity,
+                    "minion": "m1", "issued": "2026-11-26T14:40:00Z", "max_age": 300, "ssh_keys": {},
+                    "operator": None}
 
 
 def test_pillar_of_an_unreadable_store_carries_the_error(tmp_path):
     (tmp_path / "junk").write_text("not a store\n" * 50)
     opts = {"cachedir": str(tmp_path), "deploytoken": {"sqlite": {"path": str(tmp_path / "junk")}}}
-    data = guard.pillar(opts)
+    data = deploytoken_pillar.pillar(opts, "m1")
     assert data["held"] is None and str(tmp_path / "junk") in data["error"]
 
 
 def test_pillar_refuses_a_bad_cache_setting(tmp_path):
     with pytest.raises(model.InputError, match="deploytoken:pillar_cache must be a number of seconds"):
-        guard.pillar({"cachedir": str(tmp_path), "deploytoken": {"pillar_cache": "soon"}})
+        deploytoken_pillar.pillar({"cachedir": str(tmp_path), "deploytoken": {"pillar_cache": "soon"}}, "m1")
 
 
 # ---- the cross-process cache ------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""
+The ``deploytoken`` pillar, made on the master (or, under salt-ssh, on the operator's machine) for
+each minion that compiles pillar: who holds the token, the people, which store said so, and under
+salt-ssh who runs it.
+
+The store is read through a read cache shared by every process, so it is read at most once per
+``deploytoken:pillar_cache`` seconds however many minions compile pillar at once; the per-minion
+fields (``minion``, ``issued``, ``operator``) are added after the cache, for every compile.
+"""
+
+import logging
+import os
+import socket
+
+import salt.utils.user
+
+import deploytoken_cache
+import deploytoken_model as model
+import deploytoken_settings
+import deploytoken_token as token
+
+log = logging.getLogger(__name__)
+
+HOLDING_KEYS = ("holder", "login", "claim", "since", "reason")
+
+
+def pillar(opts, minion_id, now=None):
+    """The ``deploytoken`` pillar of ``minion_id``. Raises InputError for a bad ``deploytoken:`` setting."""
+    settings = deploytoken_settings.from_opts(opts)
+    data = deploytoken_cache.cached(_cache_path(opts), settings.pillar_cache, lambda: read_store(settings))
+    return stamp(data, settings, minion_id, opts.get("__cli") == "salt-ssh", now)
+
+
+def stamp(data, settings, minion_id, ssh, now=None):
+    """Add what is true of this compile only: for whom, when, and under salt-ssh who runs it.
+
+    Under salt-ssh the job on the target runs as the SSH account (root for everyone): the person is
+    the operator who runs salt-ssh here, ``sudo`` honoured, which only this machine can tell.
+    """
+    data = dict(
+        data,
+        minion=minion_id,
+        issued=model.isoformat(now or model.utcnow()),
+        max_age=settings.pillar_max_age,
+        ssh_keys=dict(settings.ssh_keys),
+        operator=None,
+    )
+    if ssh:
+        data["operator"] = {"login": model.login_of(salt.utils.user.get_specific_user()), "host": socket.getfqdn()}
+    return data
+
+
+def forget(opts):
+    """After the runner changed the token: the next pillar compile reads the store again."""
+    deploytoken_cache.forget(_cache_path(opts))
+
+
+def _cache_path(opts):
+    return os.path.join(opts["cachedir"], "deploytoken-pillar.json")
+
+
+def read_store(settings):
+    """Pillar data from the configured store; a store that cannot be read gives ``error``."""
+    log.debug("deploytoken: reading the token store for the ext_pillar")
+    try:
+        store = token.open_store(settings)
+        return dict(snapshot(store.read(), settings.people), store=store.identity)
+    except model.DeploytokenError as exc:
+        return unreadable(exc, settings.people)
+
+
+def snapshot(holding, people):
+    """Pillar data for a holding read from the store (``holding`` None: nobody holds the token)."""
+    data = {"held": holding is not None, "people": dict(people or {}), "error": None, "store": None}
+    fields = holding.to_dict() if holding else dict.fromkeys(HOLDING_KEYS)
+    data.update((key, fields[key]) for key in HOLDING_KEYS)
+    return data
+
+
+def unreadable(message, people=None):
+    """Pillar data when the store cannot be read: the guard fails closed on ``error``."""
+    return dict(snapshot(None, people), held=None, error=str(message))

@@ -1,0 +1,174 @@
+"""deploytoken.held under salt-ssh: real operators run ``sudo salt-ssh`` with their own key and config
+against a real sshd; the guard on the target judges the operator, never the SSH account (root)."""
+
+import re
+
+import pytest
+
+from ssh_fixtures import guard_of
+
+GUARDED = """\
+deploy token held:
+  deploytoken.held:
+    - order: 1
+    - failhard: True
+
+the deployment:
+  file.managed:
+    - name: {marker}
+    - contents: deployed
+"""
+
+
+def without_age(sentence):
+    return re.sub(r" \(\d+ (s|min)\)", "", sentence)
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory):
+    return tmp_path_factory.mktemp("shared") / "deploytoken.sqlite"
+
+
+@pytest.fixture(scope="module")
+def team(ssh_world, operators, shared_store):
+    """ada, ben and cy configured on one shared store (the machine everyone uses with sudo)."""
+    for op in operators.values():
+        ssh_world.configure(op, {"sqlite": {"path": str(shared_store)}})
+    return operators
+
+
+@pytest.fixture
+def guarded(ssh_world, sls_dir, tmp_path):
+    """``guarded(name)`` writes a guarded sls whose deployment writes ``<tmp>/<name>``; returns (sls, marker)."""
+    ssh_world.forget_memory()
+
+    def make(name="deployed"):
+        marker = tmp_path / name
+        (sls_dir / f"dtssh{name}.sls").write_text(GUARDED.format(marker=marker))
+        return f"dtssh{name}", marker
+
+    yield make
+    for path in sls_dir.glob("dtssh*.sls"):
+        path.unlink()
+    ssh_world.forget_memory()
+
+
+@pytest.fixture
+def token(ssh_world, team):
+    """``token.take(op)`` / ``token.give(op)`` through the operator's own salt-run (sudo)."""
+
+    class Token:
+        def take(self, op, reason="deploy over salt-ssh"):
+            ran = ssh_world.salt_run(op, "deploytoken.acquire", f"reason={reason}")
+            assert ran.returncode == 0, ran
+            return ran.data
+
+        def give(self, op):
+            ssh_world.salt_run(op, "deploytoken.release", "note=done")
+
+    tok = Token()
+    yield tok
+    for op in team.values():
+        tok.give(op)
+
+
+def test_holder_deploys_and_another_operator_is_stopped(ssh_world, team, token, guarded):
+    ada, ben = team["ada"], team["ben"]
+    sls, marker = guarded()
+    token.take(ada, reason="upgrade postgres")
+
+    blocked = ssh_world.salt_ssh(ben, "state.apply", sls)
+    assert blocked.returncode != 0
+    comment = guard_of(blocked.data)["comment"]
+    assert comment.startswith(f"Deploy token is held by Ada Lovelace ({ada.login}) since ")
+    assert f'"upgrade postgres", so Ben Okafor ({ben.login}) may not deploy on kf.' in comment
+    assert not marker.exists()
+
+    dry = ssh_world.salt_ssh(ben, "state.apply", sls, "test=True")
+    assert guard_of(dry.data)["result"] is None
+    assert without_age(guard_of(dry.data)["comment"]) == without_age(comment)
+    assert not marker.exists()
+
+    passed = ssh_world.salt_ssh(ada, "state.apply", sls)
+    assert passed.returncode == 0, passed
+    assert guard_of(passed.data)["comment"].startswith(f"Ada Lovelace ({ada.login}) holds the deploy token, since ")
+    assert marker.read_text().strip() == "deployed"
+
+
+def test_nobody_holding_blocks(ssh_world, team, token, guarded):
+    sls, marker = guarded()
+    ran = ssh_world.salt_ssh(team["ada"], "state.apply", sls)
+    assert ran.returncode != 0
+    assert guard_of(ran.data)["comment"] == (
+        f"Nobody holds the deploy token, so Ada Lovelace ({team['ada'].login}) may not deploy on kf. "
+        "Take it first with: salt-run deploytoken.acquire reason='...'"
+    )
+    assert not marker.exists()
+
+
+def test_a_token_held_by_root_lets_nobody_else_through(ssh_world, team, token, guarded):
+    sls, marker = guarded()
+    ada = team["ada"]
+    # root at a root shell (no sudo): the holder's login is root, the SSH account on the target.
+    held = ssh_world.salt_run(ada, "deploytoken.acquire", "reason=as root", as_root=True)
+    assert held.returncode == 0 and held.data["login"] == "root", held
+    try:
+        ran = ssh_world.salt_ssh(ada, "state.apply", sls)
+        assert ran.returncode != 0
+        assert "Deploy token is held by root since " in guard_of(ran.data)["comment"]
+        assert f"so Ada Lovelace ({ada.login}) may not deploy on kf" in guard_of(ran.data)["comment"]
+        assert not marker.exists()
+    finally:
+        ssh_world.salt_run(ada, "deploytoken.release", "note=done", as_root=True)
+
+
+def test_a_key_listed_for_nobody_blocks(ssh_world, team, token, guarded, operators):
+    ada, cy = team["ada"], operators["cy"]
+    sls, marker = guarded()
+    token.take(ada)
+    with ssh_world.logging_in_with(ada, cy.key):
+        ran = ssh_world.salt_ssh(ada, "state.apply", sls)
+    assert ran.returncode != 0
+    comment = guard_of(ran.data)["comment"]
+    assert comment.startswith("The SSH key that logged in to kf (SHA256:")
+    assert f"is not listed for Ada Lovelace ({ada.login}) in deploytoken:people" in comment
+    assert not marker.exists()
+
+
+def test_a_key_of_someone_else_blocks(ssh_world, team, token, guarded):
+    ada, ben = team["ada"], team["ben"]
+    sls, marker = guarded()
+    token.take(ada)
+    with ssh_world.logging_in_with(ada, ben.key):
+        ran = ssh_world.salt_ssh(ada, "state.apply", sls)
+    assert ran.returncode != 0
+    comment = guard_of(ran.data)["comment"]
+    assert comment.startswith(f"Ada Lovelace ({ada.login}) runs salt-ssh, but the SSH key that logged in to kf "
+                              "belongs to someone else: SHA256:")
+    assert f"({ben.login}), so Ada Lovelace ({ada.login}) may not deploy" in comment
+    assert not marker.exists()
+
+
+def test_two_private_stores_cannot_both_deploy(ssh_world, team, guarded, tmp_path, shared_store):
+    ada, ben = team["ada"], team["ben"]
+    stores = {op.role: tmp_path / f"{op.role}.sqlite" for op in (ada, ben)}
+    try:
+        for op in (ada, ben):
+            ssh_world.configure(op, {"sqlite": {"path": str(stores[op.role])}})
+            assert ssh_world.salt_run(op, "deploytoken.acquire", "reason=my own token").returncode == 0
+        first_sls, first = guarded("first")
+        second_sls, second = guarded("second")
+        assert ssh_world.salt_ssh(ada, "state.apply", first_sls).returncode == 0
+        assert first.read_text().strip() == "deployed"
+
+        ran = ssh_world.salt_ssh(ben, "state.apply", second_sls)
+        assert ran.returncode != 0
+        comment = guard_of(ran.data)["comment"]
+        assert comment.startswith(f"kf obeys the deploy token of SQLite store {stores['ada']} on ")
+        assert f"but this run's token comes from SQLite store {stores['ben']} on " in comment
+        assert f"remove {ssh_world.memory} on kf first." in comment
+        assert not second.exists() and first.read_text().strip() == "deployed"
+    finally:
+        for op in (ada, ben):
+            ssh_world.salt_run(op, "deploytoken.release", "note=done")
+            ssh_world.configure(op, {"sqlite": {"path": str(shared_store)}})
