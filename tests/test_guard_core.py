@@ -3,6 +3,9 @@
 import datetime
 import multiprocessing
 import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import salt.payload
@@ -14,6 +17,7 @@ import deploytoken_pillar
 import kingfisher_guard
 from deploytoken_sqlite import SqliteStore
 
+REPO = pathlib.Path(__file__).resolve().parent.parent
 PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones"}
 NOW = datetime.datetime(2026, 11, 26, 14, 40, tzinfo=datetime.timezone.utc)
 ALICE = model.Holding(holder="Alice Smith", login="alice", claim="c1", since="2026-11-26T14:02:00Z", reason="pg")
@@ -197,3 +201,89 @@ def test_kingfisher_guard_blocks_passes_with_consent_and_reports_none_in_test_mo
 def test_kingfisher_consent_needs_a_manager_and_a_reason(consent):
     with pytest.raises(model.InputError, match="must name the data support manager and why, on one line"):
         kingfisher_guard.check_consent(consent)
+
+
+# ---- salt-ssh: the operator, the key that logged in, the store the server obeys ---------------
+
+SHARED = {"id": "google:doc1", "name": "Google Doc doc1"}
+KEYS = {"SHA256:alicekey": "alice", "SHA256:bobkey": "bob"}
+
+
+def ssh_pillar(holding=ALICE, operator="alice", **extra):
+    data = pillar(holding, store=SHARED, minion="m1", issued="2026-11-26T14:39:30Z", max_age=300, ssh_keys=KEYS,
+                  operator={"login": operator, "host": "laptop"})
+    return dict(data, **extra)
+
+
+def test_under_salt_ssh_the_operator_is_the_person_not_the_ssh_account():
+    assert guard.decide(ssh_pillar(), "root", "m1", now=NOW)["result"] is True
+    ret = guard.decide(ssh_pillar(operator="bob"), "root", "m1", now=NOW)
+    assert ret["result"] is False and "so Bob Jones (bob) may not deploy on m1." in ret["comment"]
+    rooted = ssh_pillar(model.Holding(holder="root", login="root", claim="c2", since="2026-11-26T14:02:00Z"))
+    assert guard.decide(rooted, "root", "m1", now=NOW)["result"] is False
+
+
+@pytest.mark.parametrize(
+    "extra, sentence",
+    [
+        ({"minion": "m2"}, "The deploy token data in this run's pillar was made for 'm2', not for m1, so nobody may "
+         "deploy: run salt-ssh against m1 itself."),
+        ({"issued": "2026-11-26T14:30:00Z"}, "The deploy token data in this run's pillar was issued at "
+         "2026-11-26T14:30:00Z, not within 5 min of now (2026-11-26T14:40:00Z on m1), so nobody may deploy: run "
+         "salt-ssh again, and check that the clocks of both machines are right."),
+        ({"issued": None}, "The deploy token data in this run's pillar was issued at None"),
+    ],
+)
+def test_token_data_for_another_minion_or_too_old_blocks(extra, sentence):
+    ret = guard.decide(ssh_pillar(**extra), "root", "m1", now=NOW)
+    assert ret["result"] is False and ret["comment"].startswith(sentence)
+
+
+def test_the_key_that_logged_in_must_be_the_operators():
+    assert guard.decide(ssh_pillar(), "root", "m1", now=NOW, ssh_auth=["SHA256:alicekey"])["result"] is True
+    other = guard.decide(ssh_pillar(), "root", "m1", now=NOW, ssh_auth=["SHA256:bobkey"])
+    assert other["comment"] == (
+        "Alice Smith (alice) runs salt-ssh, but the SSH key that logged in to m1 belongs to someone else: "
+        "SHA256:bobkey (bob), so Alice Smith (alice) may not deploy: log in with your own key."
+    )
+    unknown = guard.decide(ssh_pillar(), "root", "m1", now=NOW, ssh_auth=["SHA256:strange"], test=True)
+    assert unknown["result"] is None and unknown["comment"].startswith(
+        "The SSH key that logged in to m1 (SHA256:strange) is not listed for Alice Smith (alice) in deploytoken:people"
+    )
+
+
+def test_a_server_obeys_one_store():
+    first = guard.decide(ssh_pillar(), "root", "m1", now=NOW)
+    assert first["result"] is True and first["remember"] == SHARED
+    again = guard.decide(ssh_pillar(), "root", "m1", now=NOW, remembered=dict(SHARED, since="x"))
+    assert again["result"] is True and again["remember"] is None
+    private = {"id": "sqlite:bob-laptop:/x", "name": "SQLite store /x on bob-laptop"}
+    split = guard.decide(ssh_pillar(), "root", "m1", now=NOW, remembered=private, memory="/var/lib/x.json")
+    assert split["result"] is False
+    assert split["comment"] == (
+        "m1 obeys the deploy token of SQLite store /x on bob-laptop, but this run's token comes from Google Doc doc1: "
+        "two stores would each hand out their own token, so nobody may deploy this way. Deploy with the store the "
+        "team shares (deploytoken:backend google or postgres on every operator's machine), or, if the team moved to "
+        "Google Doc doc1 on purpose, remove /var/lib/x.json on m1 first."
+    )
+
+
+def test_the_remembered_store_is_private_to_root_and_a_damaged_one_blocks(tmp_path):
+    path = str(tmp_path / "lib" / "store.json")
+    assert guard.remembered_store(path) is None
+    guard.remember_store(path, SHARED, "passed")
+    assert os.stat(path).st_mode & 0o777 == 0o600 and os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
+    assert guard.remembered_store(path)["id"] == "google:doc1"
+    with open(path, "w") as handle:
+        handle.write("{half")
+    assert guard.decide(ssh_pillar(), "root", "m1", now=NOW, remembered=guard.remembered_store(path))["result"] is False
+
+
+def test_loading_the_guard_loads_no_store_and_no_google_client():
+    code = (
+        "import sys; sys.path.insert(0, '_utils'); import deploytoken_guard; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('googleapiclient', 'google', 'deploytoken_token', "
+        "'deploytoken_sqlite', 'deploytoken_google', 'sqlite3', 'requests')]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
