@@ -38,7 +38,7 @@ def __virtual__():
 def ext_pillar(minion_id, pillar, *args, **kwargs):
     """The ``deploytoken`` pillar of ``minion_id``."""
     try:
-        data = __utils__["deploytoken_pillar.pillar"](__opts__, minion_id)
+        data = __utils__["deploytoken_pillar.pillar"](__opts__, minion_id, pillar)
     except SaltException as exc:  # a bad deploytoken: setting; the guard fails closed on error
         data = __utils__["deploytoken_pillar.unreadable"](exc)
     if data.get("error"):

@@ -50,8 +50,12 @@ def held(name):
     the minion config, default ``/var/lib/deploytoken/store.json``) and blocks a run whose token comes
     from another store, so two private stores can never both hand out the token.
 
-    An emergency override in pillar, ``deploytoken: override: "<why>"``, passes with a loud comment
-    and sends the event ``deploytoken/override`` (who, minion, why) to the master.
+    The token data must be as the master wrote it: signed with the master's key (checked with the
+    master's public key the minion keeps), made for this minion, and fresh (``deploytoken:pillar_max_age``,
+    default 300 s), so a ``pillar=`` on the command line cannot fake the holder.
+
+    An emergency override, ``salt-run deploytoken.override reason=... targets=...``, passes with a loud
+    comment until it ends; the override and who asked for it are in the deploy history.
 
     name
         Any label for the state.
@@ -77,6 +81,7 @@ def held(name):
             ssh_auth=__utils__[guard + "ssh_auth_keys"](os.environ) if ssh else None,
             remembered=__utils__[guard + "remembered_store"](memory),
             memory=memory,
+            master_key=_master_key(),
         )
         if decision["remember"]:
             __utils__[guard + "remember_store"](memory, decision["remember"], decision["comment"])
@@ -84,11 +89,15 @@ def held(name):
         ret["comment"] = f"The deploy token guard failed, so nothing may deploy: {exc}"
         return ret
     ret.update(result=decision["result"], comment=decision["comment"])
-    if decision["override"]:
+    if decision["override"] and not __opts__.get("test"):
         ret["changes"] = {"override": decision["override"]}
-        if not __salt__["event.send"]("deploytoken/override", decision["override"]):
-            ret["comment"] += " The deploytoken/override event could not be sent to the master."
     return ret
+
+
+def _master_key():
+    """The master's public key on a minion of a master; None on a salt-ssh target, which has none."""
+    path = os.path.join(__opts__.get("pki_dir") or "", "minion_master.pub")
+    return path if os.path.isfile(path) else None
 
 
 def _login():

@@ -13,9 +13,11 @@ import os
 import salt.payload
 
 import deploytoken_model as model
+import deploytoken_seal as seal
 import deploytoken_sshkey as sshkey
 
 ACQUIRE = "salt-run deploytoken.acquire reason='...'"
+OVERRIDE = "salt-run deploytoken.override reason='...' targets='...'"
 # The file in which a server remembers the token store its last deployment obeyed.
 STORE_MEMORY = "/var/lib/deploytoken/store.json"
 
@@ -98,17 +100,19 @@ def person(login, people):
     return shown if shown == login else f"{shown} ({login})"
 
 
-def decide(pillar, login, minion, test=False, now=None, ssh_auth=None, remembered=None, memory=STORE_MEMORY):
+def decide(pillar, login, minion, test=False, now=None, ssh_auth=None, remembered=None, memory=STORE_MEMORY,
+           master_key=None):
     """Pass or block a deployment by ``login`` on ``minion``, from the ``deploytoken`` pillar.
 
-    Under salt-ssh (the pillar names an operator) the operator is the person, the pillar must have
-    been issued for this minion moments ago, and where sshd exposes the key that logged in
-    (``ssh_auth``: fingerprints) that key must be the operator's. ``remembered`` is the store this
-    server obeyed last (None: none yet).
+    The data must be as the ext_pillar wrote it (signed with the master's key when ``master_key``, the
+    master's public key file, is given; else its digest), made for this minion moments ago. Under
+    salt-ssh (the pillar names an operator) the operator is the person, and where sshd exposes the key
+    that logged in (``ssh_auth``: fingerprints) that key must be the operator's. ``remembered`` is the
+    store this server obeyed last (None: none yet).
 
-    Returns ``{"result", "comment", "override", "remember"}``; ``override`` holds the event data to
-    send when an override let the run through, ``remember`` the store to note once the run passes.
-    In test mode a block is ``result: None``.
+    Returns ``{"result", "comment", "override", "remember"}``: ``override`` is the override that let
+    the run through, ``remember`` the store to note once the run passes. In test mode a block is
+    ``result: None``.
     """
     pillar = pillar if isinstance(pillar, dict) else {}
     people = pillar.get("people") or {}
@@ -119,32 +123,32 @@ def decide(pillar, login, minion, test=False, now=None, ssh_auth=None, remembere
         login = operator
     who = person(login, people) if login else "an unknown person"
 
-    override = pillar.get("override")
-    if override not in (None, ""):
-        reason = _one_line(override, "override")
-        if not reason:
-            return _ret(blocked, "The deploy token override must give a reason as one line of text, e.g. "
-                        "deploytoken: override: 'database down, agreed with Alice'; nothing was deployed.")
-        holder = _holder_text(pillar, now)
-        verb = "would pass" if test else "PASSED"
-        comment = (
-            f"OVERRIDE: the deploy token guard {verb} for {who} on {minion} without checking the token "
-            f"({holder}), because: {reason!r}. Remove deploytoken:override from the pillar once done."
-        )
-        event = {"login": login, "person": who, "minion": minion, "reason": reason, "holder": pillar.get("holder")}
-        return dict(_ret(True, comment), override=None if test else event)
-
     if not pillar or "held" not in pillar:
         return _ret(blocked, "The deploy token cannot be checked: this minion's pillar has no deploytoken data. "
                     "Add ext_pillar: [{deploytoken: {}}] to the master config, restart the master, and run "
                     "salt-run saltutil.sync_all.")
+    if isinstance(pillar.get("override"), str):
+        return _ret(blocked, "The pillar key deploytoken:override is no longer obeyed, so nothing may deploy: "
+                    f"remove it, and ask for an override with {OVERRIDE}, which the history keeps.")
+    problem = _trust_problem(pillar, minion, now, master_key)
+    if problem:
+        return _ret(blocked, problem)
+    if operator and ssh_auth is not None:
+        problem = _key_problem(pillar, operator, who, minion, ssh_auth)
+        if problem:
+            return _ret(blocked, problem)
+    override = pillar.get("override")
+    if isinstance(override, dict) and (model.parse_time(override.get("until")) or now) > now:
+        verb = "would pass" if test else "PASSED"
+        return dict(_ret(True, (
+            f"OVERRIDE: the deploy token guard {verb} for {who} on {minion} without checking the token "
+            f"({_holder_text(pillar, now)}): override {override.get('id')} by {override.get('by')} until "
+            f"{_clock(override.get('until'))}, because: {override.get('reason')!r}. "
+            "End it with salt-run deploytoken.override cancel=True."
+        )), override=override)
     if pillar.get("error"):
         return _ret(blocked, f"The deploy token cannot be read, so nobody may deploy: {pillar['error']} "
                     "Check with salt-run deploytoken.status.")
-    if operator:
-        problem = _operator_problem(pillar, operator, who, minion, now, ssh_auth)
-        if problem:
-            return _ret(blocked, problem)
     store = pillar.get("store") if isinstance(pillar.get("store"), dict) else None
     if store and remembered and remembered.get("id") != store.get("id"):
         return _ret(blocked, (
@@ -173,21 +177,32 @@ def decide(pillar, login, minion, test=False, now=None, ssh_auth=None, remembere
                 "to run salt-run deploytoken.release.")
 
 
-def _operator_problem(pillar, login, who, minion, now, ssh_auth):
-    """Why the salt-ssh operator named in the pillar cannot be believed, or None."""
+def _trust_problem(pillar, minion, now, master_key):
+    """Why the token data cannot be believed (changed, unsigned, for another minion, too old), or None."""
+    if master_key and not pillar.get("signature"):
+        return ("The deploy token data in this run's pillar is not signed by the master, so nothing may deploy: "
+                "update deploytoken on the master (salt-run saltutil.sync_all) and check that it can read its "
+                "key master.pem.")
+    if not seal.intact(pillar, master_key):
+        return ("The deploy token data in this run's pillar was changed after the master wrote it (a pillar= on "
+                "the command line?), so nothing may deploy.")
     issued = model.parse_time(pillar.get("issued"))
     max_age = pillar.get("max_age")
     if isinstance(max_age, bool) or not isinstance(max_age, (int, float)):
         max_age = None
     if pillar.get("minion") != minion:
         return (f"The deploy token data in this run's pillar was made for {pillar.get('minion')!r}, not for "
-                f"{minion}, so nobody may deploy: run salt-ssh against {minion} itself.")
+                f"{minion}, so nothing may deploy: run the deployment against {minion} itself.")
     if issued is None or max_age is None or not -max_age <= (now - issued).total_seconds() <= max_age:
         return (f"The deploy token data in this run's pillar was issued at {pillar.get('issued')}, not within "
-                f"{model.human_duration(max_age)} of now ({model.isoformat(now)} on {minion}), so nobody may "
-                "deploy: run salt-ssh again, and check that the clocks of both machines are right.")
-    if ssh_auth is None:
-        return None
+                f"{model.human_duration(max_age)} of now ({model.isoformat(now)} on {minion}), so nothing may "
+                "deploy: run it again, and check that the clocks of both machines are right (and that the "
+                "master's pillar_cache is off).")
+    return None
+
+
+def _key_problem(pillar, login, who, minion, ssh_auth):
+    """Why the key that logged in to the target is not the salt-ssh operator's, or None."""
     owners = pillar.get("ssh_keys") or {}
     if not ssh_auth:
         return (f"sshd on {minion} exposes the key that logged in, but none was found for this login, so "
@@ -209,14 +224,9 @@ def ssh_auth_keys(environ):
     return sshkey.logged_in_keys(path) if path else None
 
 
-def _one_line(value, what):
-    """``value`` stripped when it is one line of text, else ''."""
-    if not isinstance(value, str):
-        return ""
-    try:
-        return model.check_text(value, what)
-    except model.InputError:
-        return ""
+def _clock(text):
+    moment = model.parse_time(text)
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else str(text)
 
 
 def _ret(result, comment):

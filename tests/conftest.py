@@ -26,6 +26,7 @@ PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones", "carol": "Carol Díaz"}
 pytest_plugins = ["kingfisher_fixtures", "git_fixtures", "guard_helpers", "google_fixtures", "ssh_fixtures"]
 
 MASTER_ID = "dt-master"
+PILLAR_MAX_AGE = 30
 MINION_ID = "collect-test"
 
 
@@ -78,7 +79,8 @@ def master_overrides(sls_dir, store_path, session_dir):
     return {
         "file_roots": {"base": [str(REPO), str(sls_dir)]},
         "pillar_roots": {"base": [str(session_dir / "pillar")]},
-        "deploytoken": {"sqlite": {"path": str(store_path)}, "people": PEOPLE},
+        # A short bound on the age of token data, so the replay test needs no long wait.
+        "deploytoken": {"sqlite": {"path": str(store_path)}, "people": PEOPLE, "pillar_max_age": PILLAR_MAX_AGE},
         "log_level_logfile": "info",
         "ext_pillar": [{"deploytoken": {}}],
     }

@@ -8,12 +8,14 @@ import subprocess
 import sys
 
 import pytest
+import salt.crypt
 import salt.payload
 
 import deploytoken_cache
 import deploytoken_guard as guard
 import deploytoken_model as model
 import deploytoken_pillar
+import deploytoken_seal as seal
 import kingfisher_guard
 from deploytoken_sqlite import SqliteStore
 
@@ -23,8 +25,17 @@ NOW = datetime.datetime(2026, 11, 26, 14, 40, tzinfo=datetime.timezone.utc)
 ALICE = model.Holding(holder="Alice Smith", login="alice", claim="c1", since="2026-11-26T14:02:00Z", reason="pg")
 
 
+STAMP = {"minion": "m1", "issued": "2026-11-26T14:39:30Z", "max_age": 300, "ssh_keys": {}, "operator": None,
+         "override": None}
+
+
+def sealed(data, master_key=None, **extra):
+    """Token data as the ext_pillar hands it to m1 at NOW (30 s old), sealed."""
+    return seal.seal(dict(data, **dict(STAMP, **extra)), master_key)
+
+
 def pillar(holding=ALICE, **extra):
-    return dict(deploytoken_pillar.snapshot(holding, PEOPLE), **extra)
+    return sealed(deploytoken_pillar.snapshot(holding, PEOPLE), **extra)
 
 
 def test_holder_passes():
@@ -62,7 +73,7 @@ def test_a_login_without_a_display_name_is_shown_as_is():
     [
         (pillar(None), "alice", "Nobody holds the deploy token, so Alice Smith (alice) may not deploy on m1. "
          "Take it first with: salt-run deploytoken.acquire reason='...'"),
-        (deploytoken_pillar.unreadable("The token store /x is broken.", PEOPLE), "alice",
+        (sealed(deploytoken_pillar.unreadable("The token store /x is broken.", PEOPLE)), "alice",
          "The deploy token cannot be read, so nobody may deploy: The token store /x is broken. "
          "Check with salt-run deploytoken.status."),
         (None, "alice", "The deploy token cannot be checked: this minion's pillar has no deploytoken data. Add "
@@ -70,10 +81,17 @@ def test_a_login_without_a_display_name_is_shown_as_is():
          "salt-run saltutil.sync_all."),
         (pillar(), None, "The deploy token guard cannot tell who runs this job (a scheduled job or an unknown "
          "publisher), so it may not deploy. Run it with salt, salt-call or salt-ssh as the holder of the token."),
-        (pillar(override=["x"]), "bob", "The deploy token override must give a reason as one line of text, e.g. "
-         "deploytoken: override: 'database down, agreed with Alice'; nothing was deployed."),
-        (pillar(override="a\nb"), "bob", "The deploy token override must give a reason as one line of text, e.g. "
-         "deploytoken: override: 'database down, agreed with Alice'; nothing was deployed."),
+        (pillar(override="db down"), "bob", "The pillar key deploytoken:override is no longer obeyed, so nothing "
+         "may deploy: remove it, and ask for an override with salt-run deploytoken.override reason='...' "
+         "targets='...', which the history keeps."),
+        (dict(pillar(), login="bob"), "bob", "The deploy token data in this run's pillar was changed after the "
+         "master wrote it (a pillar= on the command line?), so nothing may deploy."),
+        (pillar(minion="m2"), "alice", "The deploy token data in this run's pillar was made for 'm2', not for m1, "
+         "so nothing may deploy: run the deployment against m1 itself."),
+        (pillar(issued="2026-11-26T14:30:00Z"), "alice", "The deploy token data in this run's pillar was issued at "
+         "2026-11-26T14:30:00Z, not within 5 min of now (2026-11-26T14:40:00Z on m1), so nothing may deploy: run "
+         "it again, and check that the clocks of both machines are right (and that the master's pillar_cache is "
+         "off)."),
     ],
 )
 def test_blocks_fail_closed_with_one_sentence(data, login, sentence):
@@ -82,18 +100,43 @@ def test_blocks_fail_closed_with_one_sentence(data, login, sentence):
     }
 
 
-def test_override_passes_loudly_with_the_event_data():
-    ret = guard.decide(pillar(override="db down"), "bob", "m1", now=NOW)
-    assert ret["result"] is True
+OVERRIDE = {"id": "o1", "by": "Bob Jones (bob)", "reason": "db down", "until": "2026-11-26T15:00:00Z",
+            "targets": "m*"}
+
+
+def test_an_override_from_the_runner_passes_loudly_until_it_ends():
+    ret = guard.decide(pillar(override=OVERRIDE), "bob", "m1", now=NOW)
+    assert ret["result"] is True and ret["override"] == OVERRIDE
     assert ret["comment"] == (
         "OVERRIDE: the deploy token guard PASSED for Bob Jones (bob) on m1 without checking the token (Alice Smith "
-        "(alice) since 2026-11-26 14:02 UTC (38 min): \"pg\"), because: 'db down'. Remove deploytoken:override "
-        "from the pillar once done."
+        "(alice) since 2026-11-26 14:02 UTC (38 min): \"pg\"): override o1 by Bob Jones (bob) until 2026-11-26 "
+        "15:00 UTC, because: 'db down'. End it with salt-run deploytoken.override cancel=True."
     )
-    assert ret["override"] == {"login": "bob", "person": "Bob Jones (bob)", "minion": "m1", "reason": "db down",
-                               "holder": "Alice Smith"}
-    dry = guard.decide(pillar(override="db down"), "bob", "m1", test=True, now=NOW)
-    assert dry["result"] is True and dry["override"] is None and "would pass" in dry["comment"]
+    assert "would pass" in guard.decide(pillar(override=OVERRIDE), "bob", "m1", test=True, now=NOW)["comment"]
+    ended = pillar(override=dict(OVERRIDE, until="2026-11-26T14:39:00Z"))
+    assert guard.decide(ended, "bob", "m1", now=NOW)["result"] is False
+    unreadable = sealed(deploytoken_pillar.unreadable("Google is down.", PEOPLE), override=OVERRIDE)
+    assert guard.decide(unreadable, "bob", "m1", now=NOW)["result"] is True
+
+
+def test_with_the_masters_key_only_signed_data_is_believed(tmp_path):
+    salt.crypt.write_keys(str(tmp_path), "master", 2048)
+    private, public = str(tmp_path / "master.pem"), str(tmp_path / "master.pub")
+    data = deploytoken_pillar.snapshot(ALICE, PEOPLE)
+    assert guard.decide(sealed(data, private), "alice", "m1", now=NOW, master_key=public)["result"] is True
+    unsigned = guard.decide(sealed(data), "alice", "m1", now=NOW, master_key=public)
+    assert unsigned["result"] is False and "is not signed by the master" in unsigned["comment"]
+    for key, value in (("login", "bob"), ("holder", "Bob Jones"), ("held", True), ("error", None), ("claim", "c9")):
+        honest = deploytoken_pillar.snapshot(None, PEOPLE)
+        if key == "error":
+            honest = deploytoken_pillar.unreadable("Google is down.", PEOPLE)
+        forged = dict(sealed(honest, private), **{key: value})
+        forged["digest"] = seal.seal(forged)["digest"]  # even with a digest made to match
+        ret = guard.decide(forged, "bob", "m1", now=NOW, master_key=public)
+        assert ret["result"] is False and "was changed after the master wrote it" in ret["comment"], key
+    salt.crypt.write_keys(str(tmp_path), "other", 2048)
+    other = guard.decide(sealed(data, str(tmp_path / "other.pem")), "alice", "m1", now=NOW, master_key=public)
+    assert other["result"] is False and "was changed after the master wrote it" in other["comment"]
 
 
 def write_proc(directory, name, job):
@@ -122,7 +165,8 @@ def test_pillar_reads_the_store_like_the_runner(tmp_path):
     assert data == {"held": True, "people": PEOPLE, "error": None, "holder": "Alice Smith", "login": "alice",
                     "claim": "c1", "since": "2026-11-26T14:02:00Z", "reason": "pg", "store": store.identity,
                     "minion": "m1", "issued": "2026-11-26T14:40:00Z", "max_age": 300, "ssh_keys": {},
-                    "operator": None}
+                    "operator": None, "override": None, "signature": None, "digest": data["digest"]}
+    assert seal.intact(data)
 
 
 def test_pillar_of_an_unreadable_store_carries_the_error(tmp_path):
@@ -210,9 +254,8 @@ KEYS = {"SHA256:alicekey": "alice", "SHA256:bobkey": "bob"}
 
 
 def ssh_pillar(holding=ALICE, operator="alice", **extra):
-    data = pillar(holding, store=SHARED, minion="m1", issued="2026-11-26T14:39:30Z", max_age=300, ssh_keys=KEYS,
-                  operator={"login": operator, "host": "laptop"})
-    return dict(data, **extra)
+    data = dict(deploytoken_pillar.snapshot(holding, PEOPLE), store=SHARED)
+    return sealed(data, ssh_keys=KEYS, operator={"login": operator, "host": "laptop"}, **extra)
 
 
 def test_under_salt_ssh_the_operator_is_the_person_not_the_ssh_account():
@@ -226,11 +269,7 @@ def test_under_salt_ssh_the_operator_is_the_person_not_the_ssh_account():
 @pytest.mark.parametrize(
     "extra, sentence",
     [
-        ({"minion": "m2"}, "The deploy token data in this run's pillar was made for 'm2', not for m1, so nobody may "
-         "deploy: run salt-ssh against m1 itself."),
-        ({"issued": "2026-11-26T14:30:00Z"}, "The deploy token data in this run's pillar was issued at "
-         "2026-11-26T14:30:00Z, not within 5 min of now (2026-11-26T14:40:00Z on m1), so nobody may deploy: run "
-         "salt-ssh again, and check that the clocks of both machines are right."),
+        ({"minion": "m2"}, "The deploy token data in this run's pillar was made for 'm2', not for m1"),
         ({"issued": None}, "The deploy token data in this run's pillar was issued at None"),
     ],
 )
@@ -276,7 +315,8 @@ def test_the_remembered_store_is_private_to_root_and_a_damaged_one_blocks(tmp_pa
     assert guard.remembered_store(path)["id"] == "google:doc1"
     with open(path, "w") as handle:
         handle.write("{half")
-    assert guard.decide(ssh_pillar(), "root", "m1", now=NOW, remembered=guard.remembered_store(path))["result"] is False
+    damaged = guard.remembered_store(path)
+    assert guard.decide(ssh_pillar(), "root", "m1", now=NOW, remembered=damaged)["result"] is False
 
 
 def test_loading_the_guard_loads_no_store_and_no_google_client():

@@ -1,0 +1,54 @@
+"""
+Seal the ``deploytoken`` pillar so that the guard believes only what the master wrote.
+
+Salt merges a command-line ``pillar=`` over the ext_pillar's data, on the master and again on the
+minion, so anyone allowed to publish a job could otherwise write "Bob holds the token" into Bob's
+own run. The ext_pillar signs its data with the master's own key (``master.pem``); the minion checks
+the signature with the master's public key it already keeps (``minion_master.pub``). Under salt-ssh
+the target has no master key: there the data carries a digest, which catches a ``pillar=`` given by
+mistake, not someone who rebuilds it on purpose (they are root on the target anyway).
+"""
+
+import base64
+import binascii
+import hashlib
+import json
+
+import salt.crypt
+
+ALGORITHM = salt.crypt.PKCS1v15_SHA224
+SEAL_KEYS = ("digest", "signature")
+
+
+def canonical(data):
+    """The bytes that are sealed: every field but the seals, in one fixed spelling."""
+    fields = {key: value for key, value in data.items() if key not in SEAL_KEYS}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def seal(data, master_key=None):
+    """``data`` with its digest, and its signature when the master's private key is given."""
+    message = canonical(data)
+    sealed = dict(data, digest=hashlib.sha256(message).hexdigest(), signature=None)
+    if master_key:
+        sealed["signature"] = base64.b64encode(salt.crypt.sign_message(master_key, message, algorithm=ALGORITHM))
+        sealed["signature"] = sealed["signature"].decode()
+    return sealed
+
+
+def intact(data, master_public_key=None):
+    """Whether ``data`` is as the ext_pillar wrote it: signed by the master when the master's public
+    key is given (a minion of a master), else with its own digest (a salt-ssh target)."""
+    message = canonical(data)
+    if master_public_key is None:
+        return data.get("digest") == hashlib.sha256(message).hexdigest()
+    try:
+        signature = base64.b64decode(data.get("signature") or "", validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        return False
+    if not signature:
+        return False
+    try:
+        return bool(salt.crypt.verify_signature(master_public_key, message, signature, algorithm=ALGORITHM))
+    except Exception:  # a damaged signature or key file: not the master's word either way
+        return False
