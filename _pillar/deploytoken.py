@@ -18,8 +18,6 @@ store is read through the runner's own code, at most once per ``deploytoken:pill
 import logging
 from typing import TYPE_CHECKING
 
-from salt.exceptions import SaltException
-
 if TYPE_CHECKING:
     __opts__: dict
     __utils__: dict
@@ -37,10 +35,7 @@ def __virtual__():
 
 def ext_pillar(minion_id, pillar, *args, **kwargs):
     """The ``deploytoken`` pillar of ``minion_id``."""
-    try:
-        data = __utils__["deploytoken_pillar.pillar"](__opts__, minion_id, pillar)
-    except SaltException as exc:  # a bad deploytoken: setting; the guard fails closed on error
-        data = __utils__["deploytoken_pillar.unreadable"](exc)
+    data = __utils__["deploytoken_pillar.pillar"](__opts__, minion_id, pillar)
     if data.get("error"):
         log.warning("deploytoken ext_pillar: %s", data["error"])
     return {"deploytoken": data}

@@ -16,6 +16,7 @@ import salt.utils.user
 
 import deploytoken_cache
 import deploytoken_model as model
+import deploytoken_override as override
 import deploytoken_seal as seal
 import deploytoken_settings
 import deploytoken_token as token
@@ -26,12 +27,18 @@ HOLDING_KEYS = ("holder", "login", "claim", "since", "reason")
 
 
 def pillar(opts, minion_id, incoming=None, now=None):
-    """The sealed ``deploytoken`` pillar of ``minion_id``. Raises InputError for a bad ``deploytoken:``
-    setting. ``incoming`` is the pillar compiled so far (pillar files and the command line)."""
-    settings = deploytoken_settings.from_opts(opts)
-    data = deploytoken_cache.cached(_cache_path(opts), settings.pillar_cache, lambda: read_store(settings))
-    data = stamp(data, settings, minion_id, opts.get("__cli") == "salt-ssh", now)
-    legacy = ((incoming or {}).get("deploytoken") or {}) if isinstance(incoming, dict) else {}
+    """The sealed ``deploytoken`` pillar of ``minion_id``; never raises: what goes wrong is its ``error``.
+    ``incoming`` is the pillar compiled so far (pillar files and the command line)."""
+    settings = None
+    try:
+        settings = deploytoken_settings.from_opts(opts)
+        data = deploytoken_cache.cached(_cache_path(opts), settings.pillar_cache, lambda: read_store(settings))
+        data = stamp(data, settings, minion_id, opts.get("__cli") == "salt-ssh", now)
+        data["override"] = override.for_minion(override.path_of(opts["cachedir"]), minion_id, now)
+    except model.DeploytokenError as exc:
+        people = settings.people if settings else {}
+        data = stamp(unreadable(exc, people), settings, minion_id, opts.get("__cli") == "salt-ssh", now)
+    legacy = incoming.get("deploytoken") if isinstance(incoming, dict) else None
     if isinstance(legacy, dict) and legacy.get("override") and not isinstance(legacy["override"], dict):
         # The old pillar override: carried on, so that the guard refuses it by name.
         data["override"] = str(legacy["override"])
@@ -49,8 +56,8 @@ def stamp(data, settings, minion_id, ssh, now=None):
         data,
         minion=minion_id,
         issued=model.isoformat(now or model.utcnow()),
-        max_age=settings.pillar_max_age,
-        ssh_keys=dict(settings.ssh_keys),
+        max_age=settings.pillar_max_age if settings else deploytoken_settings.PILLAR_MAX_AGE,
+        ssh_keys=dict(settings.ssh_keys) if settings else {},
         operator=None,
         override=None,
     )

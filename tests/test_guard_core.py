@@ -176,9 +176,10 @@ def test_pillar_of_an_unreadable_store_carries_the_error(tmp_path):
     assert data["held"] is None and str(tmp_path / "junk") in data["error"]
 
 
-def test_pillar_refuses_a_bad_cache_setting(tmp_path):
-    with pytest.raises(model.InputError, match="deploytoken:pillar_cache must be a number of seconds"):
-        deploytoken_pillar.pillar({"cachedir": str(tmp_path), "deploytoken": {"pillar_cache": "soon"}}, "m1")
+def test_pillar_of_a_bad_setting_carries_the_sentence(tmp_path):
+    data = deploytoken_pillar.pillar({"cachedir": str(tmp_path), "deploytoken": {"pillar_cache": "soon"}}, "m1")
+    assert data["held"] is None and seal.intact(data)
+    assert data["error"].startswith("The deploytoken:pillar_cache must be a number of seconds")
 
 
 # ---- the cross-process cache ------------------------------------------------------------------
