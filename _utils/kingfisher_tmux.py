@@ -22,6 +22,7 @@ import os
 import pathlib
 import pwd
 import re
+import shutil
 import stat
 import subprocess
 import time
@@ -253,13 +254,20 @@ def query(server, tmux="tmux"):
     the socket through the directory ``open_server`` checked and holds open.
     """
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-    owner = {}
-    if os.geteuid() == 0 and server.uid != 0:
-        owner = {"user": server.uid, "group": server.gid, "extra_groups": [], "cwd": "/"}
     command = [tmux, "-S", server.reachable_path, "list-panes", "-a", "-F", SEP.join("#{%s}" % f for f in FIELDS)]
+    switch = {}
+    if os.geteuid() == 0 and server.uid != 0:
+        # setpriv (util-linux) switches users in a program of its own, so Python can start it with a
+        # vfork: a fraction of the cost of the full fork it needs to switch users itself, which adds
+        # up over many users in a large minion process.
+        setpriv = shutil.which("setpriv", path=env["PATH"])
+        if setpriv:
+            command = [setpriv, f"--reuid={server.uid}", f"--regid={server.gid}", "--clear-groups", "--", *command]
+        else:
+            switch = {"user": server.uid, "group": server.gid, "extra_groups": []}
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=TIMEOUT, env=env, stdin=subprocess.DEVNULL, check=True,
-        pass_fds=(server.dir_fd,), **owner,
+        pass_fds=(server.dir_fd,), cwd="/", **switch,
     )
     return done.stdout
 
