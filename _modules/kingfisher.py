@@ -111,6 +111,8 @@ def tmux_sessions(users=None):
     created, attached clients, last activity, and per pane the foreground command, its command
     line, how long it has run, and whether it is an idle shell. Stale sockets (no server behind
     them) and servers that cannot be read are listed apart. Users without a server are absent.
+    A socket tmux itself would not trust (a symbolic link, a directory that is not its owner's or
+    that others can enter) is a warning and is never connected to.
 
     users
         ``auto`` (default, ``kingfisher:tmux:users``) or a comma-separated list of user names

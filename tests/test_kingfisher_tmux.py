@@ -131,7 +131,7 @@ def spy(shared_dir):
     calls.touch()
     calls.chmod(0o666)
     tmux = shared_dir / "tmux"
-    tmux.write_text(f'#!/bin/sh\necho "$(id -un) $2" >> {calls}\necho "no server running" >&2\nexit 1\n')
+    tmux.write_text(f'#!/bin/sh\necho "$(/usr/bin/id -un) $2" >> {calls}\necho "no server running" >&2\nexit 1\n')
     tmux.chmod(0o755)
     return tmux, calls
 
@@ -208,6 +208,14 @@ def test_client_runs_as_the_owner_through_the_checked_directory(tmux_users, spy)
     (call,) = calls.read_text().splitlines()
     user, socket_path = call.split(" ", 1)
     assert user == sleep_user and socket_path.startswith("/proc/self/fd/") and socket_path.endswith("/default")
+
+
+def test_client_runs_as_the_owner_without_setpriv_too(tmux_users, spy, monkeypatch):
+    tmux, calls = spy
+    sleep_user, _ = tmux_users["sleep"]
+    monkeypatch.setenv("PATH", str(tmux.parent))
+    kingfisher_tmux.sessions(only(sleep_user), tmux=str(tmux))
+    assert calls.read_text().split(" ", 1)[0] == sleep_user
 
 
 def test_forged_line_in_proc_net_unix_is_checked_like_any_socket(hostile_user, evil_dir, spy):
