@@ -13,13 +13,17 @@ Configuration (minion config or pillar, read with ``config.get``; all optional):
       tmux: {users: auto}
 
 Every function also takes these settings as arguments, which win over the configuration. Prefer
-configuration for the Scrapyd password: Salt logs a job's arguments.
+configuration for the Scrapyd password: Salt logs a job's arguments. Each source is an entry of the
+registry in ``_utils/kingfisher_sources.py``; ``kingfisher.report`` reads any of them by name.
+
+Errors of the core are Salt's own exception types (``SaltInvocationError`` for a bad argument or
+setting, ``CommandExecutionError`` for a source that cannot be read), so they pass through unchanged.
 """
 
 import logging
 from typing import TYPE_CHECKING
 
-from salt.exceptions import CommandExecutionError, SaltException, SaltInvocationError
+from salt.exceptions import CommandExecutionError, SaltException
 
 if TYPE_CHECKING:
     __salt__: dict
@@ -30,23 +34,12 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "kingfisher"
 
-DEFAULTS = {
-    "scrapyd:url": "http://localhost:6800",
-    "scrapyd:username": None,
-    "scrapyd:password": None,
-    "tmux:users": "auto",
-    "postgres:threshold": 3600,
-    "postgres:socket_dir": "/var/run/postgresql",
-    "postgres:port": 5432,
-    "postgres:user": "postgres",
-    "postgres:runas": "postgres",
-    "postgres:state_test": False,
-    "busy:postgres": "auto",
-}
+# Settings of the busy check itself, not of one source.
+DEFAULTS = {"postgres:state_test": False, "busy:postgres": "auto"}
 
 
 def __virtual__():
-    if "kingfisher_busy.busy" not in __utils__:
+    if "kingfisher_sources.settings" not in __utils__:
         return (False, "kingfisher: the _utils modules are not synced; run saltutil.sync_all")
     return __virtualname__
 
@@ -58,32 +51,32 @@ def _setting(key, given=None):
     return __salt__["config.get"](f"kingfisher:{key}", DEFAULTS[key])
 
 
-def _scrapyd_args(url, username, password):
-    return {
-        "url": _setting("scrapyd:url", url),
-        "username": _setting("scrapyd:username", username),
-        "password": _setting("scrapyd:password", password),
-    }
+def _settings(source, given):
+    """Source ``source``'s settings, parsed once: arguments, else config or pillar, else defaults."""
+    return __utils__["kingfisher_sources.settings"](source, given, __salt__["config.get"])
 
 
-def _postgres_args(threshold, socket_dir, port, user, runas):
-    return {
-        "threshold": _setting("postgres:threshold", threshold),
-        "socket_dir": _setting("postgres:socket_dir", socket_dir),
-        "port": _setting("postgres:port", port),
-        "user": _setting("postgres:user", user),
-        "runas": _setting("postgres:runas", runas),
-    }
+def _read(source, given):
+    return __utils__["kingfisher_sources.get"](source).read(_settings(source, given))
 
 
-def _call(function, *args, **kwargs):
-    """Run a core function; our errors become Salt's, so the CLI prints one sentence, not a traceback."""
-    try:
-        return __utils__[function](*args, **kwargs)
-    except SaltException as exc:
-        if type(exc).__name__ == "InputError":
-            raise SaltInvocationError(str(exc)) from None
-        raise CommandExecutionError(str(exc)) from None
+def report(source, **settings):
+    """
+    What one Kingfisher source finds, by its name in the registry (``scrapyd``, ``tmux``,
+    ``postgres``, or one added since). Its settings come from ``kingfisher:<source>:<setting>`` in
+    config or pillar, or from keyword arguments, which win.
+
+    source
+        The source's name.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'collect*' kingfisher.report tmux
+        salt 'collect*' kingfisher.report postgres threshold=600
+    """
+    return _read(source, {key: value for key, value in settings.items() if not key.startswith("__")})
 
 
 def scrapyd_jobs(url=None, username=None, password=None):
@@ -108,10 +101,7 @@ def scrapyd_jobs(url=None, username=None, password=None):
         salt 'collect*' kingfisher.scrapyd_jobs
         salt 'collect*' kingfisher.scrapyd_jobs url=http://localhost:6800 --out=json
     """
-    args = _scrapyd_args(url, username, password)
-    report = _call("kingfisher_scrapyd.jobs", **args)
-    report["unlisted"] = __utils__["kingfisher_scrapyd.unlisted"]([job["pid"] for job in report["running"]])
-    return report
+    return _read("scrapyd", {"url": url, "username": username, "password": password})
 
 
 def tmux_sessions(users=None):
@@ -121,6 +111,8 @@ def tmux_sessions(users=None):
     created, attached clients, last activity, and per pane the foreground command, its command
     line, how long it has run, and whether it is an idle shell. Stale sockets (no server behind
     them) and servers that cannot be read are listed apart. Users without a server are absent.
+    A socket tmux itself would not trust (a symbolic link, a directory that is not its owner's or
+    that others can enter) is a warning and is never connected to.
 
     users
         ``auto`` (default, ``kingfisher:tmux:users``) or a comma-separated list of user names
@@ -133,7 +125,7 @@ def tmux_sessions(users=None):
         salt 'collect*' kingfisher.tmux_sessions
         salt 'collect*' kingfisher.tmux_sessions users=alice,bob
     """
-    return _call("kingfisher_tmux.sessions", _setting("tmux:users", users))
+    return _read("tmux", {"users": users})
 
 
 def long_queries(threshold=None, socket_dir=None, port=None, user=None, runas=None):
@@ -166,7 +158,8 @@ def long_queries(threshold=None, socket_dir=None, port=None, user=None, runas=No
         salt 'collect*' kingfisher.long_queries
         salt 'collect*' kingfisher.long_queries threshold=600 port=5433
     """
-    return _call("kingfisher_postgres.long_queries", **_postgres_args(threshold, socket_dir, port, user, runas))
+    return _read("postgres", {"threshold": threshold, "socket_dir": socket_dir, "port": port, "user": user,
+                              "runas": runas})
 
 
 def postgres_restart_pending(state_test=None):
@@ -236,22 +229,24 @@ def busy(postgres=None, url=None, username=None, password=None, users=None, thre
         salt 'collect*' kingfisher.busy
         salt 'collect*' kingfisher.busy postgres=always threshold=600 --out=json
     """
-    mode = _setting("busy:postgres", postgres)
-    scrapyd_args = _scrapyd_args(url, username, password)
-    tmux_users = _setting("tmux:users", users)
-    postgres_args = _postgres_args(threshold, socket_dir, port, user, runas)
-    _call("kingfisher_busy.check_inputs", scrapyd_args, tmux_users, postgres_args, mode)
+    mode = __utils__["kingfisher_busy.check_mode"](_setting("busy:postgres", postgres))
+    given = {
+        "scrapyd": {"url": url, "username": username, "password": password},
+        "tmux": {"users": users},
+        "postgres": {"threshold": threshold, "socket_dir": socket_dir, "port": port, "user": user, "runas": runas},
+    }
+    # Every source of the registry; one added since takes its settings from config or pillar alone.
+    settings = {name: _settings(name, given.get(name, {})) for name in __utils__["kingfisher_sources.names"]()}
     restart = None
     if mode == "auto":
         try:
             restart = postgres_restart_pending()
         except CommandExecutionError as exc:
             log.warning("kingfisher.busy: %s; checking PostgreSQL anyway", exc)
-    report = _call("kingfisher_busy.busy", scrapyd_args, tmux_users, postgres_args, postgres_mode=mode,
-                   restart=restart)
+    found = __utils__["kingfisher_busy.busy"](settings, postgres_mode=mode, restart=restart)
     if restart is not None:
-        report["sources"]["postgres"]["restart"] = restart
-    if report["busy"]:
+        found["sources"]["postgres"]["restart"] = restart
+    if found["busy"]:
         # The minion takes the job's exit status from here; a top-level "result" key is not wanted.
         __context__["retcode"] = 1
-    return report
+    return found

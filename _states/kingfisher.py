@@ -11,6 +11,9 @@ Guards that stop a deployment from interrupting work on the Kingfisher server, m
 
 Each guard fails naming whose work would be interrupted. A consent recorded in pillar,
 ``kingfisher: consent: "<data support manager>: <why>"``, lets them pass with a loud comment.
+
+``kingfisher.not_interrupted`` guards any source of the registry by name; the named guards are
+that one guard for Scrapyd, PostgreSQL and tmux.
 """
 
 from typing import TYPE_CHECKING
@@ -27,9 +30,48 @@ __virtualname__ = "kingfisher"
 
 
 def __virtual__():
-    if "kingfisher_guard.decide" not in __utils__:
+    if "kingfisher_guard.decide" not in __utils__ or "kingfisher_sources.get" not in __utils__:
         return (False, "kingfisher: the _utils modules are not synced; run saltutil.sync_all")
     return __virtualname__
+
+
+def not_interrupted(name, source, **settings):
+    """
+    Fail while the Kingfisher ``source`` (``scrapyd``, ``tmux``, ``postgres``, or one added since)
+    finds work that a deployment would interrupt, or cannot be read.
+
+    name
+        Any label for the state.
+
+    source
+        The source's name in the registry.
+
+    Other keyword arguments are the source's settings, as for ``kingfisher.report``; by default
+    ``kingfisher:<source>:<setting>`` from config or pillar.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'collect*' state.single kingfisher.not_interrupted name=crawls source=scrapyd test=True
+    """
+    ret = {"name": name, "result": False, "changes": {}, "comment": ""}
+    given = {key: value for key, value in settings.items() if value is not None and not key.startswith("__")}
+    try:
+        found = __utils__["kingfisher_sources.get"](source)
+    except SaltException as exc:
+        ret["comment"] = str(exc)
+        return ret
+    try:
+        consent = __utils__["kingfisher_guard.check_consent"]((__pillar__.get("kingfisher") or {}).get("consent"))
+        reasons = found.reasons(__salt__["kingfisher.report"](source, **given))
+    except SaltException as exc:
+        ret["comment"] = (
+            f"Cannot tell whether a {found.what} would be interrupted, so this deployment may not go on: {exc}"
+        )
+        return ret
+    ret.update(__utils__["kingfisher_guard.decide"](reasons, consent, found.what, test=bool(__opts__.get("test"))))
+    return ret
 
 
 def no_running_jobs(name, url=None, username=None, password=None):
@@ -48,12 +90,7 @@ def no_running_jobs(name, url=None, username=None, password=None):
 
         salt 'collect*' state.single kingfisher.no_running_jobs name=crawls test=True
     """
-    return _guard(
-        name,
-        "Scrapyd job",
-        lambda: __salt__["kingfisher.scrapyd_jobs"](**_given(url=url, username=username, password=password)),
-        "kingfisher_busy.scrapyd_reasons",
-    )
+    return not_interrupted(name, "scrapyd", url=url, username=username, password=password)
 
 
 def no_long_queries(name, threshold=None, socket_dir=None, port=None, user=None, runas=None):
@@ -75,10 +112,8 @@ def no_long_queries(name, threshold=None, socket_dir=None, port=None, user=None,
 
         salt 'collect*' state.single kingfisher.no_long_queries name=queries threshold=600 test=True
     """
-    args = _given(threshold=threshold, socket_dir=socket_dir, port=port, user=user, runas=runas)
-    return _guard(
-        name, "long query", lambda: __salt__["kingfisher.long_queries"](**args), "kingfisher_busy.postgres_reasons"
-    )
+    return not_interrupted(name, "postgres", threshold=threshold, socket_dir=socket_dir, port=port, user=user,
+                           runas=runas)
 
 
 def no_active_sessions(name, users=None):
@@ -97,23 +132,4 @@ def no_active_sessions(name, users=None):
 
         salt 'collect*' state.single kingfisher.no_active_sessions name=sessions test=True
     """
-    return _guard(
-        name, "tmux session", lambda: __salt__["kingfisher.tmux_sessions"](**_given(users=users)),
-        "kingfisher_busy.tmux_reasons",
-    )
-
-
-def _given(**kwargs):
-    return {key: value for key, value in kwargs.items() if value is not None}
-
-
-def _guard(name, what, read, reasons_of):
-    ret = {"name": name, "result": False, "changes": {}, "comment": ""}
-    try:
-        consent = __utils__["kingfisher_guard.check_consent"]((__pillar__.get("kingfisher") or {}).get("consent"))
-        reasons = __utils__[reasons_of](read())
-    except SaltException as exc:
-        ret["comment"] = f"Cannot tell whether a {what} would be interrupted, so this deployment may not go on: {exc}"
-        return ret
-    ret.update(__utils__["kingfisher_guard.decide"](reasons, consent, what, test=bool(__opts__.get("test"))))
-    return ret
+    return not_interrupted(name, "tmux", users=users)

@@ -4,6 +4,7 @@ take the deploy token. Each step is a function handed in by the caller (the runn
 decides the order and when to stop, and knows nothing of Salt.
 """
 
+import deploytoken_consent as consents
 import deploytoken_model as model
 import deploytoken_repos as repos
 
@@ -25,16 +26,13 @@ def check_targets(targets):
 
 def check_consent(consent):
     """``None`` or ``"<manager>: <why>"``, both parts present, one line."""
-    if consent is None or consent == "":
-        return None
-    text = model.check_text(consent, "consent")
-    manager, colon, why = text.partition(":")
-    if not colon or not manager.strip() or not why.strip():
+    try:
+        return consents.parse(consent)
+    except consents.Incomplete as exc:
         raise model.InputError(
             f"consent must name the data support manager who agreed and why, as consent='<manager>: <why>', "
-            f"e.g. {CONSENT_EXAMPLE}; got {text!r}."
-        )
-    return f"{manager.strip()}: {why.strip()}"
+            f"e.g. {CONSENT_EXAMPLE}; got {exc.text!r}."
+        ) from None
 
 
 def verdicts(returns):

@@ -1,9 +1,41 @@
-"""Errors of the Kingfisher busy checks; each message is one sentence a person can act on."""
+"""
+Errors of the Kingfisher busy checks; each message is one sentence a person can act on.
 
-from deploytoken_model import DeploytokenError, InputError
+They are Salt's own exception types too, so the execution module and the states let them through
+unchanged: Salt prints an InputError as invalid arguments and a SourceError as a failed command.
+"""
 
-__all__ = ["InputError", "SourceError"]
+import sys
+
+from salt.exceptions import CommandExecutionError, SaltException, SaltInvocationError
+
+# What salt-ssh must ship for the busy check when the target's Python lacks it.
+THIN_EXTRA_MODS = "requests,psycopg,psycopg_binary"
 
 
-class SourceError(DeploytokenError):
-    """A source (Scrapyd, a tmux server, PostgreSQL) cannot be read; the caller counts it as busy."""
+class KingfisherError(SaltException):
+    """Base of the Kingfisher errors."""
+
+
+class InputError(KingfisherError, SaltInvocationError):
+    """An argument or a setting is not acceptable; nothing was read or run."""
+
+
+class SourceError(KingfisherError, CommandExecutionError):
+    """
+    A source (Scrapyd, a tmux server, PostgreSQL) cannot be read; the caller counts it as busy.
+    ``detail`` is what could still be found without it, kept in the "unknown" report.
+    """
+
+    def __init__(self, message, detail=None):
+        super().__init__(message)
+        self.detail = detail or {}
+
+
+def missing_package(package):
+    """The sentence for a third-party package this Python cannot import (salt-ssh targets use their own)."""
+    return SourceError(
+        f"The Python package {package} cannot be imported by {sys.executable}: install it for that Python, "
+        f"or, with salt-ssh, ship it in Salt's thin with thin_extra_mods: {THIN_EXTRA_MODS} in the master "
+        "configuration (or the Saltfile)."
+    )

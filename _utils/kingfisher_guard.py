@@ -3,24 +3,20 @@ The decision behind the ``kingfisher.no_*`` states: block while someone's work w
 interrupted, unless the data support manager's consent is recorded in pillar.
 """
 
+import deploytoken_consent as consents
 import deploytoken_model as model
+from kingfisher_errors import InputError
 
 
 def check_consent(consent):
-    """``"<data support manager>: <why>"`` stripped, or None when no consent is given."""
-    if consent in (None, ""):
-        return None
+    """``"<data support manager>: <why>"``, or None when no consent is given."""
     try:
-        text = model.check_text(consent, "consent") if isinstance(consent, str) else ""
-    except model.InputError:
-        text = ""
-    manager, _, why = text.partition(":")
-    if not manager.strip() or not why.strip():
-        raise model.InputError(
+        return consents.parse(consent)
+    except (consents.Incomplete, model.InputError):
+        raise InputError(
             f"The kingfisher consent {consent!r} must name the data support manager and why, on one line, "
             "e.g. kingfisher: consent: 'Dana Lee: the crawl can be restarted'."
-        )
-    return text
+        ) from None
 
 
 def decide(reasons, consent, what, test=False):

@@ -11,19 +11,21 @@ A role without superuser or ``pg_read_all_stats`` sees other sessions as ``<insu
 privilege>`` and would find no long query at all; that is an error here, never "none".
 """
 
+import dataclasses
 import json
-import math
 import os
 import pwd
 import re
 import select
 import signal
 
-from kingfisher_errors import InputError, SourceError
+import deploytoken_model as model
+from deploytoken_model import human_duration as duration
+from kingfisher_errors import InputError, SourceError, missing_package
 
 try:
     import psycopg
-except ImportError:  # reported as a clear error when PostgreSQL is checked
+except ImportError:  # the target's own Python under salt-ssh may lack it: a sentence when PostgreSQL is read
     psycopg = None
 
 TIMEOUT = 30
@@ -47,14 +49,9 @@ SQL_LONG = (
 def check_threshold(threshold):
     """The threshold in seconds as a float (0 or more), or InputError."""
     try:
-        if isinstance(threshold, bool):
-            raise ValueError
-        value = float(threshold)
-    except (TypeError, ValueError):
-        value = None
-    if value is None or not math.isfinite(value) or value < 0:
-        raise InputError(f"The threshold must be a number of seconds, 0 or more; got {threshold!r}.")
-    return value
+        return model.check_seconds(threshold, "threshold")
+    except model.InputError:
+        raise InputError(f"The threshold must be a number of seconds, 0 or more; got {threshold!r}.") from None
 
 
 def check_port(port):
@@ -65,6 +62,34 @@ def check_port(port):
     if isinstance(port, bool) or not 0 < value < 65536 or str(value) != str(port).strip():
         raise InputError(f"The PostgreSQL port must be a number from 1 to 65535; got {port!r}.")
     return value
+
+
+def check_runas(runas):
+    """The system user to switch to when running as root ("" for none); InputError when there is no such user."""
+    runas = "" if runas is None else str(runas)
+    if runas and os.geteuid() == 0:
+        try:
+            pwd.getpwnam(runas)
+        except KeyError:
+            raise InputError(f"There is no system user {runas!r} to connect to PostgreSQL as.") from None
+    return runas
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How to reach PostgreSQL and what counts as long (``kingfisher:postgres:*``)."""
+
+    threshold: float = 3600
+    socket_dir: str = "/var/run/postgresql"
+    port: int = 5432
+    user: str = "postgres"
+    runas: str = "postgres"
+
+    @classmethod
+    def parse(cls, raw):
+        given = cls(**raw)
+        return cls(threshold=check_threshold(given.threshold), socket_dir=str(given.socket_dir),
+                   port=check_port(given.port), user=str(given.user), runas=check_runas(given.runas))
 
 
 def leading_comment(query):
@@ -93,8 +118,6 @@ def report(rows):
 
 def _fetch(params):
     """Connect and read; the answer is plain JSON-able data, errors included, so a child can send it."""
-    if psycopg is None:
-        return {"error": "the Python package psycopg is not installed on this minion."}
     try:
         with psycopg.connect(host=params["host"], port=params["port"], user=params["user"],
                              dbname=params["dbname"], connect_timeout=10, autocommit=True) as conn:
@@ -110,10 +133,7 @@ def _fetch_as(params, runas):
     """``_fetch`` in a forked child switched to the system user ``runas`` (when we are root)."""
     if not runas or os.geteuid() != 0:
         return _fetch(params)
-    try:
-        entry = pwd.getpwnam(runas)
-    except KeyError:
-        raise InputError(f"There is no system user {runas!r} to connect to PostgreSQL as.") from None
+    entry = pwd.getpwnam(runas)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: drop to runas, answer through the pipe, never return
@@ -147,19 +167,32 @@ def _fetch_as(params, runas):
         raise SourceError(f"PostgreSQL could not be queried as the {runas} user.") from None
 
 
-def long_queries(threshold=3600, socket_dir="/var/run/postgresql", port=5432, user="postgres",
-                 runas="postgres", dbname="postgres"):
-    """``{"threshold", "queries": [...]}``: active client queries older than ``threshold`` seconds."""
-    threshold = check_threshold(threshold)
-    params = {"host": str(socket_dir), "port": check_port(port), "user": str(user), "dbname": str(dbname),
-              "threshold": threshold}
-    answer = _fetch_as(params, runas)
-    where = f"PostgreSQL at {socket_dir} port {params['port']}"
+def long_queries(settings, dbname="postgres"):
+    """``{"threshold", "queries": [...]}``: active client queries older than ``settings.threshold`` seconds."""
+    if psycopg is None:
+        raise missing_package("psycopg")
+    params = {"host": settings.socket_dir, "port": settings.port, "user": settings.user, "dbname": dbname,
+              "threshold": settings.threshold}
+    answer = _fetch_as(params, settings.runas)
+    where = f"PostgreSQL at {settings.socket_dir} port {settings.port}"
     if "error" in answer:
         raise SourceError(f"{where} cannot be queried: {answer['error']}")
     if answer.get("privilege") is False:
         raise SourceError(
-            f"Role {user!r} cannot see other sessions' queries in {where} (it needs superuser or "
+            f"Role {settings.user!r} cannot see other sessions' queries in {where} (it needs superuser or "
             "pg_read_all_stats), so long queries cannot be ruled out."
         )
-    return {"threshold": threshold, "queries": report(answer["rows"])}
+    return {"threshold": settings.threshold, "queries": report(answer["rows"])}
+
+
+def reasons(report):
+    """One sentence per long query, naming its role, client and leading comment."""
+    found = []
+    for query in report.get("queries", []):
+        owner = f"{query['usename']}" + (f" from {query['client_addr']}" if query["client_addr"] else "")
+        note = f" ({query['comment']})" if query["comment"] else ""
+        found.append(
+            f"PostgreSQL query {query['pid']} of {owner}{note} has been running for "
+            f"{duration(query['duration'])}: {query['query'][:80]}"
+        )
+    return found

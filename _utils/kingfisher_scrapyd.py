@@ -4,19 +4,33 @@ processes that run on this machine although Scrapyd does not list them.
 
 Jobs are read per project (``listprojects.json``, then ``listjobs.json?project=``), which every
 version from 1.2 on answers. Scrapyd reports errors as HTTP 200 with ``"status": "error"``, so
-every answer's ``status`` is checked. Credentials are only sent, never logged nor returned.
+every answer's ``status`` is checked. Credentials are only sent, never logged nor returned: a
+URL is shown with its userinfo (``user:secret@``) replaced by ``***@``.
 """
 
+import dataclasses
 import datetime
+import re
 import time
 import urllib.parse
 
-import requests
-
 import kingfisher_proc as proc
-from kingfisher_errors import InputError, SourceError
+from deploytoken_model import human_duration as duration
+from kingfisher_errors import InputError, SourceError, missing_package
+
+try:
+    import requests
+except ImportError:  # the target's own Python under salt-ssh may lack it: a sentence when Scrapyd is read
+    requests = None
 
 TIMEOUT = 10
+# Everything between the scheme and the last "@" of the authority: the userinfo, password included.
+USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+
+
+def redact(url):
+    """``url`` as it may be shown or logged: ``http://user:secret@host`` becomes ``http://***@host``."""
+    return USERINFO.sub(r"\1***@", url) if isinstance(url, str) else url
 
 
 def check_url(url):
@@ -35,12 +49,32 @@ def check_url(url):
         or parsed.fragment
         or any(char.isspace() for char in url)
     ):
-        raise InputError(f"The Scrapyd URL {url!r} is not valid: give one like http://localhost:6800.")
+        raise InputError(f"The Scrapyd URL {redact(url)!r} is not valid: give one like http://localhost:6800.")
     return url.rstrip("/")
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How to reach Scrapyd (``kingfisher:scrapyd:*``)."""
+
+    url: str = dataclasses.field(default="http://localhost:6800", repr=False)
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, raw):
+        given = cls(**raw)
+        username = None if given.username in (None, "") else str(given.username)
+        password = None if given.password is None else str(given.password)
+        return cls(url=check_url(given.url), username=username, password=password)
+
+    @property
+    def shown_url(self):
+        return redact(self.url)
+
+
 def _call(url, endpoint, auth, params=None):
-    where = f"Scrapyd at {url}"
+    where = f"Scrapyd at {redact(url)}"
     try:
         response = requests.get(f"{url}/{endpoint}", params=params, auth=auth, timeout=TIMEOUT)
     except requests.RequestException as exc:
@@ -68,10 +102,12 @@ def _started(text):
         return None
 
 
-def jobs(url, username=None, password=None, now=None):
+def jobs(settings, now=None):
     """``{"url", "running": [...], "pending": [...]}`` across all projects; SourceError when unreadable."""
-    url = check_url(url)
-    auth = (username, password or "") if username else None
+    if requests is None:
+        raise missing_package("requests")
+    url = settings.url
+    auth = (settings.username, settings.password or "") if settings.username else None
     now = datetime.datetime.now().astimezone() if now is None else now
     running, pending = [], []
     for project in _call(url, "listprojects.json", auth).get("projects", []):
@@ -88,7 +124,7 @@ def jobs(url, username=None, password=None, now=None):
             })
         for job in listed.get("pending", []):
             pending.append({"project": project, "spider": job.get("spider"), "job": job.get("id")})
-    return {"url": url, "running": running, "pending": pending}
+    return {"url": settings.shown_url, "running": running, "pending": pending}
 
 
 def _launched_by_scrapyd(pid):
@@ -133,3 +169,33 @@ def unlisted(listed_pids):
     """
     listed = set(listed_pids or ())
     return [crawl for crawl in crawl_processes() if crawl["pid"] not in listed and crawl["orphaned"]]
+
+
+def read(settings):
+    """Running and pending jobs, and crawl processes Scrapyd does not list; SourceError when unreadable."""
+    try:
+        report = jobs(settings)
+    except SourceError as exc:
+        # Crawl processes are found without Scrapyd: they still count while Scrapyd cannot be read.
+        raise SourceError(str(exc), {"url": settings.shown_url, "unlisted": unlisted([])}) from None
+    report["unlisted"] = unlisted([job["pid"] for job in report["running"]])
+    return report
+
+
+def reasons(report):
+    """One sentence per job or crawl that a deployment would interrupt."""
+    found = [
+        f"Scrapyd job {job['job']} of spider {job['spider']} (project {job['project']}) has been running "
+        f"for {duration(job['running_for'])}."
+        for job in report.get("running", [])
+    ]
+    found += [
+        f"Scrapyd job {job['job']} of spider {job['spider']} (project {job['project']}) is waiting to run."
+        for job in report.get("pending", [])
+    ]
+    found += [
+        f"Crawl process {crawl['pid']} of spider {crawl['spider']} (job {crawl['job']}) has been running for "
+        f"{duration(crawl['running_for'])} but Scrapyd does not list it."
+        for crawl in report.get("unlisted", [])
+    ]
+    return found

@@ -28,6 +28,11 @@ Fixtures (stable names; other test modules may use them):
     ``tmux -L other``, and the stale user has only a stale socket file ``/tmp/tmux-UID/default``.
     Users, homes, servers and sockets are removed at the end of the session.
 
+``hostile_user`` (session) -> ``str``
+    A real unprivileged user (``dtkevil<4 digits>``) with no tmux server, for attacks on the tmux
+    check. ``listen_as(user, path)`` (a context manager) has that user's own process bind and listen
+    on the unix socket ``path`` (any bytes but NUL) until the block ends.
+
 ``pg_cluster`` (session) -> ``PgCluster``
     A PostgreSQL 15 cluster run by the ``postgres`` system user from a temp dir: ``.socket_dir``,
     ``.port`` (TCP on 127.0.0.1), trust authentication for local and 127.0.0.1 connections, login
@@ -327,6 +332,40 @@ def tmux_users():
     finally:
         for name, _ in TMUX_USERS.values():
             remove_user(name)
+
+
+@pytest.fixture(scope="session")
+def hostile_user():
+    name = f"dtkevil{RUN}"
+    create_user(name)
+    yield name
+    remove_user(name)
+
+
+# The system Python: the test user can run it (the test's own interpreter may sit in a private tree).
+LISTENER = """
+import socket, sys
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])
+server.listen()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def listen_as(name, path):
+    """``name``'s own process listening on the unix socket ``path`` while the block runs."""
+    listener = subprocess.Popen(
+        [RUNUSER, "-u", name, "--", "/usr/bin/python3", "-c", LISTENER, path], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True, env=user_env(name), cwd="/",
+    )
+    try:
+        assert listener.stdout.readline().strip() == "ready", f"{name} could not listen on {path!r}"
+        yield
+    finally:
+        listener.stdin.close()
+        listener.wait(timeout=10)
 
 
 # PostgreSQL

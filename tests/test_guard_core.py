@@ -16,7 +16,6 @@ import deploytoken_guard as guard
 import deploytoken_model as model
 import deploytoken_pillar
 import deploytoken_seal as seal
-import kingfisher_guard
 from deploytoken_sqlite import SqliteStore
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -224,28 +223,6 @@ def test_cache_reads_again_once_too_old_and_ignores_a_damaged_file(tmp_path):
         handle.write("{half")
     assert deploytoken_cache.cached(path, 2, read, clock=lambda: 102.1) == 3
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".deploytoken-cache-")]
-
-
-# ---- kingfisher guards --------------------------------------------------------------------------
-
-
-def test_kingfisher_guard_blocks_passes_with_consent_and_reports_none_in_test_mode():
-    reasons = ["Scrapyd job j1 of spider s (project p) has been running for 5 min."]
-    blocked = kingfisher_guard.decide(reasons, None, "Scrapyd job")
-    assert blocked["result"] is False and blocked["comment"].startswith(reasons[0] + " Deploying now would interrupt")
-    assert kingfisher_guard.decide(reasons, None, "Scrapyd job", test=True)["result"] is None
-    consent = kingfisher_guard.check_consent(" Dana Lee: restartable ")
-    passed = kingfisher_guard.decide(reasons, consent, "Scrapyd job")
-    assert passed == {"result": True, "comment": f"CONSENT: PASSED although {reasons[0]} "
-                      "Consent recorded in pillar: 'Dana Lee: restartable'."}
-    assert kingfisher_guard.decide([], None, "long query") == {"result": True,
-                                                               "comment": "No long query would be interrupted."}
-
-
-@pytest.mark.parametrize("consent", ["fine by me", ": why", "Dana:", "Dana: a\nb", 42])
-def test_kingfisher_consent_needs_a_manager_and_a_reason(consent):
-    with pytest.raises(model.InputError, match="must name the data support manager and why, on one line"):
-        kingfisher_guard.check_consent(consent)
 
 
 # ---- salt-ssh: the operator, the key that logged in, the store the server obeys ---------------

@@ -3,7 +3,9 @@
 import pytest
 
 import kingfisher_busy
+import kingfisher_sources
 import kingfisher_tmux
+from deploytoken_model import human_duration
 from kingfisher_errors import InputError
 
 SESSION = {
@@ -61,7 +63,7 @@ def test_unknown_source_counts_as_busy():
 @pytest.mark.parametrize("seconds, text", [(None, "an unknown time"), (0, "0 s"), (600, "10 min"),
                                            (3725, "1 h 02 min")])
 def test_duration(seconds, text):
-    assert kingfisher_busy.duration(seconds) == text
+    assert human_duration(seconds) == text
 
 
 @pytest.mark.parametrize("mode", ["sometimes", "", None, "ALWAYS"])
@@ -94,10 +96,11 @@ def test_restart_pending_from_package_upgrades_and_state_test():
 
 
 def test_auto_mode_skips_postgres_when_no_restart_is_pending(tmp_path):
-    report = kingfisher_busy.busy(
-        {"url": "http://127.0.0.1:1"}, ["root"], {"threshold": 3600, "socket_dir": str(tmp_path), "port": 1},
-        postgres_mode="auto", restart={"restart": False, "reasons": []},
-    )
+    given = {"scrapyd": {"url": "http://127.0.0.1:1"}, "tmux": {"users": "root"},
+             "postgres": {"threshold": 3600, "socket_dir": str(tmp_path), "port": 1}}
+    settings = {name: kingfisher_sources.settings(name, given[name], lambda key, default: default)
+                for name in kingfisher_sources.names()}
+    report = kingfisher_busy.busy(settings, postgres_mode="auto", restart={"restart": False, "reasons": []})
     assert report["sources"]["postgres"] == {
         "status": "skipped", "why": "the next deployment would not restart PostgreSQL"}
     assert report["sources"]["scrapyd"]["status"] == "busy", "Scrapyd at port 1 cannot be read"

@@ -138,3 +138,24 @@ def test_settings_come_from_pillar_through_config_get(salt, salt_cli, pillar_sls
     finally:
         pillar_sls("{}\n")
         salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=MINION)
+
+
+def test_report_reads_any_source_by_name(salt, tmux_users):
+    user, session = tmux_users["sleep"]
+    ret = salt("kingfisher.report", "tmux", f"users={user}")
+    assert ret.returncode == 0, ret
+    assert [found["name"] for found in ret.data["sessions"]] == [session]
+    unknown = salt("kingfisher.report", "celery")
+    assert unknown.returncode == 1
+    assert "There is no Kingfisher source 'celery'; the sources are scrapyd, tmux, postgres." in unknown.stdout
+
+
+def test_credentials_in_the_scrapyd_url_are_never_shown(salt, scrapyd_busy):
+    host = scrapyd_busy.url.split("://", 1)[1]
+    url = f"http://{scrapyd_busy.username}:{scrapyd_busy.password}@{host}"
+    jobs = salt("kingfisher.scrapyd_jobs", f"url={url}")
+    assert jobs.returncode == 0 and jobs.data["url"] == f"http://***@{host}", jobs
+    down = salt("kingfisher.scrapyd_jobs", f"url=http://{scrapyd_busy.username}:{scrapyd_busy.password}@127.0.0.1:9")
+    assert down.returncode == 1 and "Scrapyd at http://***@127.0.0.1:9 cannot be reached" in down.stdout
+    for ret in (jobs, down):
+        assert scrapyd_busy.password not in ret.stdout

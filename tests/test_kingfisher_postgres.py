@@ -10,8 +10,12 @@ from kingfisher_errors import InputError, SourceError
 SLEEP = "SELECT pg_sleep(600)"
 
 
+def settings(**kwargs):
+    return kingfisher_postgres.Settings.parse(kwargs)
+
+
 def long_queries(cluster, **kwargs):
-    return kingfisher_postgres.long_queries(socket_dir=cluster.socket_dir, port=cluster.port, **kwargs)
+    return kingfisher_postgres.long_queries(settings(socket_dir=cluster.socket_dir, port=cluster.port, **kwargs))
 
 
 def test_long_queries_name_their_owners(pg_cluster, pg_query):
@@ -68,25 +72,25 @@ def test_connecting_without_switching_user_works_too(pg_cluster, pg_query):
 
 def test_server_down_is_a_source_error(pg_cluster):
     with pytest.raises(SourceError, match=r"^PostgreSQL at /tmp/nowhere port 1 cannot be queried: "):
-        kingfisher_postgres.long_queries(socket_dir="/tmp/nowhere", port=1)
+        kingfisher_postgres.long_queries(settings(socket_dir="/tmp/nowhere", port=1))
 
 
 @pytest.mark.parametrize("threshold", ["abc", -1, "-5", float("nan"), None, True, "1h"])
 def test_bad_threshold_is_refused(threshold):
     with pytest.raises(InputError) as info:
-        kingfisher_postgres.long_queries(threshold=threshold)
+        settings(threshold=threshold)
     assert str(info.value) == f"The threshold must be a number of seconds, 0 or more; got {threshold!r}."
 
 
 @pytest.mark.parametrize("port", ["abc", 0, 70000, "5432; ls"])
 def test_bad_port_is_refused(port):
     with pytest.raises(InputError, match=r"^The PostgreSQL port must be a number from 1 to 65535; got "):
-        kingfisher_postgres.long_queries(port=port)
+        settings(port=port)
 
 
 def test_unknown_runas_user_is_refused():
     with pytest.raises(InputError, match="^There is no system user 'dtk-nobody' to connect to PostgreSQL as.$"):
-        kingfisher_postgres.long_queries(runas="dtk-nobody")
+        settings(runas="dtk-nobody")
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,10 @@ import kingfisher_scrapyd
 from kingfisher_errors import InputError, SourceError
 
 
+def settings(url, username=None, password=None):
+    return kingfisher_scrapyd.Settings.parse({"url": url, "username": username, "password": password})
+
+
 @contextlib.contextmanager
 def answering(body, content_type, routes=None):
     """A web server on 127.0.0.1 that answers a GET with ``routes[path?query]``, else with ``body``."""
@@ -37,7 +41,7 @@ def answering(body, content_type, routes=None):
 
 
 def test_running_and_pending_jobs_are_listed(scrapyd_busy):
-    report = kingfisher_scrapyd.jobs(scrapyd_busy.url, scrapyd_busy.username, scrapyd_busy.password)
+    report = kingfisher_scrapyd.jobs(settings(scrapyd_busy.url, scrapyd_busy.username, scrapyd_busy.password))
     (running,) = report["running"]
     assert running["job"] == scrapyd_busy.running and running["pid"] == scrapyd_busy.pid
     assert running["project"] == "dtkproject" and running["spider"] == "sleeper"
@@ -54,7 +58,7 @@ def test_crawl_of_a_live_scrapyd_is_not_reported_as_unlisted(scrapyd_busy):
 
 def test_wrong_password_is_a_clear_error(scrapyd_busy):
     with pytest.raises(SourceError) as info:
-        kingfisher_scrapyd.jobs(scrapyd_busy.url, scrapyd_busy.username, "wrong")
+        kingfisher_scrapyd.jobs(settings(scrapyd_busy.url, scrapyd_busy.username, "wrong"))
     assert str(info.value) == (
         f"Scrapyd at {scrapyd_busy.url} refused the username and password (HTTP 401): check kingfisher:scrapyd."
     )
@@ -64,8 +68,8 @@ def test_stopped_scrapyd_is_unknown_and_its_orphaned_crawl_is_reported(make_scra
     server = make_scrapyd(jobs=1)
     server.kill()
     with pytest.raises(SourceError, match=rf"^Scrapyd at {server.url} cannot be reached: ConnectionError\.$"):
-        kingfisher_scrapyd.jobs(server.url, server.username, server.password)
-    report = kingfisher_busy.read_scrapyd(server.url, server.username, server.password)
+        kingfisher_scrapyd.jobs(settings(server.url, server.username, server.password))
+    report = kingfisher_busy.read("scrapyd", settings(server.url, server.username, server.password))
     assert report["status"] == "unknown"
     orphan = next(crawl for crawl in report["unlisted"] if crawl["pid"] == server.pid)
     assert orphan["spider"] == "sleeper" and orphan["job"] == server.running and orphan["orphaned"] is True
@@ -78,7 +82,7 @@ def test_stopped_scrapyd_is_unknown_and_its_orphaned_crawl_is_reported(make_scra
 def test_html_answer_is_a_clear_error():
     with answering("<html><body>Welcome</body></html>", "text/html") as url:
         with pytest.raises(SourceError) as info:
-            kingfisher_scrapyd.jobs(url)
+            kingfisher_scrapyd.jobs(settings(url))
     assert str(info.value) == (
         f"Scrapyd at {url} answered listprojects.json with text/html, not JSON: is the URL Scrapyd's?"
     )
@@ -88,7 +92,7 @@ def test_status_error_answer_is_a_clear_error():
     body = json.dumps({"status": "error", "message": "project 'x' not found"})
     with answering(body, "application/json") as url:
         with pytest.raises(SourceError) as info:
-            kingfisher_scrapyd.jobs(url)
+            kingfisher_scrapyd.jobs(settings(url))
     assert str(info.value) == f"Scrapyd at {url} answered listprojects.json with an error: project 'x' not found."
 
 
@@ -106,7 +110,7 @@ def test_scrapyd_1_2_answers_are_read_per_project():
     }
     with answering(json.dumps({"status": "error", "message": "project required"}), "application/json",
                    routes) as url:
-        report = kingfisher_scrapyd.jobs(url)
+        report = kingfisher_scrapyd.jobs(settings(url))
     (running,) = report["running"]
     assert running["project"] == "kingfisher" and running["job"] == "j1" and running["pid"] == 7
     assert running["started"].startswith("2020-01-01T10:00:00") and running["running_for"] > 3600
@@ -118,5 +122,5 @@ def test_scrapyd_1_2_answers_are_read_per_project():
 )
 def test_malformed_url_is_refused(url):
     with pytest.raises(InputError) as info:
-        kingfisher_scrapyd.jobs(url)
+        settings(url)
     assert str(info.value) == f"The Scrapyd URL {url!r} is not valid: give one like http://localhost:6800."

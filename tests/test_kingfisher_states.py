@@ -147,3 +147,23 @@ def test_test_mode_reports_a_block_as_none(salt_cli, scrapyd_busy, guarded):
     guard = guard_of(apply(salt_cli, sls, "test=True"))
     assert guard["result"] is None and "Scrapyd job" in guard["comment"]
     assert not marker.exists()
+
+
+def test_any_source_is_guarded_by_its_name(salt_cli, tmux_users, guarded):
+    user, session = tmux_users["sleep"]
+    sls, marker = guarded("not_interrupted", source="tmux", users=user)
+    ret = apply(salt_cli, sls)
+    assert ret.returncode == 1
+    assert f"tmux session '{session}' of {user} runs 'sleep 3600'" in guard_of(ret)["comment"]
+    assert not marker.exists()
+
+
+def test_unknown_source_or_setting_blocks_with_one_sentence(salt_cli, guarded):
+    sls, marker = guarded("not_interrupted", source="celery")
+    assert guard_of(apply(salt_cli, sls))["comment"] == (
+        "There is no Kingfisher source 'celery'; the sources are scrapyd, tmux, postgres.")
+    sls, marker = guarded("not_interrupted", source="tmux", threshold=1)
+    assert guard_of(apply(salt_cli, sls))["comment"] == (
+        "Cannot tell whether a tmux session would be interrupted, so this deployment may not go on: "
+        "tmux has no setting 'threshold'; its settings are users.")
+    assert not marker.exists()

@@ -1,0 +1,68 @@
+"""
+The Kingfisher sources: what ``kingfisher.busy``, the per-source module functions and the prereq
+guards are made of. A new source is one ``kingfisher_<name>.py`` file (its ``Settings``, ``read`` and
+``reasons``) plus one entry in ``SOURCES``.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import kingfisher_postgres as postgres
+import kingfisher_scrapyd as scrapyd
+import kingfisher_tmux as tmux
+from kingfisher_errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    # The key under ``kingfisher:`` in config and pillar, and under ``sources`` in busy's answer.
+    name: str
+    # A frozen dataclass: its fields and their defaults are the source's settings; ``parse(raw)``
+    # validates them once (InputError), so ``read`` can trust what it gets.
+    settings: type
+    # settings -> a report of plain data; SourceError when the source cannot be read.
+    read: Callable
+    # report -> one sentence per piece of work a deployment would interrupt, naming its owner.
+    reasons: Callable
+    # What the guard names: "No {what} would be interrupted."
+    what: str
+
+    def defaults(self):
+        return {field.name: field.default for field in dataclasses.fields(self.settings)}
+
+
+SOURCES = {
+    source.name: source
+    for source in (
+        Source("scrapyd", scrapyd.Settings, scrapyd.read, scrapyd.reasons, "Scrapyd job"),
+        Source("tmux", tmux.Settings, tmux.read, tmux.reasons, "tmux session"),
+        Source("postgres", postgres.Settings, postgres.long_queries, postgres.reasons, "long query"),
+    )
+}
+
+
+def get(name):
+    """The source called ``name``, or InputError naming the known ones."""
+    if not isinstance(name, str) or name not in SOURCES:
+        raise InputError(f"There is no Kingfisher source {name!r}; the sources are {', '.join(SOURCES)}.")
+    return SOURCES[name]
+
+
+def settings(name, given, lookup):
+    """
+    The parsed settings of source ``name``: each one from ``given`` (arguments; None is "not given"),
+    else ``lookup("kingfisher:<name>:<key>", default)`` (Salt's ``config.get``: config or pillar).
+    """
+    source = get(name)
+    defaults = source.defaults()
+    unknown = sorted(key for key in given if key not in defaults)
+    if unknown:
+        raise InputError(f"{name} has no setting {unknown[0]!r}; its settings are {', '.join(defaults)}.")
+    return source.settings.parse({
+        key: given[key] if given.get(key) is not None else lookup(f"kingfisher:{name}:{key}", default)
+        for key, default in defaults.items()
+    })
+
+
+def names():
+    return list(SOURCES)

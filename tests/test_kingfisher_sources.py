@@ -1,0 +1,125 @@
+"""The source registry, settings read once at the edge, Scrapyd credentials never shown, and a
+missing third-party package on a salt-ssh target: no daemon, except a real Scrapyd where named."""
+
+import dataclasses
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import requests
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+import kingfisher_busy
+import kingfisher_scrapyd
+import kingfisher_sources
+from kingfisher_errors import THIN_EXTRA_MODS, InputError, SourceError
+
+UTILS = pathlib.Path(kingfisher_sources.__file__).parent
+
+
+def defaults(key, default):
+    return default
+
+
+def test_every_source_has_settings_with_defaults_a_reader_reasons_and_wording():
+    assert list(kingfisher_sources.SOURCES) == ["scrapyd", "tmux", "postgres"]
+    for name, source in kingfisher_sources.SOURCES.items():
+        parsed = kingfisher_sources.settings(name, {}, defaults)
+        assert dataclasses.is_dataclass(parsed) and callable(source.read) and source.what
+        assert source.reasons({}) == []
+
+
+def test_settings_take_arguments_first_then_config_by_key():
+    asked = []
+
+    def lookup(key, default):
+        asked.append(key)
+        return {"kingfisher:postgres:threshold": "600"}.get(key, default)
+
+    parsed = kingfisher_sources.settings("postgres", {"port": "5433", "user": None}, lookup)
+    assert (parsed.threshold, parsed.port, parsed.user) == (600.0, 5433, "postgres")
+    assert asked == ["kingfisher:postgres:threshold", "kingfisher:postgres:socket_dir", "kingfisher:postgres:user",
+                     "kingfisher:postgres:runas"]
+
+
+def test_unknown_source_and_unknown_setting_are_one_sentence():
+    with pytest.raises(SaltInvocationError) as info:
+        kingfisher_sources.get("celery")
+    assert str(info.value) == "There is no Kingfisher source 'celery'; the sources are scrapyd, tmux, postgres."
+    with pytest.raises(InputError) as info:
+        kingfisher_sources.settings("tmux", {"user": "alice"}, defaults)
+    assert str(info.value) == "tmux has no setting 'user'; its settings are users."
+
+
+def test_source_errors_are_command_errors():
+    assert isinstance(SourceError("x"), CommandExecutionError)
+
+
+# Scrapyd credentials written in the URL
+
+
+SECRET_URL = "http://kf:s3cret@127.0.0.1:1"
+
+
+def test_credentials_in_a_bad_url_are_not_echoed():
+    with pytest.raises(InputError) as info:
+        kingfisher_scrapyd.Settings.parse({"url": "http://kf:s3cret@host:port"})
+    assert str(info.value) == (
+        "The Scrapyd URL 'http://***@host:port' is not valid: give one like http://localhost:6800.")
+
+
+def test_credentials_in_the_url_are_not_in_errors_reports_or_repr():
+    settings = kingfisher_scrapyd.Settings.parse({"url": SECRET_URL})
+    assert "s3cret" not in repr(settings)
+    with pytest.raises(SourceError) as info:
+        kingfisher_scrapyd.jobs(settings)
+    assert str(info.value) == "Scrapyd at http://***@127.0.0.1:1 cannot be reached: ConnectionError."
+    report = kingfisher_busy.decide({"scrapyd": kingfisher_busy.read("scrapyd", settings)})
+    assert report["busy"] is True and report["sources"]["scrapyd"]["url"] == "http://***@127.0.0.1:1"
+    assert "s3cret" not in json.dumps(report)
+
+
+def test_credentials_in_the_url_still_log_in_but_are_not_returned(scrapyd_busy):
+    host = scrapyd_busy.url.split("://", 1)[1]
+    url = f"http://{scrapyd_busy.username}:{scrapyd_busy.password}@{host}"
+    report = kingfisher_scrapyd.read(kingfisher_scrapyd.Settings.parse({"url": url}))
+    assert scrapyd_busy.running in [job["job"] for job in report["running"]]
+    assert report["url"] == f"http://***@{host}" and scrapyd_busy.password not in json.dumps(report)
+
+
+# A salt-ssh target runs the modules with its own Python, which may lack requests or psycopg
+
+
+READ_ALL = """
+import json
+import kingfisher_busy, kingfisher_sources
+for name in ("scrapyd", "postgres"):
+    settings = kingfisher_sources.settings(name, {}, lambda key, default: default)
+    print(json.dumps(kingfisher_busy.read(name, settings)))
+"""
+
+
+def test_missing_package_is_one_sentence_naming_it_and_the_source_is_unknown(tmp_path):
+    # This Python's packages, without requests and psycopg, as on a bare target.
+    lean = tmp_path / "site-packages"
+    lean.mkdir()
+    site = pathlib.Path(requests.__file__).parent.parent
+    for entry in site.iterdir():
+        if not entry.name.lower().startswith(("requests", "psycopg")):
+            (lean / entry.name).symlink_to(entry)
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", f"import sys; sys.path[:0] = [{str(lean)!r}, {str(UTILS)!r}]\n{READ_ALL}"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    scrapyd, postgres = (json.loads(line) for line in done.stdout.splitlines())
+    for report, package in ((scrapyd, "requests"), (postgres, "psycopg")):
+        assert report["status"] == "unknown"
+        assert report["error"] == (
+            f"The Python package {package} cannot be imported by {sys.executable}: install it for that Python, "
+            f"or, with salt-ssh, ship it in Salt's thin with thin_extra_mods: {THIN_EXTRA_MODS} in the master "
+            "configuration (or the Saltfile)."
+        )
+    assert kingfisher_busy.decide({"postgres": postgres})["busy"] is True
