@@ -1,12 +1,14 @@
 """deploytoken.held under salt-ssh: real operators run ``sudo salt-ssh`` with their own key and config
 against a real sshd; the guard on the target judges the operator, never the SSH account (root)."""
 
+import json
 import re
 
 import pytest
 
 from ssh_fixtures import guard_of
 from test_guard_states import GUARDED
+from test_setup_cli import CONSENT, behind, repos_arg  # noqa: F401 (behind is a fixture)
 
 
 def without_age(sentence):
@@ -153,3 +155,38 @@ def test_two_private_stores_cannot_both_deploy(ssh_world, team, guarded, tmp_pat
         for op in (ada, ben):
             ssh_world.salt_run(op, "deploytoken.release", "note=done")
             ssh_world.configure(op, {"sqlite": {"path": str(shared_store)}})
+
+
+def test_setup_over_the_roster_checks_kingfisher_like_minions(ssh_world, team, token, behind, make_scrapyd,
+                                                               tmux_users):
+    ada = team["ada"]
+    clone, upstream = behind
+    server = make_scrapyd(jobs=0)
+    settings = {"url": server.url, "username": server.username, "password": server.password, "postgres": "never"}
+
+    def setup(users, *extra):
+        busy = "busy_args=" + json.dumps(dict(settings, users=users))
+        return ssh_world.salt_run(ada, "deploytoken.setup", "targets=kf", "ssh=True", "reason=new spider",
+                                  repos_arg(clone), busy, *extra)
+
+    sleeper, session = tmux_users["sleep"]
+    stopped = setup(sleeper)
+    assert stopped.returncode == 1, stopped
+    assert stopped.data["token"] is None and clone.head.commit.hexsha == upstream
+    assert stopped.data["message"].startswith(
+        f"Setup stopped: Kingfisher is busy. kf: tmux session '{session}' of {sleeper} runs 'sleep 3600' (for ")
+    assert server.password not in stopped.stdout
+
+    agreed = setup(sleeper, f"consent={CONSENT}")
+    assert agreed.returncode == 0, agreed
+    assert agreed.data["kingfisher"]["kf"]["busy"] is True
+    assert agreed.data["token"]["holder"] == "Ada Lovelace"
+    assert ssh_world.salt_run(ada, "deploytoken.cleanup", "note=spider deployed").returncode == 0
+    (row,) = ssh_world.salt_run(ada, "deploytoken.history", "limit=1").data
+    assert row["reason"] == f"new spider [consent: {CONSENT}]" and row["note"] == "spider deployed"
+
+    idle, _ = tmux_users["idle"]
+    done = setup(idle)
+    assert done.returncode == 0, done
+    assert done.data["kingfisher"] == {"kf": {"busy": False, "answered": True, "reasons": []}}
+    assert done.data["token"]["holder"] == "Ada Lovelace" and done.data["done"] is True
