@@ -8,7 +8,7 @@ import pytest
 
 from ssh_fixtures import guard_of
 from test_guard_states import GUARDED
-from test_setup_cli import CONSENT, behind, repos_arg  # noqa: F401 (behind is a fixture)
+from test_setup_cli import CONSENT, repos_arg
 
 
 def without_age(sentence):
@@ -157,10 +157,11 @@ def test_two_private_stores_cannot_both_deploy(ssh_world, team, guarded, tmp_pat
             ssh_world.configure(op, {"sqlite": {"path": str(shared_store)}})
 
 
-def test_setup_over_the_roster_checks_kingfisher_like_minions(ssh_world, team, token, behind, make_scrapyd,
+def test_setup_over_the_roster_checks_kingfisher_like_minions(ssh_world, team, token, git_world, make_scrapyd,
                                                                tmux_users):
     ada = team["ada"]
-    clone, upstream = behind
+    clone = git_world.clone(git_world.origin())
+    upstream = clone.head.commit.hexsha
     server = make_scrapyd(jobs=0)
     settings = {"url": server.url, "username": server.username, "password": server.password, "postgres": "never"}
 
