@@ -157,8 +157,9 @@ def test_two_private_stores_cannot_both_deploy(ssh_world, team, guarded, tmp_pat
             ssh_world.configure(op, {"sqlite": {"path": str(shared_store)}})
 
 
-def test_setup_over_the_roster_checks_kingfisher_like_minions(ssh_world, team, token, git_world, make_scrapyd,
-                                                               tmux_users):
+def test_setup_over_the_roster_checks_kingfisher_like_minions(
+    ssh_world, team, token, git_world, make_scrapyd, tmux_users
+):
     ada = team["ada"]
     clone = git_world.clone(git_world.origin())
     upstream = clone.head.commit.hexsha
