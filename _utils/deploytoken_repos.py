@@ -189,7 +189,7 @@ def _update(repo, path, report):
 def _default_branch(repo, path, url):
     try:
         ref = repo.git.symbolic_ref("--quiet", "refs/remotes/origin/HEAD")
-        return ref.removeprefix("refs/remotes/origin/")
+        return _branch_name(repo, path, url, ref.removeprefix("refs/remotes/origin/"))
     except git.GitCommandError:
         pass
     try:
@@ -198,10 +198,25 @@ def _default_branch(repo, path, url):
         raise RepoProblem(f"{path}: cannot reach the remote origin ({url}): {_git_said(exc)}. Nothing was changed.")
     for line in answer.splitlines():
         if line.startswith("ref: refs/heads/") and line.endswith("\tHEAD"):
-            return line[len("ref: refs/heads/"):-len("\tHEAD")]
+            return _branch_name(repo, path, url, line[len("ref: refs/heads/"):-len("\tHEAD")])
     raise RepoProblem(
         f"{path}: the remote origin ({url}) does not say which branch is its default. Nothing was changed."
     )
+
+
+def _branch_name(repo, path, url, name):
+    """The remote's default branch, if git accepts it as a branch name: the name comes from the remote
+    and is given to git checkout, where ``--orphan=x`` would be read as an option."""
+    try:
+        accepted = repo.git.check_ref_format("--branch", name)
+    except git.GitCommandError:
+        accepted = None
+    if accepted != name:  # --branch also expands @{-1}-style names: only a plain branch name is taken
+        raise RepoProblem(
+            f"{path}: the remote origin ({url}) names its default branch {name!r}, which is not a valid branch "
+            "name. Nothing was changed."
+        )
+    return name
 
 
 def _abort_rebase(repo):

@@ -239,6 +239,27 @@ def test_default_paths_are_the_git_checkouts_among_the_roots(git_world):
         repos.default_paths({"file_roots": {"base": [str(plain)]}})
 
 
+@pytest.mark.parametrize("hostile", ["--orphan=x", "-b"])
+@pytest.mark.parametrize("origin_head", [True, False], ids=["origin-HEAD", "ls-remote"])
+def test_a_default_branch_that_reads_as_an_option_is_refused(git_world, hostile, origin_head):
+    origin = git_world.origin()
+    clone = git_world.clone(origin)
+    clone.remote("origin").push(f"main:refs/heads/{hostile}")
+    origin.git.symbolic_ref("HEAD", f"refs/heads/{hostile}")
+    if origin_head:
+        clone.git.remote("set-head", "origin", "--auto")
+        assert clone.git.symbolic_ref("refs/remotes/origin/HEAD") == f"refs/remotes/origin/{hostile}"
+    else:
+        clone.git.remote("set-head", "origin", "--delete")
+    branches = sorted(branch.name for branch in clone.branches)
+    report = repos.update(clone.working_tree_dir)
+    assert report["problem"] == (
+        f"{clone.working_tree_dir}: the remote origin ({origin.working_dir}) names its default branch {hostile!r}, "
+        "which is not a valid branch name. Nothing was changed."
+    )
+    assert sorted(branch.name for branch in clone.branches) == branches and clone.active_branch.name == "main"
+
+
 def test_untracked_file_in_the_way_of_the_pull_is_kept(git_world):
     origin = git_world.origin()
     clone = git_world.clone(origin)
