@@ -53,12 +53,11 @@ def check_paths(paths):
     return checked
 
 
-def default_paths(opts):
-    """``deploytoken: repos:`` from the master config, else the git checkouts among the master's
-    file_roots and pillar_roots."""
-    configured = (opts.get("deploytoken") or {}).get("repos")
-    if configured:
-        return configured
+def default_paths(settings, opts):
+    """``deploytoken: repos:`` (``settings.repos``), else the git checkouts among the master's
+    file_roots and pillar_roots (from Salt's ``opts``)."""
+    if settings.repos:
+        return settings.repos
     found = []
     for option in ("file_roots", "pillar_roots"):
         for roots in (opts.get(option) or {}).values():
@@ -77,8 +76,13 @@ def default_paths(opts):
 
 
 def update_all(paths, progress=None):
-    """Update each repository in turn; one repository's problem does not stop the others."""
-    paths = check_paths(paths)
+    """Check ``paths``, then update each repository in turn."""
+    return update_each(check_paths(paths), progress)
+
+
+def update_each(paths, progress=None):
+    """Update each repository of ``paths`` (as ``check_paths`` returns them) in turn; one repository's
+    problem does not stop the others."""
     reports = []
     for path in paths:
         if progress:
