@@ -10,6 +10,12 @@ import deploytoken_repos as repos
 import deploytoken_token as token
 
 REFUSED = 1
+# Salt's target types (salt.utils.minions.CkMinions): an unknown one would match no minion, which
+# setup would only find out after updating the repositories.
+TARGET_TYPES = (
+    "glob", "pcre", "list", "grain", "grain_pcre", "pillar", "pillar_pcre", "pillar_exact", "compound",
+    "compound_pillar_exact", "nodegroup", "ipcidr", "range",
+)
 CONSENT_EXAMPLE = "consent='Dana Lee: the crawl can be restarted tomorrow'"
 
 
@@ -23,6 +29,12 @@ def check_targets(targets):
             f"got {targets!r}."
         )
     return model.check_text(targets, "targets")
+
+
+def check_tgt_type(tgt_type):
+    if tgt_type not in TARGET_TYPES:
+        raise model.InputError(f"tgt_type must be one of {', '.join(TARGET_TYPES)}; got {tgt_type!r}.")
+    return tgt_type
 
 
 def check_busy_args(busy_args):
@@ -72,14 +84,15 @@ def _unknown(sentence):
     return {"busy": True, "answered": False, "reasons": [sentence]}
 
 
-def run(store, caller, people, paths, targets, reason, consent, busy_args, check_busy, progress, notify,
+def run(store, caller, people, paths, targets, tgt_type, reason, consent, busy_args, check_busy, progress, notify,
         **acquire_args):
     """Update ``paths``; check ``targets`` unless None; take the token. Returns one summary dict.
 
-    ``check_busy(targets, busy_args)`` -> ``{minion: full return}`` of ``kingfisher.busy``;
+    ``check_busy(targets, tgt_type, busy_args)`` -> ``{minion: full return}`` of ``kingfisher.busy``;
     ``acquire_args``: ``name``, ``wait``, ``timeout``, ``interval`` as for ``deploytoken_token.request``.
     """
     targets = check_targets(targets)
+    tgt_type = check_tgt_type(tgt_type)
     consent = check_consent(consent)
     busy_args = check_busy_args(busy_args)
     reason = model.check_text(reason, "reason")
@@ -98,7 +111,7 @@ def run(store, caller, people, paths, targets, reason, consent, busy_args, check
         progress("Step 2 of 3: no targets given, Kingfisher is not checked.")
     else:
         progress(f"Step 2 of 3: asking {targets} whether Kingfisher is busy.")
-        returns = check_busy(targets, busy_args)
+        returns = check_busy(targets, tgt_type, busy_args)
         if not returns:
             return _stop(summary, f"Setup stopped: no minion matches targets {targets!r}.")
         summary["kingfisher"] = verdicts(returns)
