@@ -15,13 +15,16 @@ Configuration (master config, all optional):
       people: {alice: "Alice Smith"}
 """
 
+import inspect
 import logging
+import re
+import sys
 from typing import TYPE_CHECKING
 
 import salt.client
 import salt.utils.event
 import salt.utils.minions
-from salt.exceptions import SaltException, SaltInvocationError
+from salt.exceptions import SaltException
 
 if TYPE_CHECKING:
     __opts__: dict
@@ -34,6 +37,9 @@ log = logging.getLogger(__name__)
 __virtualname__ = "deploytoken"
 
 BAD_INPUT = 2
+# How Salt's command line spells a keyword argument; a value with a line break fails to match and
+# arrives as a positional argument instead.
+KEYWORD_LOOK = re.compile(r"[^\d\W][\w.-]*=")
 
 
 def __virtual__():
@@ -42,6 +48,52 @@ def __virtual__():
     return __virtualname__
 
 
+def _strict(func):
+    """Refuse arguments ``func`` does not take, with exit status 2.
+
+    Salt hands a runner every keyword it was given and, when the call fails, prints "Passed invalid
+    arguments" with exit status 0, so ``acquire resaon=x && deploy`` would deploy without the token.
+    The function Salt sees therefore takes anything (Salt inspects ``__wrapped__``, so it is not set),
+    and the arguments are bound here against ``func``'s own signature.
+    """
+    signature = inspect.signature(func)
+    valid = list(signature.parameters)
+
+    def checked(*args, **kwargs):
+        kwargs = {key: value for key, value in kwargs.items() if not key.startswith("__pub_")}  # Salt's own
+        problem = _argument_problem(func.__name__, valid, args, kwargs)
+        if problem is None:
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as exc:  # e.g. an argument given both by position and by name
+                problem = f"deploytoken.{func.__name__}: {exc}."
+        if problem is not None:
+            return {"error": problem, "retcode": BAD_INPUT}
+        return func(*args, **kwargs)
+
+    checked.__name__, checked.__qualname__, checked.__doc__ = func.__name__, func.__qualname__, func.__doc__
+    return checked
+
+
+def _argument_problem(function, valid, args, kwargs):
+    """One sentence about an unknown or extra argument, or None."""
+    takes = f"it takes {', '.join(valid)}" if valid else "it takes no arguments"
+    unknown = [key for key in kwargs if key not in valid]
+    if unknown:
+        return f"deploytoken.{function} has no argument {', '.join(unknown)}: {takes}."
+    for arg in args:
+        if isinstance(arg, str) and KEYWORD_LOOK.match(arg):
+            return (
+                f"deploytoken.{function} got {arg!r}, which is name=value with a line break in the value: "
+                "values must be single lines."
+            )
+    if len(args) > len(valid):
+        extra = ", ".join(repr(arg) for arg in args[len(valid):])
+        return f"deploytoken.{function} got more arguments than it takes ({extra}): {takes}, as name=value."
+    return None
+
+
+@_strict
 def status():
     """
     Who holds the deploy token, since when, why, under which claim, and the commands to release it.
@@ -61,6 +113,7 @@ def status():
     return ret
 
 
+@_strict
 def acquire(reason="", wait=False, timeout=600, interval=10, name=None):
     """
     Take the deploy token. Refused (exit status 1) while someone else holds it; taking it again
@@ -95,7 +148,7 @@ def acquire(reason="", wait=False, timeout=600, interval=10, name=None):
             config.people,
             reason=reason,
             name=name,
-            wait=_flag(wait, "wait"),
+            wait=wait,
             timeout=timeout,
             interval=interval,
             progress=_progress,
@@ -105,6 +158,7 @@ def acquire(reason="", wait=False, timeout=600, interval=10, name=None):
     )
 
 
+@_strict
 def release(note="", name=None, force=False, reason="", claim=None):
     """
     Give the deploy token back and add a row to the deploy history (one transaction).
@@ -138,15 +192,16 @@ def release(note="", name=None, force=False, reason="", claim=None):
             config.people,
             note=note,
             name=name,
-            force=_flag(force, "force"),
+            force=force,
             reason=reason,
-            claim=None if claim is None else str(claim),
+            claim=claim,
             notify=_fire,
         ),
         changes=True,
     )
 
 
+@_strict
 def history(limit=10):
     """
     The latest rows of the deploy history, newest first.
@@ -163,6 +218,7 @@ def history(limit=10):
     return _run(lambda config, store: __utils__["deploytoken_token.history"](store, limit))
 
 
+@_strict
 def update_repos(repos=None):
     """
     Bring each deploy repository to its default branch and pull it with rebase. Nothing is stashed
@@ -182,7 +238,8 @@ def update_repos(repos=None):
         salt-run deploytoken.update_repos repos='["/srv/deploy", "/srv/deploy/pillar/private"]'
     """
     try:
-        result = __utils__["deploytoken_repos.update_all"](_repo_paths(repos), progress=_progress)
+        paths = _repo_paths(__utils__["deploytoken_settings.from_opts"](__opts__), repos)
+        result = __utils__["deploytoken_repos.update_all"](paths, progress=_progress)
     except SaltException as exc:
         return {"error": str(exc), "retcode": BAD_INPUT}
     if not result["ok"]:
@@ -190,6 +247,7 @@ def update_repos(repos=None):
     return result
 
 
+@_strict
 def setup(targets=None, reason="", wait=False, consent=None, repos=None, tgt_type="glob", busy_args=None,
           timeout=600, interval=10, name=None):
     """
@@ -234,45 +292,30 @@ def setup(targets=None, reason="", wait=False, consent=None, repos=None, tgt_typ
         salt-run deploytoken.setup targets='collect*' reason="upgrade postgres"
         salt-run deploytoken.setup targets='collect*' reason="new spider" consent="Dana Lee: crawl restarts fine"
     """
-
-    def action(config, store):
-        waiting = _flag(wait, "wait")
-        if busy_args is not None and not isinstance(busy_args, dict):
-            raise SaltInvocationError(f"busy_args must be a mapping of kingfisher.busy arguments, got {busy_args!r}.")
-        __utils__["deploytoken_model.check_seconds"](timeout, "timeout")
-        __utils__["deploytoken_model.check_seconds"](interval, "interval", minimum=0.1)
-        people = config.people
-        caller = _caller()
-        __utils__["deploytoken_token.who"](caller, name, people)
-        # The steps run inside deploytoken_setup.run, where this module's __utils__ and __opts__ are not
-        # reachable: bind everything they need now.
-        update_all = __utils__["deploytoken_repos.update_all"]
-        acquire_token = __utils__["deploytoken_token.acquire"]
-        conf_file, gather_timeout = __opts__["conf_file"], __opts__.get("timeout", 5)
-
-        def check_busy(found):
-            client = salt.client.LocalClient(conf_file)
-            # LocalClient prints to stdout when nothing matches, which would spoil --out=json.
-            if not salt.utils.minions.CkMinions(client.opts).check_minions(found, tgt_type)["minions"]:
-                return {}
-            return client.cmd(found, "kingfisher.busy", kwarg=dict(busy_args or {}), tgt_type=tgt_type,
-                              full_return=True, timeout=gather_timeout)
-
-        def take(recorded):
-            return acquire_token(
-                store, caller, people, reason=recorded, name=name, wait=waiting, timeout=timeout,
-                interval=interval, progress=_progress, notify=_fire,
-            )
-
-        return __utils__["deploytoken_setup.run"](
-            _repo_paths(repos), targets, reason, consent,
-            update=lambda paths: update_all(paths, progress=_progress),
-            check_busy=check_busy, acquire=take, progress=_progress,
-        )
-
-    return _run(action, changes=True)
+    return _run(
+        lambda config, store: __utils__["deploytoken_setup.run"](
+            store,
+            _caller(),
+            config.people,
+            _repo_paths(config, repos),
+            targets,
+            tgt_type,
+            reason,
+            consent,
+            busy_args,
+            check_busy=_kingfisher_busy,
+            progress=_progress,
+            notify=_fire,
+            name=name,
+            wait=wait,
+            timeout=timeout,
+            interval=interval,
+        ),
+        changes=True,
+    )
 
 
+@_strict
 def cleanup(note="", name=None):
     """
     The Cleanup of the deploy procedure: give the deploy token back with a note for the history
@@ -293,10 +336,21 @@ def cleanup(note="", name=None):
     return release(note=note, name=name)
 
 
-def _repo_paths(repos):
-    return __utils__["deploytoken_repos.default_paths"](__opts__) if repos is None else repos
+def _repo_paths(config, repos):
+    return __utils__["deploytoken_repos.default_paths"](config, __opts__) if repos is None else repos
 
 
+def _kingfisher_busy(targets, tgt_type, busy_args):
+    """``kingfisher.busy`` on the matching minions: ``{minion: full return}``, empty if none match."""
+    client = salt.client.LocalClient(__opts__["conf_file"])
+    # LocalClient prints to stdout when nothing matches, which would spoil --out=json.
+    if not salt.utils.minions.CkMinions(client.opts).check_minions(targets, tgt_type)["minions"]:
+        return {}
+    return client.cmd(targets, "kingfisher.busy", kwarg=dict(busy_args), tgt_type=tgt_type, full_return=True,
+                      timeout=__opts__.get("timeout", 5))
+
+
+@_strict
 def flush():
     """
     Write to the history the rows still spooled on the master (the Google backend keeps a row
@@ -336,22 +390,20 @@ def _caller():
     return __utils__["deploytoken_model.login_of"](__user__)
 
 
-def _flag(value, what):
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("true", "yes", "1"):
-        return True
-    if str(value).lower() in ("false", "no", "0", "none", ""):
-        return False
-    raise SaltInvocationError(f"{what} must be True or False, got {value!r}.")
-
-
 def _progress(message):
+    """Tell the person what is happening. The runner's event stream always gets it; salt-run's own
+    output only with its default outputter, so that ``--out=json`` prints one document (the result),
+    and the person still sees the progress on stderr."""
     log.info("deploytoken: %s", message)
     try:
-        __jid_event__.fire_event({"message": message}, "progress")
+        jid_event = __jid_event__
     except NameError:  # called outside a runner job (e.g. from another module)
-        pass
+        return
+    if not __opts__.get("output"):
+        jid_event.fire_event({"message": message}, "progress")
+        return
+    jid_event.event.fire_event({"message": message}, salt.utils.event.tagify("progress", base=jid_event.base))
+    print(message, file=sys.stderr)
 
 
 def _fire(tag, data):
