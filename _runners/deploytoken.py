@@ -22,6 +22,7 @@ import sys
 from typing import TYPE_CHECKING
 
 import salt.client
+import salt.client.ssh.client
 import salt.utils.event
 import salt.utils.minions
 from salt.exceptions import SaltException
@@ -105,7 +106,9 @@ def status():
         salt-run deploytoken.status
         salt-run deploytoken.status --out=json
     """
-    ret = _run(lambda config, store: __utils__["deploytoken_token.status"](store))
+    ret = _run(lambda config, store: dict(
+        __utils__["deploytoken_token.status"](store), **__utils__["deploytoken_override.status"](__opts__["cachedir"])
+    ))
     # Without the ext_pillar, deploytoken.held on the minions cannot see the token and blocks every run.
     if "error" not in ret:
         pillars = __opts__.get("ext_pillar") or []
@@ -249,7 +252,7 @@ def update_repos(repos=None):
 
 @_strict
 def setup(targets=None, reason="", wait=False, consent=None, repos=None, tgt_type="glob", busy_args=None,
-          timeout=600, interval=10, name=None):
+          timeout=600, interval=10, name=None, ssh=None):
     """
     The Setup of the deploy procedure in one command: update the deploy repositories (stops on any
     problem), ask ``targets`` whether Kingfisher is busy (stops when any is busy or does not answer,
@@ -284,11 +287,16 @@ def setup(targets=None, reason="", wait=False, consent=None, repos=None, tgt_typ
     name
         Write this name in the token instead of yours, as for ``deploytoken.acquire``.
 
+    ssh
+        ``True`` to ask ``targets`` from the salt-ssh roster (through Salt's SSH client) instead of a
+        master's minions; default ``deploytoken:ssh`` (False).
+
     CLI Example:
 
     .. code-block:: bash
 
         salt-run deploytoken.setup reason="upgrade postgres"
+        salt-run deploytoken.setup targets='kingfisher*' ssh=True reason="upgrade postgres"
         salt-run deploytoken.setup targets='collect*' reason="upgrade postgres"
         salt-run deploytoken.setup targets='collect*' reason="new spider" consent="Dana Lee: crawl restarts fine"
     """
@@ -303,7 +311,7 @@ def setup(targets=None, reason="", wait=False, consent=None, repos=None, tgt_typ
             reason,
             consent,
             busy_args,
-            check_busy=_kingfisher_busy,
+            check_busy=_ssh_busy if _ssh(config, ssh) else _kingfisher_busy,
             progress=_progress,
             notify=_fire,
             name=name,
@@ -350,6 +358,54 @@ def _kingfisher_busy(targets, tgt_type, busy_args):
                       timeout=__opts__.get("timeout", 5))
 
 
+def _ssh(config, ssh):
+    return config.ssh if ssh is None else __utils__["deploytoken_model.check_flag"](ssh, "ssh")
+
+
+def _ssh_busy(targets, tgt_type, busy_args):
+    """``kingfisher.busy`` on the matching roster targets through salt-ssh, in ``_kingfisher_busy``'s shape."""
+    client = salt.client.ssh.client.SSHClient(mopts=__opts__)
+    returns = client.cmd(targets, "kingfisher.busy", kwarg=dict(busy_args), tgt_type=tgt_type)
+    return {target: {"ret": answer.get("return")} if isinstance(answer, dict) else answer
+            for target, answer in returns.items()}
+
+
+@_strict
+def override(reason="", targets=None, minutes=60, cancel=False):
+    """
+    Let ``deploytoken.held`` pass on ``targets`` for ``minutes`` whoever holds the token, loudly: every
+    guarded run there says ``OVERRIDE:``, the event ``deploytoken/override`` is fired, and the token
+    store's history gets a row (who, why, which targets, until when). When the store cannot be reached
+    the override still works and its row is kept on the master until ``deploytoken.flush``.
+
+    reason
+        Why, and who agreed; required.
+
+    targets
+        Minion ids or globs, separated by commas; default every minion.
+
+    minutes
+        How long the override lasts (default 60, at most 1440).
+
+    cancel
+        ``True`` to end every active override now (recorded in the history too).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploytoken.override reason="database down, agreed with Alice" targets='kingfisher*'
+        salt-run deploytoken.override cancel=True
+    """
+    return _run(
+        lambda config, store: __utils__["deploytoken_override.run"](
+            store, __opts__["cachedir"], _caller(), config.people, reason=reason, targets=targets,
+            minutes=minutes, cancel_all=cancel, notify=_fire,
+        ),
+        changes=True,
+    )
+
+
 @_strict
 def flush():
     """
@@ -363,7 +419,10 @@ def flush():
 
         salt-run deploytoken.flush
     """
-    return _run(lambda config, store: __utils__["deploytoken_token.flush"](store))
+    return _run(lambda config, store: __utils__["deploytoken_token.flush"](
+        store, __utils__["deploytoken_override.deliver"](
+            __utils__["deploytoken_override.path_of"](__opts__["cachedir"]), store.append_history)
+    ))
 
 
 # ---- Salt plumbing ----------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import pwd
 import re
 import unicodedata
 
-from confusable_homoglyphs import confusables
 from salt.exceptions import SaltException
 
 MAX_NAME_LENGTH = 80
@@ -207,7 +206,7 @@ def check_name(name, what="name"):
             f"The {what} cannot be {stripped!r}: it reads as {NOBODY!r}, and the token reads "
             f"'Held by: {NOBODY}' when it is free."
         )
-    if confusables.is_dangerous(stripped):
+    if _confusables().is_dangerous(stripped):
         raise InputError(
             f"The {what} {stripped!r} mixes scripts with letters that look alike (e.g. a Cyrillic 'о' among "
             "Latin letters): write it in one script."
@@ -229,9 +228,17 @@ def _looks_like(char, wanted):
     for case in {wanted.lower(), wanted.upper()}:
         if char == case:
             return True
-        if any(glyph["c"].strip("\u200e") == case for glyph in confusables.confusables_data.get(char, ())):
+        if any(glyph["c"].strip("\u200e") == case for glyph in _confusables().confusables_data.get(char, ())):
             return True
     return False
+
+
+def _confusables():
+    # Imported when a name is checked (on the master), not when the guard or the Kingfisher checks load
+    # this module on a minion or a salt-ssh target, which need not have the package.
+    from confusable_homoglyphs import confusables
+
+    return confusables
 
 
 def check_text(text, what):

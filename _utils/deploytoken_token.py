@@ -79,9 +79,10 @@ def history(store, limit=10):
     return [row.to_dict() for row in store.history(limit)]
 
 
-def flush(store):
-    """Deliver the history rows a store still keeps locally (the Google store's spool)."""
-    pending = store.flush_spool() if hasattr(store, "flush_spool") else 0
+def flush(store, overrides=0):
+    """Deliver the history rows a store still keeps locally (the Google store's spool); ``overrides``
+    is how many override rows are still kept on the master."""
+    pending = (store.flush_spool() if hasattr(store, "flush_spool") else 0) + overrides
     if pending:
         return {
             "pending": pending,
