@@ -14,6 +14,7 @@ import salt.payload
 import deploytoken_cache
 import deploytoken_model as model
 import deploytoken_settings
+import deploytoken_stores
 import deploytoken_token as token
 
 ACQUIRE = "salt-run deploytoken.acquire reason='...'"
@@ -42,7 +43,7 @@ def read_store(settings):
     """Pillar data from the configured store; a store that cannot be read gives ``error``."""
     log.debug("deploytoken: reading the token store for the ext_pillar")
     try:
-        return snapshot(token.open_store(settings).read(), settings.people)
+        return snapshot(deploytoken_stores.open_store(settings).read(), settings.people)
     except model.DeploytokenError as exc:
         return unreadable(exc, settings.people)
 

@@ -7,35 +7,12 @@ Functions return plain dicts. Refusals carry ``retcode`` 1; bad input and unread
 ``retcode`` 2 and one sentence.
 """
 
-import os
 import secrets
 import time
 
 import deploytoken_model as model
-import deploytoken_sqlite
 
-try:
-    import deploytoken_google
-except ImportError:  # the Google backend arrives as a separate module; sqlite works without it
-    deploytoken_google = None
-
-BACKENDS = ("sqlite", "google")
 REFUSED = 1
-
-
-def open_store(settings):
-    """The token store named by ``deploytoken:backend`` (``sqlite`` unless told otherwise)."""
-    if settings.backend == "sqlite":
-        path = settings.section("sqlite").get("path") or os.path.join(settings.cachedir, "deploytoken.sqlite")
-        return deploytoken_sqlite.SqliteStore(path)
-    if settings.backend == "google":
-        if deploytoken_google is None:
-            raise model.InputError("deploytoken:backend is google, but the Google store is not installed.")
-        google = dict(settings.section("google"), people=settings.people)  # maps a name typed in the Doc to a login
-        return deploytoken_google.open_store(google, settings.cachedir)
-    raise model.InputError(
-        f"Unknown deploytoken:backend {settings.backend!r}: use one of {', '.join(BACKENDS)} in the master config."
-    )
 
 
 def who(login, name, people):
@@ -79,7 +56,7 @@ def history(store, limit=10):
 
 def flush(store):
     """Deliver the history rows a store still keeps locally (the Google store's spool)."""
-    pending = store.flush_spool() if hasattr(store, "flush_spool") else 0
+    pending = store.flush()
     if pending:
         return {
             "pending": pending,

@@ -5,16 +5,11 @@ import random
 
 import pytest
 
-import deploytoken_google
 import deploytoken_model as model
 import deploytoken_token as token_store
+from google_fixtures import google_store as _store
 
 RACERS = 50
-
-
-def _store(config):
-    config = dict(config)
-    return deploytoken_google.open_store(config, config.pop("cachedir"))
 
 
 def _race(config, number, results):
@@ -102,7 +97,7 @@ def test_over_a_hundred_faults_never_two_holders_nor_lost_or_doubled_rows(fake_g
     assert injected >= 100
     for op in ops:
         fake_google.faults[op].clear()
-    assert store.flush_spool() == 0
+    assert store.flush() == 0
     claims = [row[0] for row in fake_google.rows(google_config["spreadsheet_id"])[1:]]
     assert sorted(claims) == sorted(set(claims))
     assert set(released) <= set(claims)

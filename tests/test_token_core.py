@@ -12,6 +12,7 @@ import pytest
 import deploytoken_model as model
 import deploytoken_settings as settings
 import deploytoken_sqlite
+import deploytoken_stores as stores
 import deploytoken_token as token
 
 PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones"}
@@ -107,17 +108,17 @@ def test_force_without_reason_refused_and_store_unchanged(store):
 
 def test_unknown_backend_refused(tmp_path):
     with pytest.raises(model.InputError, match="Unknown deploytoken:backend 'etcd': use one of sqlite, google"):
-        token.open_store(settings.from_opts({"deploytoken": {"backend": "etcd"}, "cachedir": str(tmp_path)}))
+        stores.open_store(settings.from_opts({"deploytoken": {"backend": "etcd"}, "cachedir": str(tmp_path)}))
 
 
 def test_relative_store_path_refused(tmp_path):
     with pytest.raises(model.InputError, match="must be an absolute file path"):
         config = {"deploytoken": {"sqlite": {"path": "token.sqlite"}}, "cachedir": str(tmp_path)}
-        token.open_store(settings.from_opts(config))
+        stores.open_store(settings.from_opts(config))
 
 
 def test_default_store_lives_in_the_cachedir(tmp_path):
-    store = token.open_store(settings.from_opts({"cachedir": str(tmp_path)}))
+    store = stores.open_store(settings.from_opts({"cachedir": str(tmp_path)}))
     assert store.path == str(tmp_path / "deploytoken.sqlite")
 
 
@@ -127,6 +128,7 @@ def test_default_store_lives_in_the_cachedir(tmp_path):
 def test_corrupt_store_file_is_named_and_left_untouched(tmp_path):
     path = tmp_path / "token.sqlite"
     path.write_bytes(b"this is not a database at all, but somebody's notes" * 100)
+    path.chmod(0o600)
     before = snapshot(path)
     store = deploytoken_sqlite.SqliteStore(str(path))
     for action in (store.read, lambda: token.acquire(store, "alice", PEOPLE), lambda: store.history(5)):
@@ -139,6 +141,7 @@ def test_other_sqlite_database_is_refused_untouched(tmp_path):
     path = tmp_path / "other.sqlite"
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE invoices (id INTEGER)")
+    path.chmod(0o600)
     before = snapshot(path)
     with pytest.raises(model.StoreError, match="is a SQLite database but not a deploy token store"):
         token.acquire(deploytoken_sqlite.SqliteStore(str(path)), "alice", PEOPLE)
