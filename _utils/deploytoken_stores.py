@@ -10,6 +10,7 @@ from typing import Protocol
 
 import deploytoken_google
 import deploytoken_model as model
+import deploytoken_postgres
 import deploytoken_sqlite
 
 
@@ -45,6 +46,7 @@ class TokenStore(Protocol):
 BACKENDS = {
     "sqlite": deploytoken_sqlite.SqliteStore,
     "google": deploytoken_google.GoogleStore,
+    "postgres": deploytoken_postgres.PostgresStore,
 }
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones", "carol": "Carol Díaz"}
 # Fixture modules of the other parts of the suite (real Scrapyd, PostgreSQL, tmux, git, Google fake).
-pytest_plugins = ["kingfisher_fixtures", "git_fixtures", "guard_helpers", "google_fixtures"]
+pytest_plugins = ["kingfisher_fixtures", "git_fixtures", "guard_helpers", "google_fixtures", "pg_fixtures"]
 
 MASTER_ID = "dt-master"
 MINION_ID = "collect-test"
