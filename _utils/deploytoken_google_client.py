@@ -26,9 +26,10 @@ except ImportError:  # the sqlite backend works without the Google client
     discovery = None
 
 SCOPES = ["https://www.googleapis.com/auth/documents", "https://www.googleapis.com/auth/spreadsheets"]
-# A person's own account also asks for the ID token's email: the strongest identity we can record.
-USER_SCOPES = ["openid", "https://www.googleapis.com/auth/userinfo.email"] + SCOPES
-USER_LOGIN = "gcloud auth application-default login --scopes=" + ",".join(USER_SCOPES)
+# A person grants these once; ``openid email`` puts the account's email in the ID token of every refresh.
+USER_LOGIN = "gcloud auth application-default login --scopes=" + ",".join(
+    ["openid", "https://www.googleapis.com/auth/userinfo.email"] + SCOPES
+)
 TRANSIENT_ATTEMPTS = 5
 
 
@@ -52,6 +53,10 @@ class Client:
         self.timeout = model.check_seconds(section.get("timeout", 20), "deploytoken:google:timeout", minimum=1)
         self.user = _uses_user_credentials(section)
         self.credentials = _user_credentials() if self.user else _service_account_credentials(section)
+        if section.get("token_uri"):
+            # google-auth always sends a person's refresh token to Google's own endpoint; a proxy (or
+            # the local fake in tests) is named here.
+            self.credentials = self.credentials.with_token_uri(section["token_uri"])
         self._email = None
         options = {"api_endpoint": section["api_endpoint"]} if section.get("api_endpoint") else None
 
@@ -155,7 +160,7 @@ def _uses_user_credentials(section):
 def _user_credentials():
     """A person's application default credentials (``gcloud auth application-default login``)."""
     try:
-        credentials, _project = google.auth.default(scopes=USER_SCOPES)
+        credentials, _project = google.auth.default(scopes=SCOPES)
     except google.auth.exceptions.DefaultCredentialsError as exc:
         raise model.InputError(
             "deploytoken:google has no service_account_file and no Google credentials of yours were found "
