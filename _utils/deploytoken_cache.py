@@ -29,6 +29,8 @@ def cached(path, max_age, read, clock=time.time, lock_wait=LOCK_WAIT):
     lock still taken after ``lock_wait`` seconds means reading directly: the cache only ever saves
     reads, it never decides anything and never makes a reader wait for long.
     """
+    if max_age <= 0:
+        return read()
     value = _fresh(path, max_age, clock)
     if value is not None:
         return value["data"]

@@ -13,6 +13,7 @@ history" Sheet is the history.
 import dataclasses
 
 import deploytoken_google_client as client
+import deploytoken_google_files as google_files
 import deploytoken_google_history as history
 import deploytoken_google_line as doc_line
 import deploytoken_model as model
@@ -33,7 +34,7 @@ class GoogleStore:
         history.check_history_range(section["history_range"])
         cache_seconds = model.check_seconds(section.get("cache_seconds", 2), "deploytoken:google:cache_seconds")
         self.api = client.Client(section)
-        local = client.LocalFiles(cachedir, self.document_id)
+        local = google_files.LocalFiles(cachedir, self.document_id)
         self.line = doc_line.DocLine(self.api, local, self.document_id, people, cache_seconds)
         self.sheet = history.SheetHistory(
             self.api, local, section["spreadsheet_id"], section["history_range"], self.line

@@ -1,17 +1,14 @@
 """
 What the parts of the Google store share: the credentials (a service account's key, or a person's own
 Google account through application default credentials), the Docs and Sheets clients, one way to call
-them (bounded retries, our sentences), and the store's small local files in the master's cachedir.
+them (bounded retries, our sentences).
 """
 
-import contextlib
 import json
-import os
 import random
 import socket
 import time
 
-import deploytoken_files as files
 import deploytoken_model as model
 
 try:
@@ -26,9 +23,10 @@ except ImportError:  # the sqlite backend works without the Google client
     discovery = None
 
 SCOPES = ["https://www.googleapis.com/auth/documents", "https://www.googleapis.com/auth/spreadsheets"]
-# A person's own account also asks for the ID token's email: the strongest identity we can record.
-USER_SCOPES = ["openid", "https://www.googleapis.com/auth/userinfo.email"] + SCOPES
-USER_LOGIN = "gcloud auth application-default login --scopes=" + ",".join(USER_SCOPES)
+# A person grants these once; ``openid email`` puts the account's email in the ID token of every refresh.
+USER_LOGIN = "gcloud auth application-default login --scopes=" + ",".join(
+    ["openid", "https://www.googleapis.com/auth/userinfo.email"] + SCOPES
+)
 TRANSIENT_ATTEMPTS = 5
 
 
@@ -52,6 +50,10 @@ class Client:
         self.timeout = model.check_seconds(section.get("timeout", 20), "deploytoken:google:timeout", minimum=1)
         self.user = _uses_user_credentials(section)
         self.credentials = _user_credentials() if self.user else _service_account_credentials(section)
+        if section.get("token_uri"):
+            # google-auth always sends a person's refresh token to Google's own endpoint; a proxy (or
+            # the local fake in tests) is named here.
+            self.credentials = self.credentials.with_token_uri(section["token_uri"])
         self._email = None
         options = {"api_endpoint": section["api_endpoint"]} if section.get("api_endpoint") else None
 
@@ -155,7 +157,7 @@ def _uses_user_credentials(section):
 def _user_credentials():
     """A person's application default credentials (``gcloud auth application-default login``)."""
     try:
-        credentials, _project = google.auth.default(scopes=USER_SCOPES)
+        credentials, _project = google.auth.default(scopes=SCOPES)
     except google.auth.exceptions.DefaultCredentialsError as exc:
         raise model.InputError(
             "deploytoken:google has no service_account_file and no Google credentials of yours were found "
@@ -194,40 +196,3 @@ def _service_account_credentials(section):
         raise model.InputError(
             f"The service account key is not a usable service account key ({exc}): download the key again."
         ) from None
-
-
-class LocalFiles:
-    """The store's files in ``<cachedir>/deploytoken-google``, named after the Doc they belong to."""
-
-    def __init__(self, cachedir, document_id):
-        try:
-            self.folder = files.private_dir(os.path.join(cachedir, "deploytoken-google"))
-        except (files.ForeignFolder, OSError) as exc:
-            raise model.StoreError(f"The Google store's local files cannot be kept safely: {exc}") from exc
-        self.document_id = document_id
-
-    def path(self, name):
-        return os.path.join(self.folder, f"{self.document_id}.{name}")
-
-    @contextlib.contextmanager
-    def locked(self, name):
-        with files.locked(self.path(name + ".lock")):
-            yield
-
-    def load_kept(self, name):
-        """The spool and the noted claims keep what Google does not have yet: damaged means stop, never
-        start afresh."""
-        path = self.path(name)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                return json.load(handle)
-        except FileNotFoundError:
-            return None
-        except ValueError as exc:
-            raise model.StoreError(
-                f"The file {path} is damaged ({exc}); it keeps deploy history rows or claims not yet written "
-                "to Google, so it was left untouched: repair it, or move it aside once its rows are in the Sheet."
-            ) from exc
-
-    def save(self, name, data):
-        files.write_json(self.path(name), data)

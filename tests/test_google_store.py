@@ -24,14 +24,6 @@ def test_acquire_writes_name_and_status_reads_it_back(fake_google, google_config
     assert store.read() == wanted
 
 
-def test_acquire_refused_while_held_by_other(fake_google, google_config):
-    store = store_for(google_config)
-    store.acquire(holding())
-    current = store.acquire(holding("Bob Jones", "c2", "bob"))
-    assert current.claim == "c1"
-    assert fake_google.held_text(google_config["document_id"]) == "Held by: Alice Smith\n"
-
-
 def test_release_writes_nobody_and_one_history_row(fake_google, google_config):
     store = store_for(google_config)
     result = token_store.acquire(store, "alice", PEOPLE, reason="upgrade")
@@ -269,3 +261,8 @@ def test_history_range_too_narrow_is_refused(fake_google, google_config, history
 @pytest.mark.parametrize("history_range", ["'Deploy history'!A:K", "History!B2:Z", "deploy_history_named_range"])
 def test_history_ranges_wide_enough_or_named_are_taken(fake_google, google_config, history_range):
     assert store_for(google_config, history_range=history_range).history_range == history_range
+
+
+def test_identity_is_the_doc(google_config):
+    document_id = google_config["document_id"]
+    assert store_for(google_config).identity == {"id": f"google:{document_id}", "name": f"Google Doc {document_id}"}
