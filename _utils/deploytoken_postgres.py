@@ -243,7 +243,7 @@ class PostgresStore:
         waiting session, which also LISTENs for releases (see ``wait``)."""
         if self._place is not None:
             return self._place[0]
-        self._change("joining the line", self._prune)
+        self._change("join of the waiting line", self._prune)
         self._place = (None, str(who), model.isoformat(model.utcnow()))
         self._waiting_session()
         return self._place[0]
@@ -295,8 +295,7 @@ class PostgresStore:
         if self._place is not None:
             conn = self._waiting_session()
             try:
-                for _ in conn.notifies(timeout=seconds, stop_after=1):
-                    pass
+                _first_notification(conn, seconds)
             except psycopg.OperationalError:
                 if not conn.closed:
                     raise self._store_error("waiting for the token") from None
@@ -305,9 +304,8 @@ class PostgresStore:
         conn = self._connect(autocommit=True)
         try:
             conn.execute(sql.SQL("LISTEN {}").format(self._channel))
-            if self.read() is not None:
-                for _ in conn.notifies(timeout=seconds, stop_after=1):
-                    pass
+            if self.read() is not None:  # released before the LISTEN: no notification will come
+                _first_notification(conn, seconds)
         except psycopg.Error:
             raise self._store_error("waiting for the token") from None
         finally:
@@ -330,20 +328,17 @@ class PostgresStore:
                 self._session_query(conn, self._session_limits)
                 self._session_query(conn, sql.SQL("LISTEN {}").format(self._channel))
                 ticket, who, since = self._place
-                columns = sql.SQL("(who, since, backend_pid, backend_start)")
-                values = sql.SQL("SELECT %s, %s, pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
-                if ticket is not None:
-                    columns = sql.SQL("(ticket, who, since, backend_pid, backend_start)")
-                    values = sql.SQL(
-                        "SELECT %s, %s, %s, pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
-                    )
+                # A new waiter draws a ticket; one whose session dropped puts its row back under the same one.
                 found = self._session_query(
                     conn,
                     sql.SQL(
-                        "INSERT INTO {} {} {} ON CONFLICT (ticket) DO UPDATE SET backend_pid = EXCLUDED.backend_pid,"
+                        "INSERT INTO {} (ticket, who, since, backend_pid, backend_start)"
+                        " SELECT coalesce(%s::bigint, nextval(pg_get_serial_sequence(%s, 'ticket'))), %s, %s,"
+                        " pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+                        " ON CONFLICT (ticket) DO UPDATE SET backend_pid = EXCLUDED.backend_pid,"
                         " backend_start = EXCLUDED.backend_start RETURNING ticket"
-                    ).format(self._table("waiters"), columns, values),
-                    [value for value in (ticket, who, since) if value is not None],
+                    ).format(self._table("waiters")),
+                    (ticket, f"{self.schema}.waiters", who, since),
                 ).fetchone()
             except BaseException:
                 conn.close()
@@ -358,7 +353,7 @@ class PostgresStore:
         except psycopg.Error as exc:
             if conn.closed:
                 self._session = None
-            raise self._store_error("the waiting line", exc) from None
+            raise self._store_error("keeping a place in the waiting line", exc) from None
 
     def _prune(self, conn, retrying):
         conn.execute(sql.SQL("DELETE FROM {} w WHERE NOT " + _LIVE).format(self._table("waiters")))
@@ -412,7 +407,7 @@ class PostgresStore:
             with self._transaction() as conn:
                 return work(conn)
         except _ConnectionLost as lost:
-            raise self._store_error("a read", lost) from None
+            raise self._store_error("reading", lost) from None
 
     def _change(self, action, work):
         """Run ``work(conn, retrying)`` in one transaction. If the connection drops on the way, whether the
@@ -488,7 +483,7 @@ class PostgresStore:
     def _store_error(self, action, exc=None):
         reason = f": {_first_line(exc)}" if exc is not None else ""
         return model.StoreError(
-            f"The PostgreSQL token store at {self.address} (database {self.dbname}) failed during {action}{reason}."
+            f"The PostgreSQL token store at {self.address} (database {self.dbname}) failed while {action}{reason}."
         )
 
 
@@ -583,6 +578,11 @@ def _read_password(path):
     if not password:
         raise model.InputError(f"The password file {path} is empty: write the password on its first line.")
     return password
+
+
+def _first_notification(conn, seconds):
+    for _ in conn.notifies(timeout=seconds, stop_after=1):
+        pass
 
 
 def _columns(names):

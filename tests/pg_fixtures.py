@@ -12,18 +12,24 @@ Fixtures for the PostgreSQL token store, on real PostgreSQL 15 clusters started 
 
 ``pg_section`` (function) -> ``dict``
     A ``deploytoken:postgres:`` block on ``pg_store_cluster`` with a schema name of its own; the
-    schema is dropped afterwards. ``postgres_store(section, **extra)`` opens it as the runner does.
+    schema is dropped afterwards. ``postgres_store(section, **extra)`` opens it as the runner does;
+    ``take_in_turn(store, login)`` waits in the store's line and takes the token; ``start_waiters``
+    starts processes that do so, in a known order.
 """
 
 import itertools
+import multiprocessing
 import os
+import time
 
 import pytest
 
+import deploytoken_model as model
 import deploytoken_settings
 import deploytoken_stores
+import deploytoken_token as token
 from conftest import PEOPLE
-from kingfisher_fixtures import start_postgres
+from kingfisher_fixtures import start_postgres, wait_for
 
 STORE_ROLE = "dtkstore"
 PASSWORD_ROLE = "dtkpw"
@@ -37,6 +43,52 @@ def postgres_store(section, people=PEOPLE, **extra):
         cachedir="/nonexistent", backend="postgres", sections={"postgres": dict(section, **extra)}, people=people
     )
     return deploytoken_stores.open_store(settings)
+
+
+def take_in_turn(store, login, timeout=120):
+    """Wait in line for the token, as ``acquire wait=True`` is to do on a store with a line: join it, try to
+    take the token whenever it is our turn, and between tries ``wait`` for a release. Returns the holding."""
+    shown = PEOPLE.get(login, login)
+    ticket = store.enqueue(shown)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if store.ahead(ticket) == 0:
+                wanted = model.Holding(shown, login, login, os.urandom(8).hex(), model.isoformat(model.utcnow()))
+                if store.acquire(wanted).claim == wanted.claim:
+                    return wanted
+            store.wait(min(10, deadline - time.monotonic()))
+        raise TimeoutError(f"{login} never got the token")
+    finally:
+        store.dequeue(ticket)
+
+
+def _waiter(section, login, results):
+    store = postgres_store(section)
+    take_in_turn(store, login)
+    results.put((login, time.time()))
+    token.release(store, login, PEOPLE, note="served")
+
+
+def start_waiters(section, logins):
+    """One process per login waiting in line (``take_in_turn``), each started once the previous one stands
+    in it; each puts ``(login, time it got the token)`` on the queue returned, then releases it."""
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    children = []
+    for login in logins:
+        child = context.Process(target=_waiter, args=(section, login, results))
+        child.start()
+        children.append(child)
+        wait_for(lambda: len(postgres_store(section).waiting()) == len(children), what=f"{login} in the line")
+    return children, results
+
+
+def stop_waiters(children):
+    for child in children:
+        child.join(60)
+        if child.is_alive():
+            child.kill()
 
 
 def store_cluster():

@@ -14,7 +14,7 @@ import pytest
 import deploytoken_token as token
 from conftest import PEOPLE
 from kingfisher_fixtures import wait_for
-from pg_fixtures import drop_schema, postgres_store, section_for
+from pg_fixtures import drop_schema, postgres_store, section_for, start_waiters, stop_waiters
 
 # Long enough that the blocked changes are still waiting when the server goes down.
 SLOW = {"lock_timeout": 120, "statement_timeout": 120}
@@ -196,3 +196,21 @@ def test_server_gone_for_good_during_an_acquire_is_one_sentence(pg_fault_cluster
                               "and did not come back within 30 s")
     assert message.endswith("look with salt-run deploytoken.status before trying again.")
     assert _state(pg_fault_cluster, section) == ([], [])
+
+
+def test_waiters_keep_their_turn_across_a_restart(pg_fault_cluster, section):
+    token.acquire(postgres_store(section), "alice", PEOPLE)
+    children, results = start_waiters(section, ["w0", "w1"])
+    try:
+        line = [(entry["who"], entry["ticket"]) for entry in postgres_store(section).waiting()]
+        _restart(pg_fault_cluster)
+        # Each waiter's session dropped with the server: it reconnects and puts its row back, same ticket.
+        wait_for(lambda: [(entry["who"], entry["ticket"]) for entry in postgres_store(section).waiting()] == line,
+                 what="the waiters back in the line")
+        token.release(postgres_store(section), "alice", PEOPLE)
+        served = [results.get(timeout=120)[0] for _ in line]
+    finally:
+        stop_waiters(children)
+    assert served == ["w0", "w1"]
+    held, rows = _state(pg_fault_cluster, section)
+    assert held == [] and len(rows) == 3

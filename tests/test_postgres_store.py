@@ -18,7 +18,7 @@ import deploytoken_sqlite
 import deploytoken_token as token
 from conftest import PEOPLE
 from kingfisher_fixtures import free_port, wait_for
-from pg_fixtures import PASSWORD_ROLE, PG_PASSWORD, postgres_store
+from pg_fixtures import PASSWORD_ROLE, PG_PASSWORD, postgres_store, start_waiters, stop_waiters
 
 
 def holding(login="alice", claim="c1"):
@@ -161,25 +161,7 @@ def test_a_role_without_create_rights_is_told_what_to_ask_for(pg_store_cluster, 
         store.read()
 
 
-# ---- what every store does --------------------------------------------------------------------
-
-
-def test_acquire_refuse_release_and_history(pg_section):
-    store = postgres_store(pg_section)
-    taken = token.acquire(store, "alice", PEOPLE, reason="upgrade postgres")
-    again = token.acquire(postgres_store(pg_section), "alice", PEOPLE)
-    assert again["acquired"] and not again["changed"] and again["claim"] == taken["claim"]
-    refused = token.acquire(postgres_store(pg_section), "bob", PEOPLE)
-    assert refused["retcode"] == 1 and refused["message"].startswith("Deploy token is held by Alice Smith (alice)")
-    stale = token.release(postgres_store(pg_section), "carol", PEOPLE, force=True, reason="x", claim="old")
-    assert stale["retcode"] == 1 and "Claim old has already ended" in stale["message"]
-    given = token.release(postgres_store(pg_section), "alice", PEOPLE, note="done")
-    assert given["released"] and postgres_store(pg_section).read() is None
-    (found,) = token.history(postgres_store(pg_section))
-    assert found["claim"] == taken["claim"] and found["note"] == "done" and found["reason"] == "upgrade postgres"
-    with pytest.raises(model.ClaimConflict, match=f"Claim {taken['claim']} has already ended: nobody holds"):
-        store.release(taken["claim"], row(taken["claim"]))
-    assert store.flush() == 0
+# ---- history rows from elsewhere --------------------------------------------------------------
 
 
 def test_append_history_is_idempotent_by_claim(pg_section):
@@ -225,57 +207,11 @@ def test_migrate_does_not_replace_another_holder(tmp_path, pg_section):
 # ---- waiting: the line and LISTEN -------------------------------------------------------------
 
 
-def take_in_turn(store, login, timeout=120):
-    """Wait in line for the token the way ``acquire wait=True`` does on this store: join the line, and
-    whenever it is our turn try to take the token; between tries, ``wait`` for a release."""
-    shown = PEOPLE.get(login, login)
-    ticket = store.enqueue(shown)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if store.ahead(ticket) == 0:
-                wanted = model.Holding(shown, login, login, os.urandom(8).hex(), model.isoformat(model.utcnow()))
-                if store.acquire(wanted).claim == wanted.claim:
-                    return wanted
-            store.wait(min(10, deadline - time.monotonic()))
-        raise TimeoutError(f"{login} never got the token")
-    finally:
-        store.dequeue(ticket)
-
-
-def _waiter(section, login, hold, results):
-    store = postgres_store(section)
-    take_in_turn(store, login)
-    results.put((login, time.time()))
-    time.sleep(hold)
-    token.release(store, login, {}, note="served")
-
-
-def _start_waiters(section, logins, hold=0.0):
-    """One process per login, each started once the previous one stands in the line."""
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    children = []
-    for login in logins:
-        child = context.Process(target=_waiter, args=(section, login, hold, results))
-        child.start()
-        children.append(child)
-        wait_for(lambda: len(postgres_store(section).waiting()) == len(children), what=f"{login} in the line")
-    return children, results
-
-
-def _stop(children):
-    for child in children:
-        child.join(60)
-        if child.is_alive():
-            child.kill()
-
-
 def test_ten_waiters_are_served_in_arrival_order(pg_section):
     store = postgres_store(pg_section)
     token.acquire(store, "alice", PEOPLE)
     logins = [f"w{i}" for i in range(10)]
-    children, results = _start_waiters(pg_section, logins)
+    children, results = start_waiters(pg_section, logins)
     try:
         line = store.waiting()
         assert [entry["who"] for entry in line] == logins
@@ -283,7 +219,7 @@ def test_ten_waiters_are_served_in_arrival_order(pg_section):
         token.release(store, "alice", PEOPLE)
         served = [results.get(timeout=120)[0] for _ in logins]
     finally:
-        _stop(children)
+        stop_waiters(children)
     assert served == logins
     assert [r.login for r in store.history(20)][::-1] == ["alice", *logins]
     assert store.waiting() == [] and store.read() is None
@@ -292,7 +228,7 @@ def test_ten_waiters_are_served_in_arrival_order(pg_section):
 def test_a_killed_waiter_leaves_the_line(pg_store_cluster, pg_section):
     store = postgres_store(pg_section)
     token.acquire(store, "alice", PEOPLE)
-    children, results = _start_waiters(pg_section, ["w0", "w1", "w2"])
+    children, results = start_waiters(pg_section, ["w0", "w1", "w2"])
     try:
         os.kill(children[0].pid, signal.SIGKILL)
         children[0].join(10)
@@ -300,7 +236,7 @@ def test_a_killed_waiter_leaves_the_line(pg_store_cluster, pg_section):
         token.release(store, "alice", PEOPLE)
         served = [results.get(timeout=120)[0] for _ in range(2)]
     finally:
-        _stop(children)
+        stop_waiters(children)
     assert served == ["w1", "w2"]
     later = postgres_store(pg_section)
     later.enqueue("later")  # the next waiter to join prunes the dead row
