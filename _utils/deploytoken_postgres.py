@@ -32,6 +32,10 @@ DEFAULT_SCHEMA = "deploytoken"
 TIMEOUTS = {"connect_timeout": 5, "statement_timeout": 10, "lock_timeout": 5}
 # How long a change keeps reconnecting after its connection dropped (a restart takes a few seconds).
 RECONNECT_SECONDS = 30
+# A waiter marks its row as seen at least this often; a row unseen for STALE_SECONDS no longer counts
+# (its backend may live on in a connection pooler after the waiter died).
+HEARTBEAT_SECONDS = 5
+STALE_SECONDS = 30
 # libpq keys a deploytoken:postgres block may give one by one instead of (or on top of) ``dsn``.
 CONNECTION_KEYS = (
     "host",
@@ -68,14 +72,15 @@ CREATE TABLE {schema}.history (
 );
 CREATE TABLE {schema}.waiters (
     ticket bigserial PRIMARY KEY, who text NOT NULL, since text NOT NULL,
-    backend_pid integer NOT NULL, backend_start timestamptz
+    backend_pid integer NOT NULL, backend_start timestamptz, seen timestamptz NOT NULL DEFAULT now()
 );
 """
-# A waiter's row counts while the backend of its waiting session lives. Another role's backend shows
-# its pid but not its start time, so a missing start time is taken as a match.
+# A waiter's row counts while the backend of its waiting session lives and the waiter keeps marking it
+# seen. Another role's backend shows its pid but not its start time, so a missing start time is a match.
 _LIVE = (
-    "EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.backend_pid"
-    " AND (a.backend_start IS NULL OR a.backend_start = w.backend_start))"
+    f"(w.seen > now() - interval '{STALE_SECONDS} seconds'"
+    " AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.backend_pid"
+    " AND (a.backend_start IS NULL OR a.backend_start = w.backend_start)))"
 )
 
 
@@ -255,8 +260,11 @@ class PostgresStore:
         conn = self._waiting_session()
         return self._session_query(
             conn,
-            sql.SQL("SELECT count(*) FROM {} w WHERE ticket < %s AND " + _LIVE).format(self._table("waiters")),
-            (ticket,),
+            sql.SQL(
+                "WITH me AS (UPDATE {table} SET seen = now() WHERE ticket = %s)"
+                " SELECT count(*) FROM {table} w WHERE ticket < %s AND " + _LIVE
+            ).format(table=self._table("waiters")),
+            (ticket, ticket),
         ).fetchone()[0]
 
     def dequeue(self, ticket):
@@ -293,18 +301,26 @@ class PostgresStore:
         or after ``seconds``. In the line, the waiting session's LISTEN has been on since joining, so no
         release is missed between two calls; outside it, a listener is opened for this call only."""
         if self._place is not None:
+            deadline = time.monotonic() + seconds
             conn = self._waiting_session()
             try:
-                _first_notification(conn, seconds)
-            except psycopg.OperationalError:
+                while not _first_notification(conn, min(HEARTBEAT_SECONDS, deadline - time.monotonic())):
+                    if time.monotonic() >= deadline:
+                        return
+                    conn.execute(
+                        sql.SQL("UPDATE {} SET seen = now() WHERE ticket = %s").format(self._table("waiters")),
+                        (self._place[0],),
+                    )
+            except psycopg.Error as exc:
                 if not conn.closed:
-                    raise self._store_error("waiting for the token") from None
+                    raise self._store_error("waiting for the token", exc) from None
                 self._session = None  # the next call reconnects and puts the row back with the same ticket
             return
         conn = self._connect(autocommit=True)
         try:
             conn.execute(sql.SQL("LISTEN {}").format(self._channel))
-            if self.read() is not None:  # released before the LISTEN: no notification will come
+            # A release just before the LISTEN notified nobody here: wait only while the token is still held.
+            if self.read() is not None:
                 _first_notification(conn, seconds)
         except psycopg.Error:
             raise self._store_error("waiting for the token") from None
@@ -336,7 +352,7 @@ class PostgresStore:
                         " SELECT coalesce(%s::bigint, nextval(pg_get_serial_sequence(%s, 'ticket'))), %s, %s,"
                         " pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
                         " ON CONFLICT (ticket) DO UPDATE SET backend_pid = EXCLUDED.backend_pid,"
-                        " backend_start = EXCLUDED.backend_start RETURNING ticket"
+                        " backend_start = EXCLUDED.backend_start, seen = now() RETURNING ticket"
                     ).format(self._table("waiters")),
                     (ticket, f"{self.schema}.waiters", who, since),
                 ).fetchone()
@@ -581,8 +597,11 @@ def _read_password(path):
 
 
 def _first_notification(conn, seconds):
-    for _ in conn.notifies(timeout=seconds, stop_after=1):
-        pass
+    """Whether a notification came within ``seconds``."""
+    came = False
+    for _ in conn.notifies(timeout=max(0.0, seconds), stop_after=1):
+        came = True
+    return came
 
 
 def _columns(names):

@@ -249,6 +249,34 @@ def _release_later(section, login, seconds):
     token.release(postgres_store(section), login, PEOPLE)
 
 
+def test_a_waiter_that_stops_marking_its_row_loses_its_turn(pg_store_cluster, pg_section):
+    # Behind a connection pooler a dead waiter's backend may live on: its row then goes stale instead.
+    first, second = postgres_store(pg_section), postgres_store(pg_section)
+    tickets = [first.enqueue("First"), second.enqueue("Second")]
+    assert second.ahead(tickets[1]) == 1
+    with pg_store_cluster.connect() as conn:
+        conn.execute(f"UPDATE {pg_section['schema']}.waiters SET seen = now() - interval '1 minute' WHERE ticket = %s",
+                     (tickets[0],))
+    assert second.ahead(tickets[1]) == 0 and [entry["who"] for entry in second.waiting()] == ["Second"]
+    assert first.ahead(tickets[0]) == 0 and second.ahead(tickets[1]) == 1
+    first.dequeue(tickets[0])
+    second.dequeue(tickets[1])
+
+
+def test_a_waiter_marks_its_row_while_it_waits(pg_store_cluster, pg_section):
+    store = postgres_store(pg_section)
+    token.acquire(store, "alice", PEOPLE)
+    ticket = store.enqueue("Bob Jones")
+    query = f"SELECT seen FROM {pg_section['schema']}.waiters WHERE ticket = %s"
+    with pg_store_cluster.connect(autocommit=True) as conn:
+        before = conn.execute(query, (ticket,)).fetchone()[0]
+        started = time.monotonic()
+        store.wait(deploytoken_postgres.HEARTBEAT_SECONDS + 1)
+        assert time.monotonic() - started >= deploytoken_postgres.HEARTBEAT_SECONDS + 1
+        assert conn.execute(query, (ticket,)).fetchone()[0] > before
+    store.dequeue(ticket)
+
+
 def test_wait_returns_at_the_release_not_at_the_timeout(pg_section):
     store = postgres_store(pg_section)
     taken = token.acquire(store, "alice", PEOPLE)
