@@ -118,8 +118,9 @@ class PostgresStore:
                 f"deploytoken:postgres:schema must be a plain lower-case name (letters, digits, _), got "
                 f"{self.schema!r}."
             )
+        # connect_timeout may also come in the dsn.
         timeouts = {
-            key: model.check_seconds(section.get(key, default), f"deploytoken:postgres:{key}", minimum=1)
+            key: model.check_seconds(section.get(key, params.get(key, default)), f"deploytoken:postgres:{key}", 1)
             for key, default in TIMEOUTS.items()
         }
         # libpq takes whole seconds; the server takes milliseconds, set per transaction (PgBouncer-safe).

@@ -75,13 +75,15 @@ def test_password_from_a_private_file_logs_in_over_tcp(pg_store_cluster, pg_sect
 
 
 def test_dsn_and_keys_combine_and_name_the_store(pg_store_cluster, pg_section):
-    section = {"dsn": f"host={pg_store_cluster.socket_dir} dbname=postgres", "port": pg_store_cluster.port,
+    section = {"dsn": f"host={pg_store_cluster.socket_dir} dbname=postgres connect_timeout=3",
+               "port": pg_store_cluster.port,
                "user": pg_section["user"], "schema": pg_section["schema"]}
     store = postgres_store(section)
     assert store.read() is None
     address = f"{pg_store_cluster.socket_dir}:{pg_store_cluster.port}"
     assert store.identity["name"] == f"PostgreSQL {pg_section['schema']}@{address}/postgres"
     assert store.location == f"postgresql://{address}/postgres (schema {pg_section['schema']})"
+    assert "connect_timeout=3" in store._conninfo
 
 
 def test_database_down_is_one_sentence_naming_host_and_port():
