@@ -81,7 +81,7 @@ class GoogleStore:
         answering after the write, the next flush finds the claim gone from the Doc and delivers the row.
         """
         self.flush()
-        self.sheet.spool(row, tentative=True)
+        ticket = self.sheet.spool_tentative(row)
         try:
             for attempt in range(CAS_ATTEMPTS):
                 line = self.line.read()
@@ -94,9 +94,9 @@ class GoogleStore:
             else:
                 raise model.StoreError(self._kept_changing())
         except model.ClaimConflict:
-            self.sheet.unspool(row.claim)
+            self.sheet.unspool(ticket)
             raise
-        self.sheet.deliver(row)
+        self.sheet.deliver(row, ticket)
         return row
 
     def history(self, limit):

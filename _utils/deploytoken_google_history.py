@@ -8,6 +8,7 @@ row is delivered once the Doc no longer shows its claim.
 """
 
 import re
+import secrets
 
 import deploytoken_google_client as client
 import deploytoken_model as model
@@ -32,25 +33,34 @@ class SheetHistory:
         rows = [row for row in rows if row["claim"] != "claim"]
         return [HistoryEntry(entry) for entry in (pending + rows)[:limit]]
 
-    def spool(self, row, tentative):
-        with self.local.locked("spool"):
-            spool = [entry for entry in self.local.load_kept(SPOOL) or [] if entry["claim"] != row.claim]
-            self.local.save(SPOOL, spool + [dict(row.to_dict(), tentative=tentative)])
+    def spool_tentative(self, row):
+        """Note ``row`` before the Doc is written; return the ticket of this note.
 
-    def unspool(self, claim):
-        with self.local.locked("spool"):
-            spool = [entry for entry in self.local.load_kept(SPOOL) or [] if entry["claim"] != claim]
-            self.local.save(SPOOL, spool)
-
-    def deliver(self, row):
-        """The release of ``row``'s claim is in the Doc: make its row final and deliver the spool."""
+        Several processes may release the same claim at once: each notes its own row, and only the one
+        whose write ends the claim delivers it, so a note never replaces another process's row.
+        """
+        ticket = secrets.token_hex(8)
         with self.local.locked("spool"):
             spool = self.local.load_kept(SPOOL) or []
-            ours = [entry for entry in spool if entry["claim"] == row.claim and entry.get("tentative")]
-            # Still tentative in the spool: nobody else delivered it, so the Sheet cannot have it yet.
+            self.local.save(SPOOL, spool + [dict(row.to_dict(), tentative=ticket)])
+        return ticket
+
+    def unspool(self, ticket):
+        """Drop our tentative note: the release did not happen."""
+        with self.local.locked("spool"):
+            spool = [entry for entry in self.local.load_kept(SPOOL) or [] if entry.get("tentative") != ticket]
+            self.local.save(SPOOL, spool)
+
+    def deliver(self, row, ticket):
+        """Our write ended ``row``'s claim: make its row final and deliver the spool."""
+        with self.local.locked("spool"):
+            spool = self.local.load_kept(SPOOL) or []
+            # Our note still tentative: no flush settled it since the claim ended, and only a settled or
+            # delivered row is ever appended, so the Sheet cannot have it yet.
+            unseen = any(entry.get("tentative") == ticket for entry in spool)
             spool = [entry for entry in spool if entry["claim"] != row.claim] + [row.to_dict()]
             self.local.save(SPOOL, spool)
-            self._flush_locked(known_absent={row.claim} if ours else set())
+            self._flush_locked(known_absent={row.claim} if unseen else set())
 
     def flush(self):
         """Append the spooled rows the Sheet does not have yet; return how many are still pending."""
@@ -71,9 +81,10 @@ class SheetHistory:
         delivered = set()
         try:
             spool = self._settle_tentative(spool)
-            if any(entry["claim"] not in known_absent for entry in spool):
+            rows = [entry for entry in spool if not entry.get("tentative")]
+            if any(entry["claim"] not in known_absent for entry in rows):
                 delivered = {cells[0] for cells in self._sheet_rows() if cells}
-            for entry in spool:
+            for entry in rows:
                 if entry["claim"] not in delivered:
                     if not self._append(entry):
                         break
@@ -82,10 +93,10 @@ class SheetHistory:
             pass  # the rows stay spooled; the next runner call tries again
         remaining = [entry for entry in spool if entry["claim"] not in delivered]
         self.local.save(SPOOL, remaining)
-        return len(remaining)
+        return sum(1 for entry in remaining if not entry.get("tentative"))
 
     def _settle_tentative(self, spool):
-        """Keep a tentative row (a release cut short) only once the Doc no longer shows its claim."""
+        """Make a tentative row (a release cut short) final once the Doc no longer shows its claim."""
         if not any(entry.get("tentative") for entry in spool):
             return spool
         current = self.line.holding(self.line.read())
@@ -93,9 +104,13 @@ class SheetHistory:
         for entry in spool:
             if entry.get("tentative"):
                 if current is not None and current.claim == entry["claim"]:
+                    # Not released yet, maybe under way: kept, so that a release cut short right after
+                    # its write still has its row; a release that completes replaces it with its own.
+                    settled.append(entry)
                     continue
                 entry = {key: value for key, value in entry.items() if key != "tentative"}
-            settled.append(entry)
+            if not any(kept["claim"] == entry["claim"] and not kept.get("tentative") for kept in settled):
+                settled.append(entry)
         self.local.save(SPOOL, settled)
         return settled
 

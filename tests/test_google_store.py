@@ -266,3 +266,15 @@ def test_history_ranges_wide_enough_or_named_are_taken(fake_google, google_confi
 def test_identity_is_the_doc(google_config):
     document_id = google_config["document_id"]
     assert store_for(google_config).identity == {"id": f"google:{document_id}", "name": f"Google Doc {document_id}"}
+
+
+def test_a_late_duplicate_release_keeps_the_pending_row_of_the_real_one(fake_google, google_config):
+    store = store_for(google_config)
+    store.acquire(holding())
+    fake_google.inject("values.append", "error", code=500, count=10)
+    store.release("c1", _row("c1"))
+    with pytest.raises(model.ClaimConflict, match="Claim c1 has already ended"):
+        store_for(google_config).release("c1", _row("c1"))
+    fake_google.faults["values.append"].clear()
+    assert store.flush() == 0
+    assert [row[0] for row in fake_google.rows(google_config["spreadsheet_id"])] == ["claim", "c1"]
