@@ -436,7 +436,7 @@ def _run(action, changes=False):
     """
     try:
         config = __utils__["deploytoken_settings.from_opts"](__opts__)
-        store = __utils__["deploytoken_token.open_store"](config)
+        store = __utils__["deploytoken_stores.open_store"](config)
         return action(config, store)
     except SaltException as exc:
         return {"error": str(exc), "retcode": BAD_INPUT}

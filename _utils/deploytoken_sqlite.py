@@ -5,9 +5,12 @@ Every change runs in one ``BEGIN IMMEDIATE`` transaction, so concurrent ``salt-r
 serialised by SQLite's own lock, and a release commits together with its history row.
 """
 
+import dataclasses
 import os
+import secrets
 import socket
 import sqlite3
+import stat
 
 import deploytoken_model as model
 
@@ -30,7 +33,7 @@ CREATE TABLE IF NOT EXISTS history (
 );
 """
 
-_HOLDING_FIELDS = ("holder", "login", "caller", "claim", "since", "reason")
+_HOLDING_FIELDS = tuple(field.name for field in dataclasses.fields(model.Holding))
 
 
 class SqliteStore:
@@ -44,10 +47,24 @@ class SqliteStore:
         self.path = str(path)
         self.location = self.path
 
+    @classmethod
+    def from_settings(cls, settings):
+        return cls(settings.section("sqlite").get("path") or os.path.join(settings.cachedir, "deploytoken.sqlite"))
+
     @property
     def identity(self):
-        host = socket.getfqdn()
-        return {"id": f"sqlite:{host}:{self.path}", "name": f"SQLite store {self.path} on {host}"}
+        """``{"id", "name"}``: a random id made with the store (added once to a store made before ids)."""
+        with self._transaction("DEFERRED") as db:
+            found = _store_id(db)
+        if found is None:
+            with self._transaction("IMMEDIATE") as db:
+                found = _store_id(db)
+                if found is None:
+                    found = secrets.token_hex(16)
+                    db.execute("INSERT INTO meta VALUES ('store_id', ?)", (found,))
+        return {"id": f"sqlite:{found}", "name": f"SQLite store {self.path} on {socket.gethostname()}"}
+
+    account_email = None  # only a person's own Google account has one
 
     # -- the store interface ---------------------------------------------------------------
 
@@ -91,6 +108,10 @@ class SqliteStore:
             ).fetchall()
         return [model.HistoryRow(**dict(row)) for row in rows]
 
+    def flush(self):
+        """Nothing is ever kept aside: a release commits with its history row."""
+        return 0
+
     # -- plumbing --------------------------------------------------------------------------
 
     def _current(self, db):
@@ -120,6 +141,7 @@ class SqliteStore:
             raise model.StoreError(
                 f"The token store {self.path} cannot be read and written by this user: check its owner and mode."
             )
+        _check_private(self.path, directory)
         try:
             db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
         except sqlite3.Error as exc:
@@ -139,7 +161,8 @@ class SqliteStore:
                         if statement.strip():
                             db.execute(statement)
                     db.execute(
-                        "INSERT INTO meta VALUES ('application', ?), ('schema', ?)", (APPLICATION, SCHEMA_VERSION)
+                        "INSERT INTO meta VALUES ('application', ?), ('schema', ?), ('store_id', ?)",
+                        (APPLICATION, SCHEMA_VERSION, secrets.token_hex(16)),
                     )
                 db.execute("COMMIT")
             except BaseException:
@@ -157,6 +180,36 @@ class SqliteStore:
                 f"The token store {self.path} has schema version {meta.get('schema')!r}, this code "
                 f"knows {SCHEMA_VERSION!r}: upgrade deploytoken on the master."
             )
+
+
+def _check_private(path, directory):
+    """Only the master's user may read or write the store: it holds every reason and note, and a reader
+    holding a transaction open would stall every acquire and release. SQLite gives its journal and WAL
+    files the mode of the store, so a new store is created 0600."""
+    if os.stat(directory).st_mode & 0o022:
+        raise model.StoreError(
+            f"The token store's folder {directory} can be written by other users, who could replace the store "
+            f"or its journal: run chmod go-w {directory}, or set deploytoken:sqlite:path to a file in a folder "
+            "only the master's user can write."
+        )
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise model.StoreError(f"The token store {path} cannot be created: {exc.strerror}.") from None
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise model.StoreError(
+            f"The token store {path} can be read by other users (mode {mode:04o}), who could read every "
+            f"reason and note or stall the store: run chmod 600 {path}."
+        )
+
+
+def _store_id(db):
+    row = db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+    return row[0] if row else None
 
 
 def _tables(db):

@@ -8,36 +8,13 @@ Functions return plain dicts. Refusals carry ``retcode`` 1; bad input and unread
 """
 
 import dataclasses
-import os
 import secrets
 import time
 
 import deploytoken_model as model
-import deploytoken_sqlite
 from deploytoken_model import describe, since_text
 
-try:
-    import deploytoken_google
-except ImportError:  # the Google backend arrives as a separate module; sqlite works without it
-    deploytoken_google = None
-
-BACKENDS = ("sqlite", "google")
 REFUSED = 1
-
-
-def open_store(settings):
-    """The token store named by ``deploytoken:backend`` (``sqlite`` unless told otherwise)."""
-    if settings.backend == "sqlite":
-        path = settings.section("sqlite").get("path") or os.path.join(settings.cachedir, "deploytoken.sqlite")
-        return deploytoken_sqlite.SqliteStore(path)
-    if settings.backend == "google":
-        if deploytoken_google is None:
-            raise model.InputError("deploytoken:backend is google, but the Google store is not installed.")
-        google = dict(settings.section("google"), people=settings.people)  # maps a name typed in the Doc to a login
-        return deploytoken_google.open_store(google, settings.cachedir)
-    raise model.InputError(
-        f"Unknown deploytoken:backend {settings.backend!r}: use one of {', '.join(BACKENDS)} in the master config."
-    )
 
 
 def who(login, name, people):
@@ -82,7 +59,7 @@ def history(store, limit=10):
 def flush(store, overrides=0):
     """Deliver the history rows a store still keeps locally (the Google store's spool); ``overrides``
     is how many override rows are still kept on the master."""
-    pending = (store.flush_spool() if hasattr(store, "flush_spool") else 0) + overrides
+    pending = store.flush() + overrides
     if pending:
         return {
             "pending": pending,
