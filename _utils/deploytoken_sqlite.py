@@ -80,8 +80,8 @@ class SqliteStore:
             if current is not None:
                 return current
             db.execute(
-                "INSERT INTO token (id, holder, login, caller, claim, since, reason)"
-                " VALUES (1, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO token (id, {', '.join(_HOLDING_FIELDS)})"
+                f" VALUES (1, {', '.join('?' for _ in _HOLDING_FIELDS)})",
                 [getattr(holding, field) for field in _HOLDING_FIELDS],
             )
             return holding
