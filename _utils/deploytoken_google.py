@@ -17,11 +17,12 @@ import deploytoken_google_files as google_files
 import deploytoken_google_history as history
 import deploytoken_google_line as doc_line
 import deploytoken_model as model
+from deploytoken_storebase import NoWaitingLine
 
 CAS_ATTEMPTS = 8
 
 
-class GoogleStore:
+class GoogleStore(NoWaitingLine):
     backend = "google"
 
     def __init__(self, section, cachedir, people):
@@ -111,6 +112,11 @@ class GoogleStore:
     def flush(self):
         """Append the spooled history rows the Sheet does not have yet; return how many are still pending."""
         return self.sheet.flush()
+
+    def append_history(self, row):
+        """Spool ``row`` and deliver it unless the Sheet has its claim already; True once it is in the Sheet
+        (while the Sheet cannot be reached it stays spooled here, and ``flush`` delivers it later)."""
+        return self.sheet.append(row) == 0
 
     def _kept_changing(self):
         return f"{self.line.where} kept changing while writing it ({CAS_ATTEMPTS} tries): try again in a minute."

@@ -62,6 +62,14 @@ class SheetHistory:
             self.local.save(SPOOL, spool)
             self._flush_locked(known_absent={row.claim} if unseen else set())
 
+    def append(self, row):
+        """Spool ``row`` (a row of its own, not a release's) and deliver the spool; return how many are still
+        pending. A row whose claim the Sheet has already is not appended again."""
+        with self.local.locked("spool"):
+            spool = [entry for entry in self.local.load_kept(SPOOL) or [] if entry["claim"] != row.claim]
+            self.local.save(SPOOL, spool + [row.to_dict()])
+            return self._flush_locked(known_absent=set())
+
     def flush(self):
         """Append the spooled rows the Sheet does not have yet; return how many are still pending."""
         with self.local.locked("spool"):

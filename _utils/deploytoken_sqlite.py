@@ -13,6 +13,7 @@ import sqlite3
 import stat
 
 import deploytoken_model as model
+from deploytoken_storebase import NoWaitingLine
 
 SCHEMA_VERSION = "1"
 APPLICATION = "deploytoken"
@@ -36,7 +37,7 @@ CREATE TABLE IF NOT EXISTS history (
 _HOLDING_FIELDS = tuple(field.name for field in dataclasses.fields(model.Holding))
 
 
-class SqliteStore:
+class SqliteStore(NoWaitingLine):
     backend = "sqlite"
 
     def __init__(self, path):
@@ -93,11 +94,7 @@ class SqliteStore:
             if current is None or current.claim != claim:
                 raise model.ClaimConflict(model.claim_ended(claim, current))
             db.execute("DELETE FROM token WHERE id = 1")
-            db.execute(
-                f"INSERT INTO history ({', '.join(model.HistoryRow.COLUMNS)})"
-                f" VALUES ({', '.join('?' for _ in model.HistoryRow.COLUMNS)})",
-                [getattr(row, column) for column in model.HistoryRow.COLUMNS],
-            )
+            _insert_history(db, row, "INSERT")
             return row
 
     def history(self, limit):
@@ -111,6 +108,11 @@ class SqliteStore:
     def flush(self):
         """Nothing is ever kept aside: a release commits with its history row."""
         return 0
+
+    def append_history(self, row):
+        """Add ``row`` unless a row with its claim is there already (claims are unique); True if added."""
+        with self._transaction("IMMEDIATE") as db:
+            return bool(_insert_history(db, row, "INSERT OR IGNORE").rowcount)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -210,6 +212,14 @@ def _check_private(path, directory):
 def _store_id(db):
     row = db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
     return row[0] if row else None
+
+
+def _insert_history(db, row, verb):
+    columns = model.HistoryRow.COLUMNS
+    return db.execute(
+        f"{verb} INTO history ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+        [getattr(row, column) for column in columns],
+    )
 
 
 def _tables(db):

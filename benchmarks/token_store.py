@@ -4,7 +4,7 @@ SQLite against PostgreSQL as the token store, side by side in one run (PostgreSQ
 1. Median time of one acquire + release cycle in-process (``deploytoken_token``), each store.
 2. Hand-off latency: from the holder's release to the moment the next waiter (another process, already
    waiting) holds the token. SQLite: ``acquire wait=True interval=10`` polls. PostgreSQL: the waiter
-   stands in the store's line and LISTENs (``pg_fixtures.take_in_turn``). The release comes at a random
+   (``acquire wait=True interval=10`` too) stands in the store's line and LISTENs. The release comes at a random
    moment after the waiter started waiting. Goal: PostgreSQL median <= 0.2 s.
 
 Run as root (the cluster runs as the postgres user) with the project's venv:

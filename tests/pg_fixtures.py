@@ -13,7 +13,7 @@ Fixtures for the PostgreSQL token store, on real PostgreSQL 15 clusters started 
 ``pg_section`` (function) -> ``dict``
     A ``deploytoken:postgres:`` block on ``pg_store_cluster`` with a schema name of its own; the
     schema is dropped afterwards. ``postgres_store(section, **extra)`` opens it as the runner does;
-    ``take_in_turn(store, login)`` waits in the store's line and takes the token; ``start_waiters``
+    ``take_in_turn(store, login)`` is ``acquire wait=True``, in the store's line; ``start_waiters``
     starts processes that do so, in a known order.
 """
 
@@ -24,7 +24,6 @@ import time
 
 import pytest
 
-import deploytoken_model as model
 import deploytoken_settings
 import deploytoken_stores
 import deploytoken_token as token
@@ -46,21 +45,11 @@ def postgres_store(section, people=PEOPLE, **extra):
 
 
 def take_in_turn(store, login, timeout=120):
-    """Wait in line for the token, as ``acquire wait=True`` is to do on a store with a line: join it, try to
-    take the token whenever it is our turn, and between tries ``wait`` for a release. Returns the holding."""
-    shown = PEOPLE.get(login, login)
-    ticket = store.enqueue(shown)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if store.ahead(ticket) == 0:
-                wanted = model.Holding(shown, login, login, os.urandom(8).hex(), model.isoformat(model.utcnow()))
-                if store.acquire(wanted).claim == wanted.claim:
-                    return wanted
-            store.wait(min(10, deadline - time.monotonic()))
-        raise TimeoutError(f"{login} never got the token")
-    finally:
-        store.dequeue(ticket)
+    """``acquire wait=True`` as the runner does it: in the store's line, woken by each release."""
+    taken = token.acquire(store, login, PEOPLE, wait=True, timeout=timeout, interval=10)
+    if not taken.get("acquired"):
+        raise TimeoutError(f"{login} never got the token: {taken['message']}")
+    return taken
 
 
 def _waiter(section, login, results):
