@@ -55,10 +55,6 @@ class GoogleStore(NoWaitingLine):
     def history_range(self):
         return self.sheet.history_range
 
-    @property
-    def identity(self):
-        return {"id": f"google:{self.document_id}", "name": f"Google Doc {self.document_id}"}
-
     # -- the store interface ---------------------------------------------------------------
 
     def read(self):

@@ -178,6 +178,28 @@ def test_identity_is_made_with_the_store_and_stays(backend):
     assert backend.open().identity == identity
 
 
+def test_a_history_row_of_its_own_is_appended_once(backend):
+    row = model.HistoryRow(claim="override-0123456789abcdef", holder="Bob Jones", login="bob", caller="bob",
+                           acquired="2026-01-01T00:00:00Z", released="2026-01-01T01:00:00Z", duration=3600,
+                           reason="database down", note="Override of the deploy token guard on *")
+    store = backend.open()
+    assert store.append_history(row) is True
+    backend.open().append_history(row)
+    assert [entry["claim"] for entry in token.history(backend.open())] == [row.claim]
+    assert token.status(backend.open())["held"] is False
+
+
+def test_a_waiter_in_line_is_listed_and_leaves_it(backend):
+    store = backend.open()
+    ticket = store.enqueue("Bob Jones")
+    assert store.ahead(ticket) == 0
+    waiting = [entry["who"] for entry in backend.open().waiting()]
+    assert waiting in ([], ["Bob Jones"])  # a store without a line lists nobody
+    store.wait(0.1)
+    store.dequeue(ticket)
+    assert backend.open().waiting() == []
+
+
 # ---- races through separate processes --------------------------------------------------------
 
 
