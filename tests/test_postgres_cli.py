@@ -69,3 +69,25 @@ def test_database_down_exits_2_naming_host_and_port(salt_run_with):
     assert ret.returncode == 2
     assert ret.data["error"].startswith(f"The PostgreSQL token store at 127.0.0.1:{port} (database x) cannot be "
                                         "reached: ")
+
+
+def test_migrate_copies_the_holder_and_history_once(salt_run_with, postgres_config, tmp_path):
+    sqlite = {"sqlite": {"path": str(tmp_path / "token.sqlite")}, "people": PEOPLE}
+    old = salt_run_with(dict(sqlite, postgres=postgres_config["postgres"]))
+    for login in ("alice", "bob"):
+        assert as_user(old, login, "deploytoken.acquire", f"reason=by {login}").returncode == 0
+        assert as_user(old, login, "deploytoken.release", "note=done").returncode == 0
+    held = as_user(old, "carol", "deploytoken.acquire", "reason=still here")
+
+    moved = as_user(old, "carol", "deploytoken.migrate", "to=postgres")
+    assert moved.returncode == 0, moved
+    assert moved.data["history_rows"] == 2 and moved.data["holder"] == held.data["claim"]
+    assert moved.data["message"].startswith("Copied 2 history row(s) and the holder's claim ")
+    again = as_user(old, "carol", "deploytoken.migrate", "to=postgres")
+    assert again.returncode == 0 and again.data["history_rows"] == 0
+
+    new = salt_run_with(postgres_config)
+    assert as_user(new, "alice", "deploytoken.status").data["claim"] == held.data["claim"]
+    assert [row["reason"] for row in as_user(new, "alice", "deploytoken.history").data] == ["by bob", "by alice"]
+    assert as_user(old, "carol", "deploytoken.migrate").data == {
+        "error": "Say which store to copy into, e.g. salt-run deploytoken.migrate to=postgres.", "retcode": 2}
