@@ -17,6 +17,7 @@ import deploytoken_model as model
 import deploytoken_pillar
 import deploytoken_seal as seal
 from deploytoken_sqlite import SqliteStore
+from kingfisher_fixtures import free_port
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones"}
@@ -173,6 +174,15 @@ def test_pillar_of_an_unreadable_store_carries_the_error(tmp_path):
     opts = {"cachedir": str(tmp_path), "deploytoken": {"sqlite": {"path": str(tmp_path / "junk")}}}
     data = deploytoken_pillar.pillar(opts, "m1")
     assert data["held"] is None and str(tmp_path / "junk") in data["error"]
+
+
+def test_pillar_of_a_postgres_store_that_is_down_names_host_and_port(tmp_path):
+    opts = {"cachedir": str(tmp_path), "deploytoken": {"backend": "postgres", "postgres": {
+        "host": "127.0.0.1", "port": free_port(), "dbname": "deploytoken", "user": "deploytoken"}}}
+    data = deploytoken_pillar.pillar(opts, "m1")
+    assert data["held"] is None and "127.0.0.1:" in data["error"] and "cannot be reached" in data["error"]
+    assert guard.decide(data, "alice", "m1")["comment"].startswith(
+        "The deploy token cannot be read, so nobody may deploy: The PostgreSQL token store at 127.0.0.1:")
 
 
 def test_pillar_of_a_bad_setting_carries_the_sentence(tmp_path):

@@ -86,6 +86,23 @@ def test_holder_deploys_and_another_operator_is_stopped(ssh_world, team, token, 
     assert marker.read_text().strip() == "deployed"
 
 
+def test_token_data_given_with_pillar_on_the_command_line_blocks(ssh_world, team, token, guarded):
+    ada, ben = team["ada"], team["ben"]
+    sls, marker = guarded()
+    token.take(ada)
+    spoof = json.dumps({"deploytoken": {"login": ben.login, "holder": "Ben Okafor"}})
+    ran = ssh_world.salt_ssh(ben, "state.apply", sls, f"pillar={spoof}")
+    assert ran.returncode != 0
+    assert guard_of(ran.data)["comment"] == (
+        "The deploy token data in this run's pillar was changed after the master wrote it (a pillar= on the "
+        "command line?), so nothing may deploy."
+    )
+    assert not marker.exists()
+    other = ssh_world.salt_ssh(ada, "state.apply", sls, 'pillar={"other": 1}')
+    assert other.returncode == 0, other
+    assert marker.exists()
+
+
 def test_nobody_holding_blocks(ssh_world, team, token, guarded):
     sls, marker = guarded()
     ran = ssh_world.salt_ssh(team["ada"], "state.apply", sls)
