@@ -35,7 +35,11 @@ MINION_ID = "collect-test"
 def pytest_configure(config):
     # Salt sets the root logger to TRACE on import; keep pytest's own capture quiet.
     logging.getLogger().setLevel(logging.WARNING)
-    config.addinivalue_line("markers", "daemons: needs the shared salt-master and salt-minion")
+
+
+def as_user(cli, login, *args, **kwargs):
+    """Run a salt CLI (salt-run, salt) as ``login`` would through sudo."""
+    return cli.run(*args, env={"SUDO_USER": login}, **kwargs)
 
 
 def pytest_unconfigure(config):

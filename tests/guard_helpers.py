@@ -8,7 +8,26 @@ import tempfile
 
 import pytest
 
-MINION = "collect-test"
+from conftest import MINION_ID as MINION  # noqa: F401 (the guard tests import it from here)
+
+GUARDED = """\
+deploy token held:
+  deploytoken.held:
+    - order: 1
+    - failhard: True
+
+the deployment:
+  file.managed:
+    - name: {marker}
+    - contents: deployed
+"""
+
+
+@pytest.fixture
+def guarded(write_sls, marker_dir):
+    """A state file with ``deploytoken.held`` first and a deployment that writes a marker: (sls, marker)."""
+    marker = marker_dir / "deployed"
+    return write_sls("dtguarded", GUARDED.format(marker=marker)), marker
 
 
 @pytest.fixture

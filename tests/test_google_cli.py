@@ -3,7 +3,7 @@ master, whose deploytoken settings point at the fake Docs/Sheets server."""
 
 import pytest
 
-from conftest import PEOPLE
+from conftest import PEOPLE, as_user
 
 pytestmark = [pytest.mark.daemons]
 
@@ -12,10 +12,6 @@ pytestmark = [pytest.mark.daemons]
 def google_run(salt_run_with, google_config):
     google = {key: value for key, value in google_config.items() if key != "cachedir"}
     return salt_run_with({"backend": "google", "google": google, "people": PEOPLE})
-
-
-def as_user(cli, login, *args):
-    return cli.run(*args, env={"SUDO_USER": login})
 
 
 def held(fake_google, google_config):

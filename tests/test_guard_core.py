@@ -16,11 +16,11 @@ import deploytoken_guard as guard
 import deploytoken_model as model
 import deploytoken_pillar
 import deploytoken_seal as seal
+from conftest import PEOPLE
 from deploytoken_sqlite import SqliteStore
 from kingfisher_fixtures import free_port
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones"}
 NOW = datetime.datetime(2026, 11, 26, 14, 40, tzinfo=datetime.timezone.utc)
 ALICE = model.Holding(holder="Alice Smith", login="alice", claim="c1", since="2026-11-26T14:02:00Z", reason="pg")
 

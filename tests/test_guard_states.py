@@ -7,24 +7,6 @@ from guard_helpers import MINION, unreadable_store
 
 pytestmark = pytest.mark.daemons
 
-GUARDED = """\
-deploy token held:
-  deploytoken.held:
-    - order: 1
-    - failhard: True
-
-the deployment:
-  file.managed:
-    - name: {marker}
-    - contents: deployed
-"""
-
-
-@pytest.fixture
-def guarded(write_sls, marker_dir):
-    marker = marker_dir / "deployed"
-    return write_sls("dtguarded", GUARDED.format(marker=marker)), marker
-
 
 def apply_as(salt_cli, login, sls, *args):
     return salt_cli.run("state.apply", sls, *args, minion_tgt=MINION, env={"SUDO_USER": login})

@@ -9,19 +9,13 @@ import pytest
 import salt.crypt
 
 from conftest import PILLAR_MAX_AGE
-from guard_helpers import MINION
-from test_guard_states import GUARDED, apply_as, guard_of
+from guard_helpers import GUARDED, MINION
+from test_guard_states import apply_as, guard_of
 
 pytestmark = pytest.mark.daemons
 
 CHANGED = ("The deploy token data in this run's pillar was changed after the master wrote it (a pillar= on the "
            "command line?), so nothing may deploy.")
-
-
-@pytest.fixture
-def guarded(write_sls, marker_dir):
-    marker = marker_dir / "deployed"
-    return write_sls("dttrust", GUARDED.format(marker=marker)), marker
 
 
 def with_pillar(data):

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.daemons
+from conftest import MINION_ID as MINION
 
-MINION = "collect-test"
+pytestmark = pytest.mark.daemons
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,11 @@ import time
 import pytest
 
 from guard_helpers import MINION, unreadable_store
-from test_guard_states import GUARDED, apply_as, guard_of
+from test_guard_states import apply_as, guard_of
 
 pytestmark = pytest.mark.daemons
 
 REASON = "database down, agreed with Alice"
-
-
-@pytest.fixture
-def guarded(write_sls, marker_dir):
-    marker = marker_dir / "deployed"
-    return write_sls("dtoverride", GUARDED.format(marker=marker)), marker
 
 
 @pytest.fixture

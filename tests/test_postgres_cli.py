@@ -5,7 +5,7 @@ import multiprocessing
 
 import pytest
 
-from conftest import PEOPLE
+from conftest import PEOPLE, as_user
 from kingfisher_fixtures import free_port
 
 pytestmark = [pytest.mark.daemons]
@@ -14,10 +14,6 @@ pytestmark = [pytest.mark.daemons]
 @pytest.fixture
 def postgres_config(pg_section):
     return {"backend": "postgres", "postgres": pg_section, "people": PEOPLE}
-
-
-def as_user(cli, login, *args):
-    return cli.run(*args, env={"SUDO_USER": login})
 
 
 def test_full_cycle_through_the_cli(salt_run_with, postgres_config):

@@ -7,13 +7,11 @@ import time
 
 import pytest
 
+from conftest import as_user
+
 pytestmark = [pytest.mark.daemons, pytest.mark.usefixtures("free_token")]
 
 TIMEOUT_RANGE = "The timeout must be a number of seconds, at least 0 and at most 86400; got "
-
-
-def as_user(salt_run, login, *args, **kwargs):
-    return salt_run.run(*args, env={"SUDO_USER": login}, **kwargs)
 
 
 def in_parallel(salt_master, login, *args):

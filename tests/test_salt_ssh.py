@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from guard_helpers import GUARDED
 from ssh_fixtures import guard_of
-from test_guard_states import GUARDED
 from test_setup_cli import CONSENT, repos_arg
 
 

@@ -6,9 +6,10 @@ import json
 import git
 import pytest
 
+from conftest import MINION_ID as MINION
+
 pytestmark = [pytest.mark.daemons, pytest.mark.usefixtures("free_token")]
 
-MINION = "collect-test"
 CONSENT = "Dana Lee: the crawl can be restarted tomorrow"
 
 

@@ -10,8 +10,7 @@ import deploytoken_settings as settings
 import deploytoken_sqlite
 import deploytoken_stores as stores
 import deploytoken_token as token
-
-PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones"}
+from conftest import PEOPLE
 
 
 @pytest.fixture
