@@ -1,0 +1,45 @@
+"""
+What the master does with a ``deploytoken/*`` event from its bus (the reactor calls the runner's
+``announce``): check that the runner sent it, name the people waiting, and post it to the chat.
+"""
+
+import logging
+
+import deploytoken_model as model
+import deploytoken_notify as notify
+import deploytoken_seal as seal
+import deploytoken_waiting as waiting
+
+log = logging.getLogger(__name__)
+
+# Added by Salt's event bus after the runner sealed the event.
+EVENT_STAMP = "_stamp"
+
+
+def announce(settings, tag, data, master_public_key):
+    """Post the message for one event from the master bus (the reactor calls this through the runner).
+
+    Anyone whose minion may send events could fire ``deploytoken/released`` with any text, so only
+    events the runner sealed with the master's key are posted.
+    """
+    fields = {key: value for key, value in (data if isinstance(data, dict) else {}).items() if key != EVENT_STAMP}
+    if not seal.intact(fields, master_public_key):
+        sentence = f"The event {tag} was not sealed by this master's runner; it was not posted."
+        log.warning("deploytoken: %s", sentence)
+        return {"posted": False, "message": sentence}
+    fields = {key: value for key, value in fields.items() if key not in seal.SEAL_KEYS}
+    event = tag.rpartition("/")[2]
+    waiters = ()
+    try:
+        if event == "acquired" and fields.get("login"):
+            waiting.drop(settings.cachedir, fields["login"])
+        if event in ("released", "forced"):
+            waiters = waiting.take(settings.cachedir)
+    except model.StoreError as exc:  # the message still goes out, without the names
+        log.warning("deploytoken: %s", exc)
+    text = notify.message(tag, fields, waiters)
+    if text is None:
+        return {"posted": False, "message": f"Nothing is posted for the event {tag}."}
+    if settings.notify is None:
+        return {"posted": False, "text": text, "message": "No deploytoken:notify block: the message was not posted."}
+    return dict(notify.post(settings.notify, text), text=text)
