@@ -22,22 +22,24 @@ def path(cachedir):
     return os.path.join(cachedir, "deploytoken", "reminder.json")
 
 
-def period(settings, holding, now):
-    """The number of the latest reminder due for ``holding`` (0 for the first), or None if none is due yet."""
-    age = model.seconds_between(holding.since, model.isoformat(now))
+def period(settings, since, now):
+    """The number of the latest reminder due for a claim taken at ``since`` (0 for the first), or None if
+    none is due yet."""
+    age = model.seconds_between(since, model.isoformat(now))
     if settings.remind_after is None or age is None or age < settings.remind_after:
         return None
     return int((age - settings.remind_after) // settings.remind_every)
 
 
-def next_due(settings, holding, now=None):
-    """When the next reminder for ``holding`` is due (ISO time), or None (reminders off, time unknown)."""
-    since = model.parse_time(holding.since) if holding else None
-    if settings.remind_after is None or since is None:
+def next_due(settings, since, now=None):
+    """When the next reminder for a claim taken at ``since`` is due (ISO time), or None (reminders off,
+    time unknown)."""
+    start = model.parse_time(since)
+    if settings.remind_after is None or start is None:
         return None
-    latest = period(settings, holding, now or model.utcnow())
+    latest = period(settings, since, now or model.utcnow())
     offset = settings.remind_after + (0 if latest is None else (latest + 1) * settings.remind_every)
-    return model.isoformat(since + datetime.timedelta(seconds=offset))
+    return model.isoformat(start + datetime.timedelta(seconds=offset))
 
 
 def text(holding, now=None):
@@ -69,9 +71,9 @@ def remind(settings, store, now=None):
 
 
 def _remind(settings, holding, target, now):
-    due = period(settings, holding, now)
+    due = period(settings, holding.since, now)
     ret = {"reminded": False, "held": True, "holder": holding.holder, "claim": holding.claim,
-           "next_due": next_due(settings, holding, now)}
+           "next_due": next_due(settings, holding.since, now)}
     if due is None or _last(target, holding.claim) >= due:
         when = model.parse_time(ret["next_due"]).strftime("at %Y-%m-%d %H:%M:%S UTC") if ret["next_due"] else "never"
         return dict(ret, message=f"No reminder is due for {holding.holder}'s claim; the next one is due {when}.")

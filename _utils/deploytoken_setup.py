@@ -59,11 +59,12 @@ def _unknown(sentence):
     return {"busy": True, "answered": False, "reasons": [sentence]}
 
 
-def run(paths, targets, reason, consent, update, check_busy, acquire, progress):
+def run(paths, targets, reason, consent, update, check_busy, acquire, progress, notify=None):
     """Update ``paths``; check ``targets`` unless None; take the token. Returns one summary dict.
 
     ``update(paths)`` -> the ``deploytoken_repos.update_all`` result; ``check_busy(targets)`` ->
-    ``{minion: full return}``; ``acquire(reason)`` -> the token's acquire result.
+    ``{minion: full return}``; ``acquire(reason)`` -> the token's acquire result; ``notify(tag, data)``
+    hears ``deploytoken/setup_stopped`` when Kingfisher is busy and there is no consent.
     """
     targets = check_targets(targets)
     consent = check_consent(consent)
@@ -90,11 +91,16 @@ def run(paths, targets, reason, consent, update, check_busy, acquire, progress):
             progress(f"{minion}: " + ("busy: " + " ".join(found["reasons"]) if found["busy"] else "not busy."))
         if busy and not consent:
             reasons = " ".join(f"{minion}: {' '.join(found['reasons'])}" for minion, found in busy.items())
-            return _stop(
+            stopped = _stop(
                 summary,
                 f"Setup stopped: Kingfisher is busy. {reasons} Ask the owners, or the data support manager, "
                 f"and run again with {CONSENT_EXAMPLE}.",
             )
+            if notify:
+                whose = {minion: found["reasons"] for minion, found in busy.items()}
+                notify("deploytoken/setup_stopped",
+                       {"targets": targets, "reason": reason, "busy": whose, "message": stopped["message"]})
+            return stopped
         if busy:
             progress(f"Kingfisher is busy, going ahead with the consent of {consent}.")
 

@@ -4,6 +4,7 @@ real SQLite store, real files in a temporary cachedir."""
 import datetime
 import io
 import logging
+import subprocess
 
 import pytest
 import salt.crypt
@@ -14,6 +15,7 @@ import deploytoken_notify as notify
 import deploytoken_remind as remind
 import deploytoken_seal as seal
 import deploytoken_settings as settings
+import deploytoken_setup as setup
 import deploytoken_sqlite
 import deploytoken_token as token
 import deploytoken_waiting as waiting
@@ -195,6 +197,21 @@ ROW = {"claim": "3f9c0a1b2c3d4e5f", "holder": "Alice Smith", "login": "alice", "
 ])
 def test_one_sentence_per_event(tag, data, waiters, text):
     assert notify.message(tag, data, waiters, now=NOW) == text
+
+
+def test_setup_stopped_by_a_busy_kingfisher_fires_one_event_naming_whose_work(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    heard = []
+    busy = {"collect-1": {"ret": {"busy": True, "reasons": ["bob's tmux session crawl runs scrapy."]}}}
+    stopped = setup.run([str(tmp_path)], "collect*", "new spider", None, update=lambda paths: {"ok": True},
+                        check_busy=lambda targets: busy, acquire=lambda reason: pytest.fail("the token was taken"),
+                        progress=lambda message: None, notify=lambda tag, data: heard.append((tag, data)))
+    assert stopped["retcode"] == 1
+    ((tag, data),) = heard
+    assert tag == "deploytoken/setup_stopped"
+    assert data["busy"] == {"collect-1": ["bob's tmux session crawl runs scrapy."]}
+    assert notify.message(tag, dict(data, person="Carol Díaz")) == "Carol Díaz: " + stopped["message"]
+    assert stopped["message"].startswith("Setup stopped: Kingfisher is busy. collect-1: bob's tmux session crawl")
 
 
 def test_an_event_we_do_not_know_has_no_message():
