@@ -2,6 +2,7 @@
 schedule of the README, the real salt-run CLI, and the loopback webhook receiving the real posts.
 Without a master (salt-ssh teams): ``salt-run -c`` and a cron-like loop of ``deploytoken.remind``."""
 
+import concurrent.futures
 import json
 import os
 import pathlib
@@ -110,6 +111,33 @@ def test_the_reactor_posts_acquire_release_and_force_naming_the_people_waiting(s
     assert texts[3].endswith(', because: "Bob is away" ("new spider"). The deploy token is free.')
     time.sleep(2)
     assert len(chat(webhook, 5, timeout=0)) == 4  # one message per event
+
+
+def test_someone_waiting_with_acquire_wait_is_named_when_the_token_is_released(salt_run, webhook, chat_master):
+    as_user(salt_run, "alice", "deploytoken.acquire", "reason=upgrade postgres")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(as_user, chat_master.salt_run_cli(timeout=120), "carol", "deploytoken.acquire",
+                              "reason=my turn", "wait=True", "timeout=60", "interval=0.5")
+        deadline = time.monotonic() + 30
+        while "Carol Díaz" not in waiting_file(chat_master) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "Carol Díaz" in waiting_file(chat_master)
+        as_user(salt_run, "alice", "deploytoken.release", "note=done")
+        taken = waiting.result(timeout=90)
+    assert taken["holder"] == "Carol Díaz" and taken["changed"]
+    texts = chat(webhook, 3)
+    assert texts[1].endswith('note: "done". The deploy token is free. Waiting for it: Carol Díaz.'), texts
+    assert texts[2].startswith("The deploy token is held by Carol Díaz (carol)")
+    assert "Carol Díaz" not in waiting_file(chat_master)
+
+
+def waiting_file(master):
+    """The names on the master's list of people waiting."""
+    try:
+        entries = json.loads((pathlib.Path(master.config["cachedir"]) / "deploytoken" / "waiting.json").read_text())
+    except FileNotFoundError:
+        return []
+    return [entry["name"] for entry in entries]
 
 
 def test_the_schedule_reminds_once_per_period(salt_run, webhook):
