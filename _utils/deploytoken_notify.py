@@ -19,6 +19,7 @@ A post never raises: a failure comes back as a sentence, after a bounded number 
 import dataclasses
 import logging
 import os
+import stat
 import time
 import urllib.parse
 
@@ -105,15 +106,19 @@ def _url(webhook):
         return webhook.url
     try:
         with open(webhook.url_file, encoding="utf-8") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if mode & 0o044:
+                raise WebhookError(f"the webhook URL file {webhook.url_file} can be read by other users (mode "
+                                   f"{stat.S_IMODE(mode):04o}): anyone who reads it can post as us; chmod 600 it")
             url = handle.read(MAX_URL_LENGTH + 2).strip()
     except OSError as exc:
-        raise WebhookError(f"The webhook URL file {webhook.url_file} cannot be read ({exc.strerror}).") from None
+        raise WebhookError(f"the webhook URL file {webhook.url_file} cannot be read ({exc.strerror})") from None
     except UnicodeDecodeError:
-        raise WebhookError(f"The webhook URL file {webhook.url_file} is not text.") from None
+        raise WebhookError(f"the webhook URL file {webhook.url_file} is not text") from None
     try:
         return _check_url(url)
     except WebhookError as exc:
-        raise WebhookError(f"The webhook URL in {webhook.url_file} {exc}") from None
+        raise WebhookError(f"the webhook URL in {webhook.url_file} {str(exc).rstrip('.')}") from None
 
 
 # ---- posting ----------------------------------------------------------------------------------
@@ -150,26 +155,30 @@ def post(webhook, text, sleep=time.sleep):
     for attempt in range(1, attempts + 1):
         pause = min(MAX_BACKOFF, BACKOFF * 2 ** (attempt - 1))
         try:
-            answer = requests.post(url, json=body, timeout=webhook.timeout, allow_redirects=False)
+            # stream: the answer's body is never read, however long the server makes it.
+            with requests.post(url, json=body, timeout=webhook.timeout, allow_redirects=False, stream=True) as answer:
+                status, retry_after = answer.status_code, answer.headers.get("Retry-After")
         except requests.RequestException as exc:
             # The exception's text carries the URL: name only what kind of failure it was.
             problem = f"{webhook.where} could not be reached ({type(exc).__name__})"
         else:
-            if answer.status_code < 300:
+            if status < 300:
                 return {"posted": True, "attempts": attempt, "message": f"Posted to {webhook.where}."}
-            problem = f"{webhook.where} answered HTTP {answer.status_code}"
-            if answer.status_code != 429 and answer.status_code < 500:
+            problem = f"{webhook.where} answered HTTP {status}"
+            if status != 429 and status < 500:
                 return _dropped(webhook, problem, attempt)
-            pause = _retry_after(answer, pause)
+            pause = _retry_after(retry_after, pause)
         if attempt < attempts:
             log.info("deploytoken: %s; trying again in %s s (attempt %d of %d).", problem, pause, attempt + 1, attempts)
             sleep(pause)
     return _dropped(webhook, problem, attempts)
 
 
-def _retry_after(answer, default):
+def _retry_after(header, default):
+    if header is None:
+        return default
     try:
-        return min(MAX_BACKOFF, max(0.0, float(answer.headers.get("Retry-After", default))))
+        return min(MAX_BACKOFF, max(0.0, float(header)))
     except ValueError:  # an HTTP date: keep our own pause
         return default
 

@@ -56,6 +56,7 @@ def main():
         root = pathlib.Path(folder)
         salt.crypt.write_keys(folder, "master", 2048)
         (root / "webhook").write_text(hook.url)
+        (root / "webhook").chmod(0o600)
         store = deploytoken_sqlite.SqliteStore(str(root / "token.sqlite"))
         event = {"holder": "Alice Smith", "login": "alice", "claim": "3f9c0a1b2c3d4e5f", "reason": "benchmark"}
 

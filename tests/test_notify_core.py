@@ -4,6 +4,7 @@ real SQLite store, real files in a temporary cachedir."""
 import datetime
 import io
 import logging
+import pathlib
 import subprocess
 
 import pytest
@@ -42,6 +43,7 @@ def webhook(hook):
 def url_file(tmp_path, webhook):
     path = tmp_path / "webhook"
     path.write_text(webhook.url + "\n")
+    path.chmod(0o600)
     return str(path)
 
 
@@ -157,14 +159,25 @@ def test_a_webhook_that_is_down_costs_bounded_attempts_and_names_no_url(tmp_path
     assert "T0SECRET" not in repr(hook)
 
 
+def test_a_url_file_others_can_read_is_not_used(webhook, url_file):
+    pathlib.Path(url_file).chmod(0o644)
+    refused = notify.post(notify.Webhook(kind="slack", url_file=url_file), "hello")
+    assert refused["posted"] is False and webhook.posts == []
+    assert refused["message"] == (f"The chat message was not posted: the webhook URL file {url_file} can be read by "
+                                  "other users (mode 0644): anyone who reads it can post as us; chmod 600 it; it "
+                                  "was dropped.")
+
+
 def test_a_url_file_that_cannot_be_read_or_holds_no_url_is_one_sentence(tmp_path):
     missing = notify.post(notify.Webhook(kind="slack", url_file=str(tmp_path / "none")), "hello")
-    assert missing["message"].startswith(f"The chat message was not posted: The webhook URL file {tmp_path}/none "
-                                         "cannot be read (No such file or directory)")
+    assert missing["message"] == (f"The chat message was not posted: the webhook URL file {tmp_path}/none cannot "
+                                  "be read (No such file or directory); it was dropped.")
     clear = tmp_path / "clear"
     clear.write_text("http://hooks.example.org/T0SECRET\n")
+    clear.chmod(0o600)
     refused = notify.post(notify.Webhook(kind="slack", url_file=str(clear)), "hello")
-    assert "must be an https:// URL" in refused["message"] and "SECRET" not in refused["message"]
+    assert refused["message"] == (f"The chat message was not posted: the webhook URL in {clear} must be an https:// "
+                                  "URL (http:// only to 127.0.0.1); it was dropped.")
 
 
 # ---- messages ---------------------------------------------------------------------------------
