@@ -15,14 +15,17 @@ Configuration (master config, all optional):
       people: {alice: "Alice Smith"}
 """
 
+import inspect
 import logging
-import os
+import re
+import sys
 from typing import TYPE_CHECKING
 
 import salt.client
+import salt.client.ssh.client
 import salt.utils.event
 import salt.utils.minions
-from salt.exceptions import SaltException, SaltInvocationError
+from salt.exceptions import SaltException
 
 if TYPE_CHECKING:
     __opts__: dict
@@ -35,6 +38,9 @@ log = logging.getLogger(__name__)
 __virtualname__ = "deploytoken"
 
 BAD_INPUT = 2
+# How Salt's command line spells a keyword argument; a value with a line break fails to match and
+# arrives as a positional argument instead.
+KEYWORD_LOOK = re.compile(r"[^\d\W][\w.-]*=")
 
 
 def __virtual__():
@@ -43,6 +49,52 @@ def __virtual__():
     return __virtualname__
 
 
+def _strict(func):
+    """Refuse arguments ``func`` does not take, with exit status 2.
+
+    Salt hands a runner every keyword it was given and, when the call fails, prints "Passed invalid
+    arguments" with exit status 0, so ``acquire resaon=x && deploy`` would deploy without the token.
+    The function Salt sees therefore takes anything (Salt inspects ``__wrapped__``, so it is not set),
+    and the arguments are bound here against ``func``'s own signature.
+    """
+    signature = inspect.signature(func)
+    valid = list(signature.parameters)
+
+    def checked(*args, **kwargs):
+        kwargs = {key: value for key, value in kwargs.items() if not key.startswith("__pub_")}  # Salt's own
+        problem = _argument_problem(func.__name__, valid, args, kwargs)
+        if problem is None:
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as exc:  # e.g. an argument given both by position and by name
+                problem = f"deploytoken.{func.__name__}: {exc}."
+        if problem is not None:
+            return {"error": problem, "retcode": BAD_INPUT}
+        return func(*args, **kwargs)
+
+    checked.__name__, checked.__qualname__, checked.__doc__ = func.__name__, func.__qualname__, func.__doc__
+    return checked
+
+
+def _argument_problem(function, valid, args, kwargs):
+    """One sentence about an unknown or extra argument, or None."""
+    takes = f"it takes {', '.join(valid)}" if valid else "it takes no arguments"
+    unknown = [key for key in kwargs if key not in valid]
+    if unknown:
+        return f"deploytoken.{function} has no argument {', '.join(unknown)}: {takes}."
+    for arg in args:
+        if isinstance(arg, str) and KEYWORD_LOOK.match(arg):
+            return (
+                f"deploytoken.{function} got {arg!r}, which is name=value with a line break in the value: "
+                "values must be single lines."
+            )
+    if len(args) > len(valid):
+        extra = ", ".join(repr(arg) for arg in args[len(valid):])
+        return f"deploytoken.{function} got more arguments than it takes ({extra}): {takes}, as name=value."
+    return None
+
+
+@_strict
 def status():
     """
     Who holds the deploy token, since when, why, under which claim, and the commands to release it;
@@ -57,7 +109,8 @@ def status():
     """
 
     def show(config, store):
-        ret = __utils__["deploytoken_token.status"](store)
+        ret = dict(__utils__["deploytoken_token.status"](store), **__utils__["deploytoken_override.status"](
+            __opts__["cachedir"]))
         if ret["held"]:
             ret["next_reminder"] = __utils__["deploytoken_remind.next_due"](config, ret["since"])
         return ret
@@ -70,6 +123,7 @@ def status():
     return ret
 
 
+@_strict
 def acquire(reason="", wait=False, timeout=600, interval=10, name=None):
     """
     Take the deploy token. Refused (exit status 1) while someone else holds it; taking it again
@@ -104,7 +158,7 @@ def acquire(reason="", wait=False, timeout=600, interval=10, name=None):
             config.people,
             reason=reason,
             name=name,
-            wait=_flag(wait, "wait"),
+            wait=wait,
             timeout=timeout,
             interval=interval,
             progress=_waiter(config, name, timeout),
@@ -114,6 +168,7 @@ def acquire(reason="", wait=False, timeout=600, interval=10, name=None):
     )
 
 
+@_strict
 def release(note="", name=None, force=False, reason="", claim=None):
     """
     Give the deploy token back and add a row to the deploy history (one transaction).
@@ -147,15 +202,16 @@ def release(note="", name=None, force=False, reason="", claim=None):
             config.people,
             note=note,
             name=name,
-            force=_flag(force, "force"),
+            force=force,
             reason=reason,
-            claim=None if claim is None else str(claim),
+            claim=claim,
             notify=_fire,
         ),
         changes=True,
     )
 
 
+@_strict
 def history(limit=10):
     """
     The latest rows of the deploy history, newest first.
@@ -172,6 +228,7 @@ def history(limit=10):
     return _run(lambda config, store: __utils__["deploytoken_token.history"](store, limit))
 
 
+@_strict
 def update_repos(repos=None):
     """
     Bring each deploy repository to its default branch and pull it with rebase. Nothing is stashed
@@ -191,7 +248,8 @@ def update_repos(repos=None):
         salt-run deploytoken.update_repos repos='["/srv/deploy", "/srv/deploy/pillar/private"]'
     """
     try:
-        result = __utils__["deploytoken_repos.update_all"](_repo_paths(repos), progress=_progress)
+        paths = _repo_paths(__utils__["deploytoken_settings.from_opts"](__opts__), repos)
+        result = __utils__["deploytoken_repos.update_all"](paths, progress=_progress)
     except SaltException as exc:
         return {"error": str(exc), "retcode": BAD_INPUT}
     if not result["ok"]:
@@ -199,8 +257,9 @@ def update_repos(repos=None):
     return result
 
 
+@_strict
 def setup(targets=None, reason="", wait=False, consent=None, repos=None, tgt_type="glob", busy_args=None,
-          timeout=600, interval=10, name=None):
+          timeout=600, interval=10, name=None, ssh=None):
     """
     The Setup of the deploy procedure in one command: update the deploy repositories (stops on any
     problem), ask ``targets`` whether Kingfisher is busy (stops when any is busy or does not answer,
@@ -235,54 +294,43 @@ def setup(targets=None, reason="", wait=False, consent=None, repos=None, tgt_typ
     name
         Write this name in the token instead of yours, as for ``deploytoken.acquire``.
 
+    ssh
+        ``True`` to ask ``targets`` from the salt-ssh roster (through Salt's SSH client) instead of a
+        master's minions; default ``deploytoken:ssh`` (False).
+
     CLI Example:
 
     .. code-block:: bash
 
         salt-run deploytoken.setup reason="upgrade postgres"
+        salt-run deploytoken.setup targets='kingfisher*' ssh=True reason="upgrade postgres"
         salt-run deploytoken.setup targets='collect*' reason="upgrade postgres"
         salt-run deploytoken.setup targets='collect*' reason="new spider" consent="Dana Lee: crawl restarts fine"
     """
-
-    def action(config, store):
-        waiting = _flag(wait, "wait")
-        if busy_args is not None and not isinstance(busy_args, dict):
-            raise SaltInvocationError(f"busy_args must be a mapping of kingfisher.busy arguments, got {busy_args!r}.")
-        __utils__["deploytoken_model.check_seconds"](timeout, "timeout")
-        __utils__["deploytoken_model.check_seconds"](interval, "interval", minimum=0.1)
-        people = config.people
-        caller = _caller()
-        shown = __utils__["deploytoken_token.who"](caller, name, people)[1]
-        # The steps run inside deploytoken_setup.run, where this module's __utils__ and __opts__ are not
-        # reachable: bind everything they need now.
-        update_all = __utils__["deploytoken_repos.update_all"]
-        acquire_token = __utils__["deploytoken_token.acquire"]
-        conf_file, gather_timeout = __opts__["conf_file"], __opts__.get("timeout", 5)
-
-        def check_busy(found):
-            client = salt.client.LocalClient(conf_file)
-            # LocalClient prints to stdout when nothing matches, which would spoil --out=json.
-            if not salt.utils.minions.CkMinions(client.opts).check_minions(found, tgt_type)["minions"]:
-                return {}
-            return client.cmd(found, "kingfisher.busy", kwarg=dict(busy_args or {}), tgt_type=tgt_type,
-                              full_return=True, timeout=gather_timeout)
-
-        def take(recorded):
-            return acquire_token(
-                store, caller, people, reason=recorded, name=name, wait=waiting, timeout=timeout,
-                interval=interval, progress=_progress, notify=_fire,
-            )
-
-        return __utils__["deploytoken_setup.run"](
-            _repo_paths(repos), targets, reason, consent,
-            update=lambda paths: update_all(paths, progress=_progress),
-            check_busy=check_busy, acquire=take, progress=_progress,
-            notify=lambda tag, data: _fire(tag, dict(data, person=shown)),
-        )
-
-    return _run(action, changes=True)
+    return _run(
+        lambda config, store: __utils__["deploytoken_setup.run"](
+            store,
+            _caller(),
+            config.people,
+            _repo_paths(config, repos),
+            targets,
+            tgt_type,
+            reason,
+            consent,
+            busy_args,
+            check_busy=_ssh_busy if _ssh(config, ssh) else _kingfisher_busy,
+            progress=_progress,
+            notify=_fire,
+            name=name,
+            wait=wait,
+            timeout=timeout,
+            interval=interval,
+        ),
+        changes=True,
+    )
 
 
+@_strict
 def cleanup(note="", name=None):
     """
     The Cleanup of the deploy procedure: give the deploy token back with a note for the history
@@ -303,10 +351,69 @@ def cleanup(note="", name=None):
     return release(note=note, name=name)
 
 
-def _repo_paths(repos):
-    return __utils__["deploytoken_repos.default_paths"](__opts__) if repos is None else repos
+def _repo_paths(config, repos):
+    return __utils__["deploytoken_repos.default_paths"](config, __opts__) if repos is None else repos
 
 
+def _kingfisher_busy(targets, tgt_type, busy_args):
+    """``kingfisher.busy`` on the matching minions: ``{minion: full return}``, empty if none match."""
+    client = salt.client.LocalClient(__opts__["conf_file"])
+    # LocalClient prints to stdout when nothing matches, which would spoil --out=json.
+    if not salt.utils.minions.CkMinions(client.opts).check_minions(targets, tgt_type)["minions"]:
+        return {}
+    return client.cmd(targets, "kingfisher.busy", kwarg=dict(busy_args), tgt_type=tgt_type, full_return=True,
+                      timeout=__opts__.get("timeout", 5))
+
+
+def _ssh(config, ssh):
+    return config.ssh if ssh is None else __utils__["deploytoken_model.check_flag"](ssh, "ssh")
+
+
+def _ssh_busy(targets, tgt_type, busy_args):
+    """``kingfisher.busy`` on the matching roster targets through salt-ssh, in ``_kingfisher_busy``'s shape."""
+    client = salt.client.ssh.client.SSHClient(mopts=__opts__)
+    returns = client.cmd(targets, "kingfisher.busy", kwarg=dict(busy_args), tgt_type=tgt_type)
+    return {target: {"ret": answer.get("return")} if isinstance(answer, dict) else answer
+            for target, answer in returns.items()}
+
+
+@_strict
+def override(reason="", targets=None, minutes=60, cancel=False):
+    """
+    Let ``deploytoken.held`` pass on ``targets`` for ``minutes`` whoever holds the token, loudly: every
+    guarded run there says ``OVERRIDE:``, the event ``deploytoken/override`` is fired, and the token
+    store's history gets a row (who, why, which targets, until when). When the store cannot be reached
+    the override still works and its row is kept on the master until ``deploytoken.flush``.
+
+    reason
+        Why, and who agreed; required.
+
+    targets
+        Minion ids or globs, separated by commas; default every minion.
+
+    minutes
+        How long the override lasts (default 60, at most 1440).
+
+    cancel
+        ``True`` to end every active override now (recorded in the history too).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploytoken.override reason="database down, agreed with Alice" targets='kingfisher*'
+        salt-run deploytoken.override cancel=True
+    """
+    return _run(
+        lambda config, store: __utils__["deploytoken_override.run"](
+            store, __opts__["cachedir"], _caller(), config.people, reason=reason, targets=targets,
+            minutes=minutes, cancel_all=cancel, notify=_fire,
+        ),
+        changes=True,
+    )
+
+
+@_strict
 def flush():
     """
     Write to the history the rows still spooled on the master (the Google backend keeps a row
@@ -319,7 +426,10 @@ def flush():
 
         salt-run deploytoken.flush
     """
-    return _run(lambda config, store: __utils__["deploytoken_token.flush"](store))
+    return _run(lambda config, store: __utils__["deploytoken_token.flush"](
+        store, __utils__["deploytoken_override.deliver"](
+            __utils__["deploytoken_override.path_of"](__opts__["cachedir"]), store.append_history)
+    ))
 
 
 # ---- Salt plumbing ----------------------------------------------------------------------------
@@ -346,32 +456,30 @@ def _caller():
     return __utils__["deploytoken_model.login_of"](__user__)
 
 
-def _flag(value, what):
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("true", "yes", "1"):
-        return True
-    if str(value).lower() in ("false", "no", "0", "none", ""):
-        return False
-    raise SaltInvocationError(f"{what} must be True or False, got {value!r}.")
-
-
 def _progress(message):
+    """Tell the person what is happening. The runner's event stream always gets it; salt-run's own
+    output only with its default outputter, so that ``--out=json`` prints one document (the result),
+    and the person still sees the progress on stderr."""
     log.info("deploytoken: %s", message)
     try:
-        __jid_event__.fire_event({"message": message}, "progress")
+        jid_event = __jid_event__
     except NameError:  # called outside a runner job (e.g. from another module)
-        pass
+        return
+    if not __opts__.get("output"):
+        jid_event.fire_event({"message": message}, "progress")
+        return
+    jid_event.event.fire_event({"message": message}, salt.utils.event.tagify("progress", base=jid_event.base))
+    print(message, file=sys.stderr)
 
 
 def _fire(tag, data):
     # Sealed with the master's key: a minion may put any deploytoken/* event on the bus, and the chat
     # (see announce) must tell the runner's from those. _fire is called from inside the _utils code,
     # where __utils__ cannot be reached; Salt puts the synced _utils folder on sys.path.
+    import deploytoken_pillar
     import deploytoken_seal
 
-    master_key = os.path.join(__opts__["pki_dir"], "master.pem")
-    data = deploytoken_seal.seal(data, master_key if os.path.isfile(master_key) else None)
+    data = deploytoken_seal.seal(data, deploytoken_pillar.master_key(__opts__))
     with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as event:
         event.fire_event(data, tag)
 
@@ -379,6 +487,7 @@ def _fire(tag, data):
 # ---- chat notifications and reminders ---------------------------------------------------------
 
 
+@_strict
 def remind():
     """
     Post the reminder that is due for a token held longer than ``deploytoken: remind_after``, once per
@@ -394,6 +503,7 @@ def remind():
     return _run(lambda config, store: __utils__["deploytoken_remind.remind"](config, store))
 
 
+@_strict
 def notify_me(name=None):
     """
     Be named in the chat message when the deploy token is released (as with ``acquire wait=True``).
@@ -410,6 +520,7 @@ def notify_me(name=None):
     return _run(lambda config, store: __utils__["deploytoken_waiting.ask"](store, config, _caller(), name))
 
 
+@_strict
 def announce(tag, data=None):
     """
     Post a ``deploytoken/*`` event to the chat of ``deploytoken: notify:``; the reactor calls this.
@@ -435,8 +546,8 @@ def announce(tag, data=None):
     """
     try:
         config = __utils__["deploytoken_settings.from_opts"](__opts__)
-        master_public_key = os.path.join(__opts__["pki_dir"], "master.pub")
-        return __utils__["deploytoken_events.announce"](config, tag, data, master_public_key)
+        return __utils__["deploytoken_events.announce"](config, tag, data, __utils__["deploytoken_pillar.master_key"](
+            __opts__))
     except SaltException as exc:
         return {"posted": False, "message": str(exc)}
 

@@ -4,6 +4,7 @@ What the master does with a ``deploytoken/*`` event from its bus (the reactor ca
 """
 
 import logging
+import os
 
 import deploytoken_model as model
 import deploytoken_notify as notify
@@ -16,19 +17,22 @@ log = logging.getLogger(__name__)
 EVENT_STAMP = "_stamp"
 
 
-def announce(settings, tag, data, master_public_key):
+def announce(settings, tag, data, master_key):
     """Post the message for one event from the master bus (the reactor calls this through the runner).
 
     Anyone whose minion may send events could fire ``deploytoken/released`` with any text, so only
-    events the runner sealed with the master's key are posted.
+    events the runner sealed with the master's key (``master_key``, the private key's path; the public
+    key lies beside it) are posted. Without a master key (salt-ssh) nothing can be checked or posted.
     """
+    if master_key is None:
+        return {"posted": False, "message": "There is no master key to check events with: nothing is posted."}
     fields = {key: value for key, value in (data if isinstance(data, dict) else {}).items() if key != EVENT_STAMP}
-    if not seal.intact(fields, master_public_key):
+    if not seal.intact(fields, os.path.splitext(master_key)[0] + ".pub"):
         sentence = f"The event {tag} was not sealed by this master's runner; it was not posted."
         log.warning("deploytoken: %s", sentence)
         return {"posted": False, "message": sentence}
     fields = {key: value for key, value in fields.items() if key not in seal.SEAL_KEYS}
-    event = tag.rpartition("/")[2]
+    event = tag.removeprefix("deploytoken/")
     waiters = ()
     try:
         if event == "acquired" and fields.get("login"):

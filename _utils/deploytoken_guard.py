@@ -12,6 +12,7 @@ import os
 
 import salt.payload
 
+import deploytoken_files as files
 import deploytoken_model as model
 import deploytoken_seal as seal
 import deploytoken_sshkey as sshkey
@@ -76,22 +77,9 @@ def remembered_store(path):
 
 
 def remember_store(path, store, who, now=None):
-    """Note that this server now obeys ``store``; written atomically, readable by root only."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    record = dict(store, since=model.isoformat(now or model.utcnow()), by=who)
-    try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(record, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    """Note that this server now obeys ``store``, in a file only root can read."""
+    files.private_dir(os.path.dirname(path))
+    files.write_json(path, dict(store, since=model.isoformat(now or model.utcnow()), by=who))
 
 
 def person(login, people):

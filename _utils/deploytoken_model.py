@@ -11,6 +11,7 @@ import datetime
 import math
 import os
 import pwd
+import re
 import unicodedata
 
 from salt.exceptions import SaltException
@@ -18,6 +19,11 @@ from salt.exceptions import SaltException
 MAX_NAME_LENGTH = 80
 MAX_TEXT_LENGTH = 500
 NOBODY = "Nobody"
+MAX_TIMEOUT = 24 * 3600
+MAX_INTERVAL = 3600
+MAX_LIMIT = 10000
+# Claim ids: 16 hex digits, or ``hand-`` and 16 hex digits for a name typed in the Google Doc.
+CLAIM_SHAPE = re.compile(r"(hand-)?[0-9a-f]{16}")
 
 
 class DeploytokenError(SaltException):
@@ -34,6 +40,14 @@ class StoreError(DeploytokenError):
 
 class ClaimConflict(DeploytokenError):
     """A release or force named a claim that is not the current one."""
+
+
+def no_such_claim(claim):
+    """The sentence for a release that names a claim id that was never given out."""
+    return (
+        f"There is no claim {claim}: it is not the current claim and not in the deploy history; "
+        "see salt-run deploytoken.status. Nothing was changed."
+    )
 
 
 def claim_ended(claim, current):
@@ -187,11 +201,44 @@ def check_name(name, what="name"):
         raise InputError(
             f"The {what} is {len(stripped)} characters long; at most {MAX_NAME_LENGTH} are allowed."
         )
-    if stripped.casefold() == NOBODY.casefold():
+    if reads_as_nobody(stripped):
         raise InputError(
-            f"The {what} cannot be {stripped!r}: the token reads 'Held by: {NOBODY}' when it is free."
+            f"The {what} cannot be {stripped!r}: it reads as {NOBODY!r}, and the token reads "
+            f"'Held by: {NOBODY}' when it is free."
+        )
+    if _confusables().is_dangerous(stripped):
+        raise InputError(
+            f"The {what} {stripped!r} mixes scripts with letters that look alike (e.g. a Cyrillic 'о' among "
+            "Latin letters): write it in one script."
         )
     return stripped
+
+
+def reads_as_nobody(name):
+    """Whether a person would read ``name`` as "Nobody": after compatibility decomposition, without
+    accents, punctuation or spaces, each letter is that of "Nobody" or one of its Unicode TR39
+    confusables (``confusables.txt``, as packaged by confusable_homoglyphs), in either case."""
+    letters = [char for char in unicodedata.normalize("NFKD", name) if char.isalnum()]
+    if len(letters) != len(NOBODY):
+        return False
+    return all(_looks_like(char, wanted) for char, wanted in zip(letters, NOBODY))
+
+
+def _looks_like(char, wanted):
+    for case in {wanted.lower(), wanted.upper()}:
+        if char == case:
+            return True
+        if any(glyph["c"].strip("\u200e") == case for glyph in _confusables().confusables_data.get(char, ())):
+            return True
+    return False
+
+
+def _confusables():
+    # Imported when a name is checked (on the master), not when the guard or the Kingfisher checks load
+    # this module on a minion or a salt-ssh target, which need not have the package.
+    from confusable_homoglyphs import confusables
+
+    return confusables
 
 
 def check_text(text, what):
@@ -208,19 +255,53 @@ def check_text(text, what):
     return text
 
 
-def check_seconds(value, what, minimum=0):
-    """A non-negative number of seconds (Salt may hand us a string or a number)."""
+def check_seconds(value, what, minimum=0, maximum=None):
+    """A number of seconds in range (Salt may hand us a string or a number)."""
     number = _number(value)
-    if number is None or number < minimum:
-        raise InputError(f"The {what} must be a number of seconds, at least {minimum}; got {value!r}.")
+    if number is None or number < minimum or (maximum is not None and number > maximum):
+        raise InputError(f"The {what} must be a number of seconds, {_range(minimum, maximum)}; got {_shown(value)}.")
     return number
 
 
-def check_count(value, what, minimum=1):
+def check_count(value, what, minimum=1, maximum=None):
     number = _number(value)
-    if number is None or number != int(number) or number < minimum:
-        raise InputError(f"The {what} must be a whole number, at least {minimum}; got {value!r}.")
+    if number is None or number != int(number) or number < minimum or (maximum is not None and number > maximum):
+        raise InputError(f"The {what} must be a whole number, {_range(minimum, maximum)}; got {_shown(value)}.")
     return int(number)
+
+
+def _shown(value, most=40):
+    """``repr(value)``, cut short: a refusal should not echo a thousand digits."""
+    text = repr(value)
+    return text if len(text) <= most else text[:most] + "..."
+
+
+def _range(minimum, maximum):
+    return f"at least {minimum}" if maximum is None else f"at least {minimum} and at most {maximum}"
+
+
+def check_flag(value, what):
+    """``True``/``False`` as Salt's command line may spell them."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "yes", "1"):
+        return True
+    if str(value).lower() in ("false", "no", "0", "none", ""):
+        return False
+    raise InputError(f"{what} must be True or False, got {value!r}.")
+
+
+def check_claim(claim):
+    """``None`` or a claim id as the stores give them out."""
+    if claim is None:
+        return None
+    text = str(claim).strip()
+    if not CLAIM_SHAPE.fullmatch(text):
+        raise InputError(
+            f"The claim {text!r} is not a claim id: claims are 16 hex digits (or hand- and 16 hex digits), "
+            "as salt-run deploytoken.status shows them."
+        )
+    return text
 
 
 def _number(value):
@@ -228,7 +309,7 @@ def _number(value):
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         return None
     return number if math.isfinite(number) else None
 

@@ -195,7 +195,7 @@ def _dropped(webhook, problem, attempts):
 
 def message(tag, data, waiters=(), now=None):
     """The chat sentence for a ``deploytoken/*`` event, or None for an event we do not announce."""
-    event = tag.rpartition("/")[2]
+    event = tag.removeprefix("deploytoken/")
     if event == "acquired":
         holding = model.Holding(**{field: data.get(field) for field in ("holder", "login", "caller", "claim", "since")},
                                 reason=data.get("reason") or "")
@@ -215,11 +215,14 @@ def message(tag, data, waiters=(), now=None):
             text += f" Waiting for it: {', '.join(waiters)}."
         return text
     if event == "override":
-        who = data.get("by") or data.get("person") or data.get("login")
-        where = data.get("targets") or data.get("minion")
-        until = f" until {model.parse_time(data['until']).strftime('%H:%M UTC')}" if data.get("until") else ""
-        return f'OVERRIDE: {who} lets deployments on {where} pass the deploy token guard{until}, because: ' \
-               f'"{data.get("reason")}".'
+        until = model.parse_time(data.get("until"))
+        until = until.strftime("%Y-%m-%d %H:%M UTC") if until else "an unknown time"
+        return (f"OVERRIDE {data.get('id')} by {data.get('by')}: the deploy token guard lets every deployment "
+                f"through on {data.get('targets')} until {until}, because: \"{data.get('reason')}\".")
+    if event == "override/cancelled":
+        who = (data.get("cancelled") or {}).get("by") or data.get("by")
+        return (f"{who} cancelled OVERRIDE {data.get('id')} on {data.get('targets')}: the deploy token guard "
+                "checks the deploy token again.")
     if event == "setup_stopped":
         return f"{data.get('person')}: {data.get('message')}"
     return None

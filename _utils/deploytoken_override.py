@@ -16,6 +16,7 @@ import secrets
 
 import deploytoken_files as files
 import deploytoken_model as model
+import deploytoken_token as token
 
 MAX_MINUTES = 24 * 60
 
@@ -163,3 +164,57 @@ def _change(path, change):
 
 def _until(entry):
     return model.parse_time(entry.get("until")) or model.utcnow()
+
+
+def run(store, cachedir, caller, people, reason="", targets=None, minutes=60, cancel_all=False, notify=None):
+    """``salt-run deploytoken.override``: start an override (or end them with ``cancel_all``), write its
+    history row when the store can take it, tell ``notify(tag, data)``. Returns the runner's answer."""
+    cancel_all = model.check_flag(cancel_all, "cancel")
+    path = path_of(cachedir)
+    login, shown = token.who(caller, None, people)
+    if cancel_all:
+        ended = cancel(path, shown, caller)
+        pending = deliver(path, store.append_history)
+        if not ended:
+            return {"changed": False, "overrides": [], "message": "No override is active: nothing to cancel."}
+        for entry in ended:
+            if notify:
+                notify("deploytoken/override/cancelled", _public(entry))
+        message = f"Cancelled {len(ended)} override(s): the guard checks the deploy token again."
+        return {"changed": True, "overrides": [_public(entry) for entry in ended], "pending": pending,
+                "message": message + _kept(pending)}
+    reason, targets, minutes = check(reason, targets, minutes)
+    record = create(path, shown, login, caller, reason, targets, minutes)
+    pending = deliver(path, store.append_history)
+    if notify:
+        notify("deploytoken/override", _public(record))
+    until = model.parse_time(record["until"]).strftime("%Y-%m-%d %H:%M UTC")
+    message = (
+        f"OVERRIDE {record['id']}: the deploy token guard lets every deployment through on {targets} until "
+        f"{until}, because: {reason!r}. End it early with salt-run deploytoken.override cancel=True."
+    )
+    return dict(_public(record), changed=True, pending=pending, message=message + _kept(pending))
+
+
+def status(cachedir):
+    """What ``deploytoken.status`` adds: the active overrides, and history rows still kept on the master."""
+    path = path_of(cachedir)
+    entries = load(path)
+    now = model.utcnow()
+    return {
+        "overrides": [_public(entry) for entry in entries if _until(entry) > now and not entry.get("cancelled")],
+        "overrides_pending": sum(len(entry.get("pending") or []) for entry in entries),
+    }
+
+
+def _public(entry):
+    return {key: entry.get(key) for key in ("id", "by", "login", "reason", "targets", "since", "until", "cancelled")}
+
+
+def _kept(pending):
+    if not pending:
+        return " The history has its row."
+    return (
+        " The token store could not be reached, so the override's history row is kept on the master and written "
+        "by the next salt-run deploytoken.flush (or any override call)."
+    )

@@ -42,8 +42,7 @@ def pillar(opts, minion_id, incoming=None, now=None):
     if isinstance(legacy, dict) and legacy.get("override") and not isinstance(legacy["override"], dict):
         # The old pillar override: carried on, so that the guard refuses it by name.
         data["override"] = str(legacy["override"])
-    master_key = os.path.join(opts.get("pki_dir") or "", "master.pem")
-    return seal.seal(data, master_key if os.path.isfile(master_key) else None)
+    return seal.seal(data, master_key(opts))
 
 
 def stamp(data, settings, minion_id, ssh, now=None):
@@ -64,6 +63,15 @@ def stamp(data, settings, minion_id, ssh, now=None):
     if ssh:
         data["operator"] = {"login": model.login_of(salt.utils.user.get_specific_user()), "host": socket.getfqdn()}
     return data
+
+
+def master_key(opts):
+    """The master's private key file (Salt 3008 names it after the master id, ``master.pem`` before), or
+    None where there is none (salt-ssh on an operator's machine)."""
+    pki_dir = opts.get("pki_dir") or ""
+    names = [f"{str(opts.get('id') or '').removesuffix('_master')}.pem", "master.pem"]
+    found = [os.path.join(pki_dir, name) for name in names if name != ".pem"]
+    return next((path for path in found if os.path.isfile(path)), None)
 
 
 def forget(opts):

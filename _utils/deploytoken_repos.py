@@ -53,12 +53,11 @@ def check_paths(paths):
     return checked
 
 
-def default_paths(opts):
-    """``deploytoken: repos:`` from the master config, else the git checkouts among the master's
-    file_roots and pillar_roots."""
-    configured = (opts.get("deploytoken") or {}).get("repos")
-    if configured:
-        return configured
+def default_paths(settings, opts):
+    """``deploytoken: repos:`` (``settings.repos``), else the git checkouts among the master's
+    file_roots and pillar_roots (from Salt's ``opts``)."""
+    if settings.repos:
+        return settings.repos
     found = []
     for option in ("file_roots", "pillar_roots"):
         for roots in (opts.get(option) or {}).values():
@@ -77,8 +76,13 @@ def default_paths(opts):
 
 
 def update_all(paths, progress=None):
-    """Update each repository in turn; one repository's problem does not stop the others."""
-    paths = check_paths(paths)
+    """Check ``paths``, then update each repository in turn."""
+    return update_each(check_paths(paths), progress)
+
+
+def update_each(paths, progress=None):
+    """Update each repository of ``paths`` (as ``check_paths`` returns them) in turn; one repository's
+    problem does not stop the others."""
     reports = []
     for path in paths:
         if progress:
@@ -189,7 +193,7 @@ def _update(repo, path, report):
 def _default_branch(repo, path, url):
     try:
         ref = repo.git.symbolic_ref("--quiet", "refs/remotes/origin/HEAD")
-        return ref.removeprefix("refs/remotes/origin/")
+        return _branch_name(repo, path, url, ref.removeprefix("refs/remotes/origin/"))
     except git.GitCommandError:
         pass
     try:
@@ -198,10 +202,25 @@ def _default_branch(repo, path, url):
         raise RepoProblem(f"{path}: cannot reach the remote origin ({url}): {_git_said(exc)}. Nothing was changed.")
     for line in answer.splitlines():
         if line.startswith("ref: refs/heads/") and line.endswith("\tHEAD"):
-            return line[len("ref: refs/heads/"):-len("\tHEAD")]
+            return _branch_name(repo, path, url, line[len("ref: refs/heads/"):-len("\tHEAD")])
     raise RepoProblem(
         f"{path}: the remote origin ({url}) does not say which branch is its default. Nothing was changed."
     )
+
+
+def _branch_name(repo, path, url, name):
+    """The remote's default branch, if git accepts it as a branch name: the name comes from the remote
+    and is given to git checkout, where ``--orphan=x`` would be read as an option."""
+    try:
+        accepted = repo.git.check_ref_format("--branch", name)
+    except git.GitCommandError:
+        accepted = None
+    if accepted != name:  # --branch also expands @{-1}-style names: only a plain branch name is taken
+        raise RepoProblem(
+            f"{path}: the remote origin ({url}) names its default branch {name!r}, which is not a valid branch "
+            "name. Nothing was changed."
+        )
+    return name
 
 
 def _abort_rebase(repo):

@@ -95,7 +95,7 @@ def from_opts(opts):
             config.get("pillar_max_age", PILLAR_MAX_AGE), "deploytoken:pillar_max_age", minimum=1
         ),
         repos=_repos(config.get("repos")),
-        ssh=_flag(config.get("ssh", False), "deploytoken:ssh"),
+        ssh=model.check_flag(config.get("ssh", False), "deploytoken:ssh"),
         notify=deploytoken_notify.from_config(config.get("notify")),
         remind_after=remind_after,
         remind_every=duration(config.get("remind_every"), "deploytoken:remind_every") or remind_after,
@@ -150,16 +150,6 @@ def _repos(repos):
     if not isinstance(repos, list) or not all(isinstance(path, str) and os.path.isabs(path) for path in repos):
         raise model.InputError("deploytoken:repos must be a list of absolute paths of git checkouts.")
     return list(repos)
-
-
-def _flag(value, what):
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("true", "yes", "1"):
-        return True
-    if str(value).lower() in ("false", "no", "0", "none", ""):
-        return False
-    raise model.InputError(f"{what} must be True or False, got {value!r}.")
 
 
 def duration(value, what):

@@ -1,14 +1,22 @@
 """
 The team's Setup as one command: update the deploy repositories, check that Kingfisher is not busy,
-take the deploy token. Each step is a function handed in by the caller (the runner), so this module
+take the deploy token. Every argument is checked before the first step does anything. Asking the
+minions is the one step that needs Salt: the runner hands it in as ``check_busy``, so this module
 decides the order and when to stop, and knows nothing of Salt.
 """
 
 import deploytoken_consent as consents
 import deploytoken_model as model
 import deploytoken_repos as repos
+import deploytoken_token as token
 
 REFUSED = 1
+# Salt's target types (salt.utils.minions.CkMinions): an unknown one would match no minion, which
+# setup would only find out after updating the repositories.
+TARGET_TYPES = (
+    "glob", "pcre", "list", "grain", "grain_pcre", "pillar", "pillar_pcre", "pillar_exact", "compound",
+    "compound_pillar_exact", "nodegroup", "ipcidr", "range",
+)
 CONSENT_EXAMPLE = "consent='Dana Lee: the crawl can be restarted tomorrow'"
 
 
@@ -21,7 +29,22 @@ def check_targets(targets):
             f"targets is empty: give the Kingfisher minions to check, e.g. targets='collect*', or leave it out; "
             f"got {targets!r}."
         )
-    return targets.strip()
+    return model.check_text(targets, "targets")
+
+
+def check_tgt_type(tgt_type):
+    if tgt_type not in TARGET_TYPES:
+        raise model.InputError(f"tgt_type must be one of {', '.join(TARGET_TYPES)}; got {tgt_type!r}.")
+    return tgt_type
+
+
+def check_busy_args(busy_args):
+    """``None`` or a mapping of arguments for ``kingfisher.busy``."""
+    if busy_args is None:
+        return {}
+    if not isinstance(busy_args, dict):
+        raise model.InputError(f"busy_args must be a mapping of kingfisher.busy arguments, got {busy_args!r}.")
+    return busy_args
 
 
 def check_consent(consent):
@@ -59,21 +82,27 @@ def _unknown(sentence):
     return {"busy": True, "answered": False, "reasons": [sentence]}
 
 
-def run(paths, targets, reason, consent, update, check_busy, acquire, progress, notify=None):
+def run(store, caller, people, paths, targets, tgt_type, reason, consent, busy_args, check_busy, progress, notify,
+        **acquire_args):
     """Update ``paths``; check ``targets`` unless None; take the token. Returns one summary dict.
 
-    ``update(paths)`` -> the ``deploytoken_repos.update_all`` result; ``check_busy(targets)`` ->
-    ``{minion: full return}``; ``acquire(reason)`` -> the token's acquire result; ``notify(tag, data)``
-    hears ``deploytoken/setup_stopped`` when Kingfisher is busy and there is no consent.
+    ``check_busy(targets, tgt_type, busy_args)`` -> ``{minion: full return}`` of ``kingfisher.busy``;
+    ``acquire_args``: ``name``, ``wait``, ``timeout``, ``interval`` as for ``deploytoken_token.request``.
+    ``notify(tag, data)`` hears ``deploytoken/acquired`` once the token is taken, and
+    ``deploytoken/setup_stopped`` when Kingfisher is busy and there is no consent.
     """
     targets = check_targets(targets)
+    tgt_type = check_tgt_type(tgt_type)
     consent = check_consent(consent)
+    busy_args = check_busy_args(busy_args)
     reason = model.check_text(reason, "reason")
+    recorded = f"{reason} [consent: {consent}]".strip() if consent else reason
+    asked = token.request(caller, people, reason=recorded, **acquire_args)
     paths = repos.check_paths(paths)
     summary = {"repos": None, "kingfisher": None, "consent": consent, "token": None, "done": False}
 
     progress(f"Step 1 of 3: updating {len(paths)} repositories.")
-    summary["repos"] = update(paths)
+    summary["repos"] = repos.update_each(paths, progress)
     if not summary["repos"]["ok"]:
         problems = summary["repos"]["problems"]
         return _stop(summary, f"Setup stopped: {len(problems)} repository problem(s): " + " ".join(problems))
@@ -82,7 +111,7 @@ def run(paths, targets, reason, consent, update, check_busy, acquire, progress, 
         progress("Step 2 of 3: no targets given, Kingfisher is not checked.")
     else:
         progress(f"Step 2 of 3: asking {targets} whether Kingfisher is busy.")
-        returns = check_busy(targets)
+        returns = check_busy(targets, tgt_type, busy_args)
         if not returns:
             return _stop(summary, f"Setup stopped: no minion matches targets {targets!r}.")
         summary["kingfisher"] = verdicts(returns)
@@ -98,15 +127,14 @@ def run(paths, targets, reason, consent, update, check_busy, acquire, progress, 
             )
             if notify:
                 whose = {minion: found["reasons"] for minion, found in busy.items()}
-                notify("deploytoken/setup_stopped",
-                       {"targets": targets, "reason": reason, "busy": whose, "message": stopped["message"]})
+                notify("deploytoken/setup_stopped", {"person": asked.shown, "login": asked.login, "targets": targets,
+                                                     "reason": reason, "busy": whose, "message": stopped["message"]})
             return stopped
         if busy:
             progress(f"Kingfisher is busy, going ahead with the consent of {consent}.")
 
     progress("Step 3 of 3: taking the deploy token.")
-    recorded = f"{reason} [consent: {consent}]".strip() if consent else reason
-    summary["token"] = acquire(recorded)
+    summary["token"] = token.take(store, asked, progress=progress, notify=notify)
     if summary["token"].get("retcode"):
         return _stop(summary, "Setup stopped: " + summary["token"]["message"], summary["token"]["retcode"])
     summary["done"] = True

@@ -7,6 +7,7 @@ Functions return plain dicts. Refusals carry ``retcode`` 1; bad input and unread
 ``retcode`` 2 and one sentence.
 """
 
+import dataclasses
 import os
 import secrets
 import time
@@ -74,13 +75,14 @@ def status(store):
 
 
 def history(store, limit=10):
-    limit = model.check_count(limit, "limit")
+    limit = model.check_count(limit, "limit", maximum=model.MAX_LIMIT)
     return [row.to_dict() for row in store.history(limit)]
 
 
-def flush(store):
-    """Deliver the history rows a store still keeps locally (the Google store's spool)."""
-    pending = store.flush_spool() if hasattr(store, "flush_spool") else 0
+def flush(store, overrides=0):
+    """Deliver the history rows a store still keeps locally (the Google store's spool); ``overrides``
+    is how many override rows are still kept on the master."""
+    pending = (store.flush_spool() if hasattr(store, "flush_spool") else 0) + overrides
     if pending:
         return {
             "pending": pending,
@@ -94,29 +96,43 @@ def flush(store):
 # ---- acquire ----------------------------------------------------------------------------------
 
 
-def acquire(
-    store,
-    caller,
-    people,
-    reason="",
-    name=None,
-    wait=False,
-    timeout=600,
-    interval=10,
-    progress=None,
-    notify=None,
-    sleep=time.sleep,
-    clock=time.monotonic,
-):
-    """Take the token for ``caller`` (a login), or say who holds it.
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """An acquire's arguments, checked: who asks, the name to write, why, and how long to wait."""
 
-    With ``wait``, try again every ``interval`` seconds until ``timeout``, telling ``progress``.
-    ``notify(tag, data)`` is called once the token is taken.
-    """
+    caller: str
+    login: str | None
+    shown: str
+    reason: str
+    wait: bool
+    timeout: float
+    interval: float
+
+
+def request(caller, people, reason="", name=None, wait=False, timeout=600, interval=10):
+    """Check an acquire's arguments, so that a caller with several steps (setup) can refuse bad input
+    before its first step does anything."""
+    wait = model.check_flag(wait, "wait")
     reason = model.check_text(reason, "reason")
-    timeout = model.check_seconds(timeout, "timeout")
-    interval = model.check_seconds(interval, "interval", minimum=0.1)
+    timeout = model.check_seconds(timeout, "timeout", maximum=model.MAX_TIMEOUT)
+    interval = model.check_seconds(interval, "interval", minimum=0.1, maximum=model.MAX_INTERVAL)
     login, shown = who(caller, name, people)
+    return Request(caller, login, shown, reason, wait, timeout, interval)
+
+
+def acquire(store, caller, people, reason="", name=None, wait=False, timeout=600, interval=10, **how):
+    """Take the token for ``caller`` (a login), or say who holds it; ``how`` as for ``take``."""
+    return take(store, request(caller, people, reason, name, wait, timeout, interval), **how)
+
+
+def take(store, asked, progress=None, notify=None, sleep=time.sleep, clock=time.monotonic):
+    """Take the token as ``asked`` (a ``Request``), or say who holds it.
+
+    With ``asked.wait``, try again every ``asked.interval`` seconds until ``asked.timeout``, telling
+    ``progress``. ``notify(tag, data)`` is called once the token is taken.
+    """
+    caller, login, shown, reason = asked.caller, asked.login, asked.shown, asked.reason
+    wait, timeout, interval = asked.wait, asked.timeout, asked.interval
     start = clock()
     while True:
         wanted = model.Holding(
@@ -194,9 +210,9 @@ def release(
 ):
     """Give the token back (or, with ``force``, end someone else's claim) and write the history row."""
     note = model.check_text(note, "note")
+    force = model.check_flag(force, "force")
     reason = model.check_text(reason, "reason")
-    if claim is not None:
-        claim = model.check_text(claim, "claim") or None
+    claim = model.check_claim(claim)
     if force and not reason:
         raise model.InputError(
             "A forced release needs a reason, e.g. force=True reason='Alice is on holiday, agreed in chat'."
@@ -204,7 +220,9 @@ def release(
     login, shown = who(caller, name, people)
     current = store.read()
     if claim is not None and (current is None or claim != current.claim):
-        return {"released": False, "changed": False, "message": model.claim_ended(claim, current), "retcode": REFUSED}
+        ended = any(row.claim == claim for row in store.history(model.MAX_LIMIT))
+        message = model.claim_ended(claim, current) if ended else model.no_such_claim(claim)
+        return {"released": False, "changed": False, "message": message, "retcode": REFUSED}
     if current is None:
         return {
             "released": False,

@@ -301,7 +301,8 @@ def test_loading_the_guard_loads_no_store_and_no_google_client():
     code = (
         "import sys; sys.path.insert(0, '_utils'); import deploytoken_guard; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('googleapiclient', 'google', 'deploytoken_token', "
-        "'deploytoken_sqlite', 'deploytoken_google', 'sqlite3', 'requests')]; print(bad); sys.exit(1 if bad else 0)"
+        "'deploytoken_sqlite', 'deploytoken_google', 'sqlite3', 'requests', "
+        "'confusable_homoglyphs')]; print(bad); sys.exit(1 if bad else 0)"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -2,9 +2,11 @@
 made for another minion is refused, through the real salt CLI against the real master and minion."""
 
 import json
+import pathlib
 import time
 
 import pytest
+import salt.crypt
 
 from conftest import PILLAR_MAX_AGE
 from guard_helpers import MINION
@@ -83,3 +85,40 @@ def test_a_replayed_snapshot_is_refused_once_older_than_the_bound(salt_cli, salt
         f"The deploy token data in this run's pillar was issued at {snapshot['issued']}, not within 30 s of now"
     )
     assert not marker.exists()
+
+
+def test_the_guard_follows_a_rotated_master_key(salt_factories, master_overrides, sls_dir, tmp_path):
+    """A master of its own (the shared one keeps its key): new master key, the minion re-authenticates,
+    and the holder still passes while others are still stopped."""
+    overrides = dict(master_overrides, deploytoken=dict(master_overrides["deploytoken"],
+                                                        sqlite={"path": str(tmp_path / "token.sqlite")}))
+    master = salt_factories.salt_master_daemon("dt-rotating", overrides=overrides)
+    minion = master.salt_minion_daemon("dt-rotated", overrides={
+        "deploytoken": {"store_memory": str(tmp_path / "memory.json")}})
+    marker = tmp_path / "deployed"
+    (sls_dir / "dtrotate.sls").write_text(GUARDED.format(marker=marker))
+    cli = master.salt_cli(timeout=120)
+    try:
+        with master.started(), minion.started():
+            assert master.salt_run_cli(timeout=120).run("saltutil.sync_all").returncode == 0
+            assert cli.run("saltutil.sync_all", minion_tgt="dt-rotated").returncode == 0
+            taken = master.salt_run_cli(timeout=120).run("deploytoken.acquire", env={"SUDO_USER": "alice"})
+            assert taken.returncode == 0, taken
+        pki = pathlib.Path(master.config["pki_dir"])
+        old = (pki / "master.pub").read_text()
+        # Salt 3008 keeps the master's key as <master id>.pem (master.pem links to it): rotate that one.
+        for name in ("dt-rotating.pem", "dt-rotating.pub"):
+            (pki / name).unlink()
+        salt.crypt.write_keys(str(pki), "dt-rotating", 2048)
+        # The minion trusts the new key only once its copy of the old one is gone, as after a real rotation.
+        (pathlib.Path(minion.config["pki_dir"]) / "minion_master.pub").unlink()
+        with master.started(), minion.started():
+            passed = cli.run("state.apply", "dtrotate", minion_tgt="dt-rotated", env={"SUDO_USER": "alice"})
+            assert passed.returncode == 0, guard_of(passed)["comment"]
+            assert marker.exists()
+            assert (pathlib.Path(minion.config["pki_dir"]) / "minion_master.pub").read_text() != old
+            blocked = cli.run("state.apply", "dtrotate", minion_tgt="dt-rotated", env={"SUDO_USER": "bob"})
+            assert blocked.returncode == 1
+            assert guard_of(blocked)["comment"].startswith("Deploy token is held by Alice Smith (alice) since ")
+    finally:
+        (sls_dir / "dtrotate.sls").unlink(missing_ok=True)

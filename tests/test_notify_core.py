@@ -5,7 +5,6 @@ import datetime
 import io
 import logging
 import pathlib
-import subprocess
 
 import pytest
 import salt.crypt
@@ -200,10 +199,14 @@ ROW = {"claim": "3f9c0a1b2c3d4e5f", "holder": "Alice Smith", "login": "alice", "
     ("deploytoken/forced", dict(ROW, note="", forced_by="Bob Jones (bob)", force_reason="Alice is away"), (),
      'Bob Jones (bob) forced the release of the deploy token held by Alice Smith for 38 min, because: "Alice is '
      'away" ("upgrade postgres"). The deploy token is free.'),
-    ("deploytoken/override", {"by": "Bob Jones", "targets": "collect*", "until": "2026-11-27T11:12:00Z",
-                              "reason": "database down"}, (),
-     'OVERRIDE: Bob Jones lets deployments on collect* pass the deploy token guard until 11:12 UTC, because: '
-     '"database down".'),
+    ("deploytoken/override", {"id": "override-1a2b", "by": "Bob Jones", "targets": "collect*",
+                              "until": "2026-11-27T11:12:00Z", "reason": "database down"}, (),
+     'OVERRIDE override-1a2b by Bob Jones: the deploy token guard lets every deployment through on collect* until '
+     '2026-11-27 11:12 UTC, because: "database down".'),
+    ("deploytoken/override/cancelled", {"id": "override-1a2b", "by": "Bob Jones", "targets": "collect*",
+                                        "cancelled": {"by": "Alice Smith", "at": "2026-11-27T10:30:00Z"}}, (),
+     "Alice Smith cancelled OVERRIDE override-1a2b on collect*: the deploy token guard checks the deploy token "
+     "again."),
     ("deploytoken/setup_stopped", {"person": "Carol Díaz", "message": "Setup stopped: Kingfisher is busy. "
                                    "collect-1: bob's tmux session runs scrapy."}, (),
      "Carol Díaz: Setup stopped: Kingfisher is busy. collect-1: bob's tmux session runs scrapy."),
@@ -212,18 +215,18 @@ def test_one_sentence_per_event(tag, data, waiters, text):
     assert notify.message(tag, data, waiters, now=NOW) == text
 
 
-def test_setup_stopped_by_a_busy_kingfisher_fires_one_event_naming_whose_work(tmp_path):
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+def test_setup_stopped_by_a_busy_kingfisher_fires_one_event_naming_whose_work(store, git_world):
+    clone = git_world.clone(git_world.origin())
     heard = []
     busy = {"collect-1": {"ret": {"busy": True, "reasons": ["bob's tmux session crawl runs scrapy."]}}}
-    stopped = setup.run([str(tmp_path)], "collect*", "new spider", None, update=lambda paths: {"ok": True},
-                        check_busy=lambda targets: busy, acquire=lambda reason: pytest.fail("the token was taken"),
-                        progress=lambda message: None, notify=lambda tag, data: heard.append((tag, data)))
-    assert stopped["retcode"] == 1
+    stopped = setup.run(store, "carol", PEOPLE, [clone.working_tree_dir], "collect*", "glob", "new spider", None, None,
+                        check_busy=lambda *asked: busy, progress=lambda message: None,
+                        notify=lambda tag, data: heard.append((tag, data)))
+    assert stopped["retcode"] == 1 and store.read() is None
     ((tag, data),) = heard
-    assert tag == "deploytoken/setup_stopped"
+    assert tag == "deploytoken/setup_stopped" and data["person"] == "Carol Díaz"
     assert data["busy"] == {"collect-1": ["bob's tmux session crawl runs scrapy."]}
-    assert notify.message(tag, dict(data, person="Carol Díaz")) == "Carol Díaz: " + stopped["message"]
+    assert notify.message(tag, data) == "Carol Díaz: " + stopped["message"]
     assert stopped["message"].startswith("Setup stopped: Kingfisher is busy. collect-1: bob's tmux session crawl")
 
 
@@ -237,8 +240,8 @@ def test_an_event_we_do_not_know_has_no_message():
 @pytest.fixture(scope="module")
 def master_keys(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pki")
-    salt.crypt.write_keys(str(folder), "master", 2048)
-    return str(folder / "master.pem"), str(folder / "master.pub")
+    salt.crypt.write_keys(str(folder), "dt-master", 2048)  # Salt 3008 names the key after the master id
+    return str(folder / "dt-master.pem"), str(folder / "dt-master.pub")
 
 
 def test_a_sealed_event_is_posted_and_names_the_people_waiting(tmp_path, webhook, url_file, master_keys):
@@ -246,19 +249,22 @@ def test_a_sealed_event_is_posted_and_names_the_people_waiting(tmp_path, webhook
     waiting.add(str(tmp_path), "bob", "Bob Jones")
     waiting.add(str(tmp_path), "carol", "Carol Díaz", seconds=-1)  # gave up waiting already
     data = dict(seal.seal(ROW, master_keys[0]), _stamp="2026-11-27T05:38:00.123456")
-    posted = events.announce(found, "deploytoken/released", data, master_keys[1])
+    posted = events.announce(found, "deploytoken/released", data, master_keys[0])
     assert posted["posted"], posted
     assert webhook.texts() == [posted["text"]] and posted["text"].endswith("Waiting for it: Bob Jones.")
     assert waiting.take(str(tmp_path)) == []
 
 
 def test_an_event_without_the_masters_seal_is_not_posted(tmp_path, webhook, url_file, master_keys):
+    """Also without a master key (salt-ssh): a digest alone anyone can compute."""
     found = config(tmp_path, notify={"kind": "slack", "url_file": url_file})
     forged = dict(seal.seal(ROW, master_keys[0]), note="everyone may deploy now")
     for data in (ROW, forged, dict(seal.seal(ROW), id="collect-1"), "junk"):
-        refused = events.announce(found, "deploytoken/released", data, master_keys[1])
+        refused = events.announce(found, "deploytoken/released", data, master_keys[0])
         assert refused == {"posted": False, "message": "The event deploytoken/released was not sealed by this "
                                                        "master's runner; it was not posted."}
+    keyless = events.announce(found, "deploytoken/released", seal.seal(ROW), None)
+    assert keyless == {"posted": False, "message": "There is no master key to check events with: nothing is posted."}
     assert webhook.posts == []
 
 
@@ -267,7 +273,7 @@ def test_taking_the_token_ends_the_takers_wait(tmp_path, master_keys):
     waiting.add(str(tmp_path), "bob", "Bob Jones")
     waiting.add(str(tmp_path), "carol", "Carol Díaz")
     taken = seal.seal({"holder": "Bob Jones", "login": "bob", "claim": "1", "since": SINCE}, master_keys[0])
-    said = events.announce(found, "deploytoken/acquired", taken, master_keys[1])
+    said = events.announce(found, "deploytoken/acquired", taken, master_keys[0])
     assert said["posted"] is False and said["message"] == "No deploytoken:notify block: the message was not posted."
     assert waiting.take(str(tmp_path)) == ["Carol Díaz"]
 

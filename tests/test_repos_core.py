@@ -7,6 +7,7 @@ import pytest
 
 import deploytoken_model as model
 import deploytoken_repos as repos
+import deploytoken_settings as settings
 
 
 def read(repo, name):
@@ -233,10 +234,33 @@ def test_default_paths_are_the_git_checkouts_among_the_roots(git_world):
     plain = git_world.path("plain")
     plain.mkdir()
     opts = {"file_roots": {"base": [checkout, str(plain)]}, "pillar_roots": {"base": [checkout]}}
-    assert repos.default_paths(opts) == [checkout]
-    assert repos.default_paths(dict(opts, deploytoken={"repos": ["/srv/x"]})) == ["/srv/x"]
+    assert repos.default_paths(settings.from_opts(opts), opts) == [checkout]
+    configured = dict(opts, deploytoken={"repos": ["/srv/x"]})
+    assert repos.default_paths(settings.from_opts(configured), configured) == ["/srv/x"]
+    only_plain = {"file_roots": {"base": [str(plain)]}}
     with pytest.raises(model.InputError, match="^No repositories to update: set deploytoken: repos:"):
-        repos.default_paths({"file_roots": {"base": [str(plain)]}})
+        repos.default_paths(settings.from_opts(only_plain), only_plain)
+
+
+@pytest.mark.parametrize("hostile", ["--orphan=x", "-b"])
+@pytest.mark.parametrize("origin_head", [True, False], ids=["origin-HEAD", "ls-remote"])
+def test_a_default_branch_that_reads_as_an_option_is_refused(git_world, hostile, origin_head):
+    origin = git_world.origin()
+    clone = git_world.clone(origin)
+    clone.remote("origin").push(f"main:refs/heads/{hostile}")
+    origin.git.symbolic_ref("HEAD", f"refs/heads/{hostile}")
+    if origin_head:
+        clone.git.remote("set-head", "origin", "--auto")
+        assert clone.git.symbolic_ref("refs/remotes/origin/HEAD") == f"refs/remotes/origin/{hostile}"
+    else:
+        clone.git.remote("set-head", "origin", "--delete")
+    branches = sorted(branch.name for branch in clone.branches)
+    report = repos.update(clone.working_tree_dir)
+    assert report["problem"] == (
+        f"{clone.working_tree_dir}: the remote origin ({origin.working_dir}) names its default branch {hostile!r}, "
+        "which is not a valid branch name. Nothing was changed."
+    )
+    assert sorted(branch.name for branch in clone.branches) == branches and clone.active_branch.name == "main"
 
 
 def test_untracked_file_in_the_way_of_the_pull_is_kept(git_world):

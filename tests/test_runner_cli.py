@@ -1,12 +1,15 @@
 """``salt-run deploytoken.*`` end to end: the real salt-run CLI against the shared real salt-master."""
 
 import concurrent.futures
+import json
 import threading
 import time
 
 import pytest
 
 pytestmark = [pytest.mark.daemons, pytest.mark.usefixtures("free_token")]
+
+TIMEOUT_RANGE = "The timeout must be a number of seconds, at least 0 and at most 86400; got "
 
 
 def as_user(salt_run, login, *args, **kwargs):
@@ -124,8 +127,13 @@ def test_concurrent_cli_acquires_have_one_winner(salt_master):
         (["name=Alice\tSmith"], "contains a control character or line break"),
         (["name=" + "x" * 81], "81 characters long; at most 80"),
         (["name=   "], "The name is empty"),
-        (["wait=True", "timeout=soon"], "The timeout must be a number of seconds, at least 0; got 'soon'"),
-        (["wait=True", "timeout=-5"], "The timeout must be a number of seconds, at least 0; got -5"),
+        (["name=N\u043ebody"], "it reads as 'Nobody'"),
+        (["name=Nobody."], "it reads as 'Nobody'"),
+        (["wait=True", "timeout=soon"], TIMEOUT_RANGE + "'soon'"),
+        (["wait=True", "timeout=-5"], TIMEOUT_RANGE + "-5"),
+        (["wait=True", "timeout=1e308"], TIMEOUT_RANGE + "'1e308'"),
+        (["wait=True", "interval=7200"], "The interval must be a number of seconds, at least 0.1 and at most 3600; "
+                                         "got 7200"),
         (["wait=maybe"], "wait must be True or False, got 'maybe'"),
     ],
 )
@@ -139,11 +147,60 @@ def test_bad_acquire_input_exits_2_and_changes_nothing(salt_run, store_path, arg
     assert store_path.read_bytes() == before
 
 
-@pytest.mark.parametrize("limit", ["ten", "-1"])
+@pytest.mark.parametrize("limit", ["ten", "-1", "1e300", "100000000000000000000000000000"])
 def test_bad_history_limit_exits_2(salt_run, limit):
     ret = salt_run.run("deploytoken.history", f"limit={limit}")
-    assert ret.returncode == 2
-    assert ret.data["error"].startswith("The limit must be a whole number, at least 1")
+    assert ret.returncode == 2, ret
+    assert ret.data["error"].startswith("The limit must be a whole number, at least 1 and at most 10000; got ")
+    assert "Traceback" not in ret.stdout + ret.stderr
+
+
+@pytest.mark.parametrize("args, sentence", [
+    (["deploytoken.acquire", "resaon=x"],
+     "deploytoken.acquire has no argument resaon: it takes reason, wait, timeout, interval, name."),
+    (["deploytoken.release", "nte=x"],
+     "deploytoken.release has no argument nte: it takes note, name, force, reason, claim."),
+    (["deploytoken.cleanup", "nte=x"], "deploytoken.cleanup has no argument nte: it takes note, name."),
+    (["deploytoken.status", "verbose=True"], "deploytoken.status has no argument verbose: it takes no arguments."),
+    (["deploytoken.history", "5", "6"],
+     "deploytoken.history got more arguments than it takes (6): it takes limit, as name=value."),
+    (["deploytoken.cleanup", "done", "Alice Smith", "extra"],
+     "deploytoken.cleanup got more arguments than it takes ('extra'): it takes note, name, as name=value."),
+    (["deploytoken.acquire", "reason=two\nlines"],
+     "deploytoken.acquire got 'reason=two\\nlines', which is name=value with a line break in the value: "
+     "values must be single lines."),
+])
+def test_a_mistyped_argument_exits_2_and_changes_nothing(salt_run, store_path, args, sentence):
+    as_user(salt_run, "alice", "deploytoken.acquire", "reason=keep")
+    before = store_path.read_bytes()
+    ret = as_user(salt_run, "alice", *args)
+    assert ret.returncode == 2, ret
+    assert ret.data == {"error": sentence, "retcode": 2}
+    assert store_path.read_bytes() == before
+
+
+def test_the_documentation_still_describes_each_function(salt_run):
+    ret = salt_run.run("-d", "deploytoken.acquire")
+    assert ret.returncode == 0
+    assert "Take the deploy token." in ret.stdout and "salt-run deploytoken.acquire reason=" in ret.stdout
+
+
+def test_json_output_is_one_document_while_waiting(salt_run):
+    as_user(salt_run, "alice", "deploytoken.acquire")
+    ret = as_user(salt_run, "bob", "--out=json", "deploytoken.acquire", "wait=True", "timeout=3", "interval=1")
+    assert ret.returncode == 1, ret
+    assert json.loads(ret.stdout)["message"].startswith("Gave up after waiting 3 s: the deploy token is still held")
+    assert "Waiting for the deploy token, held by Alice Smith" in ret.stderr
+
+
+def test_a_claim_that_never_existed_is_named_as_such(salt_run):
+    as_user(salt_run, "alice", "deploytoken.acquire")
+    never = as_user(salt_run, "bob", "deploytoken.release", "force=True", "claim=0123456789abcdef", "reason=x")
+    assert never.returncode == 1, never
+    assert never.data["message"].startswith("There is no claim 0123456789abcdef: it is not the current claim")
+    shapeless = as_user(salt_run, "bob", "deploytoken.release", "force=True", "claim=abc", "reason=x")
+    assert shapeless.returncode == 2, shapeless
+    assert shapeless.data["error"].startswith("The claim 'abc' is not a claim id")
 
 
 def test_unknown_backend_exits_2(salt_run_with):

@@ -1,23 +1,14 @@
 """deploytoken.held under salt-ssh: real operators run ``sudo salt-ssh`` with their own key and config
 against a real sshd; the guard on the target judges the operator, never the SSH account (root)."""
 
+import json
 import re
 
 import pytest
 
 from ssh_fixtures import guard_of
-
-GUARDED = """\
-deploy token held:
-  deploytoken.held:
-    - order: 1
-    - failhard: True
-
-the deployment:
-  file.managed:
-    - name: {marker}
-    - contents: deployed
-"""
+from test_guard_states import GUARDED
+from test_setup_cli import CONSENT, repos_arg
 
 
 def without_age(sentence):
@@ -122,30 +113,22 @@ def test_a_token_held_by_root_lets_nobody_else_through(ssh_world, team, token, g
         ssh_world.salt_run(ada, "deploytoken.release", "note=done", as_root=True)
 
 
-def test_a_key_listed_for_nobody_blocks(ssh_world, team, token, guarded, operators):
-    ada, cy = team["ada"], operators["cy"]
+@pytest.mark.parametrize("owner", ["cy", "ben"])
+def test_a_key_that_is_not_the_operators_blocks(ssh_world, team, token, guarded, operators, owner):
+    ada, other = team["ada"], operators[owner]
     sls, marker = guarded()
     token.take(ada)
-    with ssh_world.logging_in_with(ada, cy.key):
+    with ssh_world.logging_in_with(ada, other.key):
         ran = ssh_world.salt_ssh(ada, "state.apply", sls)
     assert ran.returncode != 0
     comment = guard_of(ran.data)["comment"]
-    assert comment.startswith("The SSH key that logged in to kf (SHA256:")
-    assert f"is not listed for Ada Lovelace ({ada.login}) in deploytoken:people" in comment
-    assert not marker.exists()
-
-
-def test_a_key_of_someone_else_blocks(ssh_world, team, token, guarded):
-    ada, ben = team["ada"], team["ben"]
-    sls, marker = guarded()
-    token.take(ada)
-    with ssh_world.logging_in_with(ada, ben.key):
-        ran = ssh_world.salt_ssh(ada, "state.apply", sls)
-    assert ran.returncode != 0
-    comment = guard_of(ran.data)["comment"]
-    assert comment.startswith(f"Ada Lovelace ({ada.login}) runs salt-ssh, but the SSH key that logged in to kf "
-                              "belongs to someone else: SHA256:")
-    assert f"({ben.login}), so Ada Lovelace ({ada.login}) may not deploy" in comment
+    if owner == "cy":  # a key listed for nobody
+        assert comment.startswith("The SSH key that logged in to kf (SHA256:")
+        assert f"is not listed for Ada Lovelace ({ada.login}) in deploytoken:people" in comment
+    else:
+        assert comment.startswith(f"Ada Lovelace ({ada.login}) runs salt-ssh, but the SSH key that logged in to kf "
+                                  "belongs to someone else: SHA256:")
+        assert f"({other.login}), so Ada Lovelace ({ada.login}) may not deploy" in comment
     assert not marker.exists()
 
 
@@ -172,3 +155,40 @@ def test_two_private_stores_cannot_both_deploy(ssh_world, team, guarded, tmp_pat
         for op in (ada, ben):
             ssh_world.salt_run(op, "deploytoken.release", "note=done")
             ssh_world.configure(op, {"sqlite": {"path": str(shared_store)}})
+
+
+def test_setup_over_the_roster_checks_kingfisher_like_minions(
+    ssh_world, team, token, git_world, make_scrapyd, tmux_users
+):
+    ada = team["ada"]
+    clone = git_world.clone(git_world.origin())
+    upstream = clone.head.commit.hexsha
+    server = make_scrapyd(jobs=0)
+    settings = {"url": server.url, "username": server.username, "password": server.password, "postgres": "never"}
+
+    def setup(users, *extra):
+        busy = "busy_args=" + json.dumps(dict(settings, users=users))
+        return ssh_world.salt_run(ada, "deploytoken.setup", "targets=kf", "ssh=True", "reason=new spider",
+                                  repos_arg(clone), busy, *extra)
+
+    sleeper, session = tmux_users["sleep"]
+    stopped = setup(sleeper)
+    assert stopped.returncode == 1, stopped
+    assert stopped.data["token"] is None and clone.head.commit.hexsha == upstream
+    assert stopped.data["message"].startswith(
+        f"Setup stopped: Kingfisher is busy. kf: tmux session '{session}' of {sleeper} runs 'sleep 3600' (for ")
+    assert server.password not in stopped.stdout
+
+    agreed = setup(sleeper, f"consent={CONSENT}")
+    assert agreed.returncode == 0, agreed
+    assert agreed.data["kingfisher"]["kf"]["busy"] is True
+    assert agreed.data["token"]["holder"] == "Ada Lovelace"
+    assert ssh_world.salt_run(ada, "deploytoken.cleanup", "note=spider deployed").returncode == 0
+    (row,) = ssh_world.salt_run(ada, "deploytoken.history", "limit=1").data
+    assert row["reason"] == f"new spider [consent: {CONSENT}]" and row["note"] == "spider deployed"
+
+    idle, _ = tmux_users["idle"]
+    done = setup(idle)
+    assert done.returncode == 0, done
+    assert done.data["kingfisher"] == {"kf": {"busy": False, "answered": True, "reasons": []}}
+    assert done.data["token"]["holder"] == "Ada Lovelace" and done.data["done"] is True

@@ -160,3 +160,21 @@ def test_setup_bad_input_changes_nothing(salt_run, behind, arg, sentence):
     assert ret.data == {"error": sentence, "retcode": 2}
     assert clone.active_branch.name == "feature", "the repositories were not touched"
     assert token_holder(salt_run) is None
+
+
+@pytest.mark.parametrize("arg, sentence", [
+    ("consent=Dana Lee\nok", "deploytoken.setup got 'consent=Dana Lee\\nok', which is name=value with a line break "
+                             "in the value: values must be single lines."),
+    ("timeout=1e308", "The timeout must be a number of seconds, at least 0 and at most 86400; got '1e308'."),
+    ("tgt_type=globb", "tgt_type must be one of glob, pcre, list, grain, grain_pcre, pillar, pillar_pcre, "
+                       "pillar_exact, compound, compound_pillar_exact, nodegroup, ipcidr, range; got 'globb'."),
+    ("reasno=typo", "deploytoken.setup has no argument reasno: it takes targets, reason, wait, consent, repos, "
+                    "tgt_type, busy_args, timeout, interval, name."),
+])
+def test_setup_checks_every_argument_before_the_first_step(salt_run, behind, arg, sentence):
+    clone, _ = behind
+    ret = as_alice(salt_run, "deploytoken.setup", "targets=nobody-matches-this", "reason=x", repos_arg(clone), arg)
+    assert ret.returncode == 2, ret
+    assert ret.data == {"error": sentence, "retcode": 2}
+    assert clone.active_branch.name == "feature", "the repositories were not touched"
+    assert token_holder(salt_run) is None

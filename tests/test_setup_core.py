@@ -4,6 +4,7 @@ import pytest
 
 import deploytoken_model as model
 import deploytoken_setup as setup
+import deploytoken_sqlite
 
 
 def test_targets_left_out_or_given():
@@ -52,3 +53,25 @@ def test_verdicts_fail_closed():
         "silent": {"busy": True, "answered": False, "reasons": ["silent did not answer, so it counts as busy."]},
         "terse": {"busy": True, "answered": True, "reasons": ["terse says it is busy."]},
     }
+
+
+@pytest.mark.parametrize("arguments, sentence", [
+    ({"targets": "collect*\nrm"}, "The targets must be a single line of printable text"),
+    ({"consent": "Dana: ok", "reason": "r" * 490}, "The reason is 510 characters long; at most 500 are allowed."),
+    ({"busy_args": "always"}, "busy_args must be a mapping of kingfisher.busy arguments, got 'always'."),
+    ({"tgt_type": "globb"}, "tgt_type must be one of glob, pcre, list, grain, grain_pcre, pillar, pillar_pcre, "),
+    ({"timeout": "1e308"}, "The timeout must be a number of seconds, at least 0 and at most 86400; got '1e308'."),
+    ({"name": "N\u043ebody"}, "it reads as 'Nobody'"),
+])
+def test_every_argument_is_checked_before_the_repositories_are_touched(tmp_path, git_world, arguments, sentence):
+    clone = git_world.clone(git_world.origin(default="trunk"))
+    clone.git.checkout("-b", "feature")
+    store = deploytoken_sqlite.SqliteStore(str(tmp_path / "token.sqlite"))
+    asked = []
+    given = dict({"targets": None, "tgt_type": "glob", "reason": "x", "consent": None, "busy_args": None},
+                 **arguments)
+    with pytest.raises(model.InputError) as caught:
+        setup.run(store, "alice", {}, [clone.working_tree_dir], check_busy=lambda *found: asked.append(found),
+                  progress=asked.append, notify=None, **given)
+    assert sentence in str(caught.value)
+    assert asked == [] and clone.active_branch.name == "feature" and store.read() is None

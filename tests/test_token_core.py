@@ -3,6 +3,7 @@
 import multiprocessing
 import os
 import pwd
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -58,10 +59,18 @@ def test_people_map_logins_to_display_names():
         ("Alice\u2028Smith", "control character or line break"),
         ("Nobody", "cannot be 'Nobody'"),
         ("  nObOdY ", "cannot be 'nObOdY'"),
+        ("N\u043ebody", "cannot be 'N\u043ebody': it reads as 'Nobody'"),  # Cyrillic o
+        ("Nobod\u0301y", "cannot be 'Nobod\u0301y': it reads as 'Nobody'"),  # combining acute accent
+        ("Nobody.", "cannot be 'Nobody.': it reads as 'Nobody'"),
+        ("N0b0dy", "cannot be 'N0b0dy': it reads as 'Nobody'"),
+        ("No body", "cannot be 'No body': it reads as 'Nobody'"),
+        ("\uff2e\uff4f\uff42\uff4f\uff44\uff59", "it reads as 'Nobody'"),  # fullwidth letters
+        ("Alice \u0410lice", "mixes scripts with letters that look alike"),  # Cyrillic A among Latin letters
         (42, "must be text"),
     ],
 )
 def test_bad_names_refused_and_store_unchanged(store, name, sentence):
+    sentence = re.escape(sentence)
     token.acquire(store, "bob", PEOPLE, reason="before")
     before = snapshot(store.path)
     with pytest.raises(model.InputError, match=sentence):
@@ -74,11 +83,15 @@ def test_bad_names_refused_and_store_unchanged(store, name, sentence):
 @pytest.mark.parametrize(
     "kwargs, sentence",
     [
-        ({"timeout": "soon"}, "timeout must be a number of seconds, at least 0; got 'soon'"),
-        ({"timeout": -1}, "timeout must be a number of seconds, at least 0; got -1"),
+        ({"timeout": "soon"}, "timeout must be a number of seconds, at least 0 and at most 86400; got 'soon'"),
+        ({"timeout": -1}, "timeout must be a number of seconds, at least 0 and at most 86400; got -1"),
         ({"timeout": True}, "timeout must be a number"),
         ({"timeout": "nan"}, "timeout must be a number"),
-        ({"interval": 0}, "interval must be a number of seconds, at least 0.1; got 0"),
+        ({"timeout": "1e308"}, "timeout must be a number of seconds, at least 0 and at most 86400; got '1e308'"),
+        ({"timeout": 86401}, "at most 86400; got 86401"),
+        ({"interval": 0}, "interval must be a number of seconds, at least 0.1 and at most 3600; got 0"),
+        ({"interval": 3601}, "interval must be a number of seconds, at least 0.1 and at most 3600; got 3601"),
+        ({"wait": "maybe"}, "wait must be True or False, got 'maybe'"),
         ({"reason": "two\nlines"}, "reason must be a single line"),
         ({"reason": "r" * 501}, "reason is 501 characters long"),
     ],
@@ -91,10 +104,48 @@ def test_bad_acquire_arguments_refused_and_store_unchanged(store, kwargs, senten
     assert snapshot(store.path) == before
 
 
-@pytest.mark.parametrize("limit", ["ten", -1, 0, 2.5, None])
+@pytest.mark.parametrize("limit", ["ten", -1, 0, 2.5, None, "1e300", 10**29, 10**400, 10001])
 def test_bad_history_limit_refused(store, limit):
-    with pytest.raises(model.InputError, match="limit must be a whole number, at least 1"):
+    with pytest.raises(model.InputError, match="^The limit must be a whole number, at least 1 and at most 10000; got "):
         token.history(store, limit)
+
+
+def test_a_huge_limit_is_not_echoed_in_full(store):
+    with pytest.raises(model.InputError) as caught:
+        token.history(store, 10**400)
+    assert str(caught.value).endswith("got 1000000000000000000000000000000000000000....")
+
+
+@pytest.mark.parametrize("claim", ["nonsense", "3f9c0a1b", "3F9C0A1B2C3D4E5F", "hand-xyz", "3f9c0a1b2c3d4e5f0"])
+def test_a_claim_of_the_wrong_shape_is_bad_input(store, claim):
+    token.acquire(store, "bob", PEOPLE)
+    before = snapshot(store.path)
+    with pytest.raises(model.InputError, match=f"^The claim '{claim}' is not a claim id: claims are 16 hex digits"):
+        token.release(store, "alice", PEOPLE, force=True, reason="r", claim=claim)
+    assert snapshot(store.path) == before
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_a_claim_that_never_existed_is_named_as_such(store, held):
+    ended = token.acquire(store, "alice", PEOPLE)["claim"]
+    token.release(store, "alice", PEOPLE)
+    if held:
+        token.acquire(store, "bob", PEOPLE)
+    for claim in ("0123456789abcdef", "hand-0123456789abcdef"):
+        ret = token.release(store, "alice", PEOPLE, force=True, reason="r", claim=claim)
+        assert ret["retcode"] == 1
+        assert ret["message"] == (f"There is no claim {claim}: it is not the current claim and not in the deploy "
+                                  "history; see salt-run deploytoken.status. Nothing was changed.")
+    stale = token.release(store, "alice", PEOPLE, force=True, reason="r", claim=ended)
+    assert stale["retcode"] == 1 and stale["message"].startswith(f"Claim {ended} has already ended: ")
+
+
+@pytest.mark.parametrize("force", ["maybe", 2])
+def test_force_must_be_true_or_false(store, force):
+    token.acquire(store, "bob", PEOPLE)
+    with pytest.raises(model.InputError, match="^force must be True or False, got "):
+        token.release(store, "alice", PEOPLE, force=force, reason="r")
+    assert store.read().login == "bob"
 
 
 def test_force_without_reason_refused_and_store_unchanged(store):
