@@ -15,6 +15,7 @@ Configuration (master config, all optional):
       people: {alice: "Alice Smith"}
 """
 
+import dataclasses
 import inspect
 import logging
 import re
@@ -154,14 +155,14 @@ def acquire(reason="", wait=False, timeout=600, interval=10, name=None):
     return _run(
         lambda config, store: __utils__["deploytoken_token.acquire"](
             store,
-            _caller(),
+            _caller(config, store),
             config.people,
             reason=reason,
             name=name,
             wait=wait,
             timeout=timeout,
             interval=interval,
-            progress=_waiter(config, name, timeout),
+            progress=_waiter(config, store, name, timeout),
             notify=_fire,
         ),
         changes=True,
@@ -198,7 +199,7 @@ def release(note="", name=None, force=False, reason="", claim=None):
     return _run(
         lambda config, store: __utils__["deploytoken_token.release"](
             store,
-            _caller(),
+            _caller(config, store),
             config.people,
             note=note,
             name=name,
@@ -310,7 +311,7 @@ def setup(targets=None, reason="", wait=False, consent=None, repos=None, tgt_typ
     return _run(
         lambda config, store: __utils__["deploytoken_setup.run"](
             store,
-            _caller(),
+            _caller(config, store),
             config.people,
             _repo_paths(config, repos),
             targets,
@@ -406,11 +407,42 @@ def override(reason="", targets=None, minutes=60, cancel=False):
     """
     return _run(
         lambda config, store: __utils__["deploytoken_override.run"](
-            store, __opts__["cachedir"], _caller(), config.people, reason=reason, targets=targets,
+            store, __opts__["cachedir"], _caller(config, store), config.people, reason=reason, targets=targets,
             minutes=minutes, cancel_all=cancel, notify=_fire,
         ),
         changes=True,
     )
+
+
+@_strict
+def migrate(to=None):
+    """
+    Copy the holder and the whole history from the store in use into the store ``to`` (configured in
+    ``deploytoken:<to>:``), once: run it again and only what is missing is copied, every row being known by
+    its claim id. Then switch ``deploytoken:backend`` to ``to`` in the master config.
+
+    to
+        The backend to copy into: ``postgres``, ``google`` or ``sqlite``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploytoken.migrate to=postgres
+    """
+    if not isinstance(to, str) or not to:
+        return {"error": "Say which store to copy into, e.g. salt-run deploytoken.migrate to=postgres.",
+                "retcode": BAD_INPUT}
+
+    def copy(config, store):
+        target = __utils__["deploytoken_stores.open_store"](dataclasses.replace(config, backend=to))
+        moved = __utils__["deploytoken_migrate.migrate"](store, target)
+        holder = f"the holder's claim {moved['holder']}" if moved["holder"] else "no holder (nobody holds the token)"
+        return dict(moved, source=store.location, target=target.location, message=(
+            f"Copied {moved['history_rows']} history row(s) and {holder} from {store.location} to "
+            f"{target.location}. Now set deploytoken:backend to {to} in the master config."))
+
+    return _run(copy)
 
 
 @_strict
@@ -443,7 +475,7 @@ def _run(action, changes=False):
     """
     try:
         config = __utils__["deploytoken_settings.from_opts"](__opts__)
-        store = __utils__["deploytoken_token.open_store"](config)
+        store = __utils__["deploytoken_stores.open_store"](config)
         return action(config, store)
     except SaltException as exc:
         return {"error": str(exc), "retcode": BAD_INPUT}
@@ -452,8 +484,12 @@ def _run(action, changes=False):
             __utils__["deploytoken_pillar.forget"](__opts__)
 
 
-def _caller():
-    return __utils__["deploytoken_model.login_of"](__user__)
+def _caller(config, store):
+    """The person calling: their login (``sudo`` honoured), or, when the store works with the person's own
+    Google account and ``deploytoken: people:`` lists its email, the login of that account."""
+    login = __utils__["deploytoken_model.login_of"](__user__)
+    email = store.account_email
+    return config.emails.get(email.casefold(), login) if email else login
 
 
 def _progress(message):
@@ -517,7 +553,7 @@ def notify_me(name=None):
 
         salt-run deploytoken.notify_me
     """
-    return _run(lambda config, store: __utils__["deploytoken_waiting.ask"](store, config, _caller(), name))
+    return _run(lambda config, store: __utils__["deploytoken_waiting.ask"](store, config, _caller(config, store), name))
 
 
 @_strict
@@ -552,10 +588,10 @@ def announce(tag, data=None):
         return {"posted": False, "message": str(exc)}
 
 
-def _waiter(config, name, timeout):
-    """``progress`` for acquire: its first report means the caller waits, so the released message names them.
-    It is called from inside the _utils code, where __utils__ cannot be reached: bind what it needs now."""
-    who, add, caller = __utils__["deploytoken_token.who"], __utils__["deploytoken_waiting.add"], _caller()
+def _waiter(config, store, name, timeout):
+    """``progress`` for acquire: its first report means the caller waits, so the released message names
+    them. It is called from inside the _utils code, where __utils__ cannot be reached: bind what it needs."""
+    who, add, caller = __utils__["deploytoken_token.who"], __utils__["deploytoken_waiting.add"], _caller(config, store)
     noted = []
 
     def progress(message):

@@ -33,14 +33,12 @@ def announce(settings, tag, data, master_key):
         return {"posted": False, "message": sentence}
     fields = {key: value for key, value in fields.items() if key not in seal.SEAL_KEYS}
     event = tag.removeprefix("deploytoken/")
-    waiters = ()
-    try:
-        if event == "acquired" and fields.get("login"):
-            waiting.drop(settings.cachedir, fields["login"])
-        if event in ("released", "forced"):
-            waiters = waiting.take(settings.cachedir)
-    except model.StoreError as exc:  # the message still goes out, without the names
-        log.warning("deploytoken: %s", exc)
+    waiters = []
+    if event in ("released", "forced"):
+        try:
+            waiters = waiting.take(settings.cachedir, fields.get("login"))
+        except model.StoreError as exc:  # the message still goes out, without the names
+            log.warning("deploytoken: %s", exc)
     text = notify.message(tag, fields, waiters)
     if text is None:
         return {"posted": False, "message": f"Nothing is posted for the event {tag}."}

@@ -19,7 +19,7 @@ import deploytoken_model as model
 import deploytoken_override as override
 import deploytoken_seal as seal
 import deploytoken_settings
-import deploytoken_token as token
+import deploytoken_stores
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def read_store(settings):
     """Pillar data from the configured store; a store that cannot be read gives ``error``."""
     log.debug("deploytoken: reading the token store for the ext_pillar")
     try:
-        store = token.open_store(settings)
+        store = deploytoken_stores.open_store(settings)
         return dict(snapshot(store.read(), settings.people), store=store.identity)
     except model.DeploytokenError as exc:
         return unreadable(exc, settings.people)

@@ -5,11 +5,15 @@ Every change runs in one ``BEGIN IMMEDIATE`` transaction, so concurrent ``salt-r
 serialised by SQLite's own lock, and a release commits together with its history row.
 """
 
+import dataclasses
 import os
+import secrets
 import socket
 import sqlite3
+import stat
 
 import deploytoken_model as model
+from deploytoken_storebase import NoWaitingLine
 
 SCHEMA_VERSION = "1"
 APPLICATION = "deploytoken"
@@ -30,10 +34,10 @@ CREATE TABLE IF NOT EXISTS history (
 );
 """
 
-_HOLDING_FIELDS = ("holder", "login", "caller", "claim", "since", "reason")
+_HOLDING_FIELDS = tuple(field.name for field in dataclasses.fields(model.Holding))
 
 
-class SqliteStore:
+class SqliteStore(NoWaitingLine):
     backend = "sqlite"
 
     def __init__(self, path):
@@ -44,10 +48,24 @@ class SqliteStore:
         self.path = str(path)
         self.location = self.path
 
+    @classmethod
+    def from_settings(cls, settings):
+        return cls(settings.section("sqlite").get("path") or os.path.join(settings.cachedir, "deploytoken.sqlite"))
+
     @property
     def identity(self):
-        host = socket.getfqdn()
-        return {"id": f"sqlite:{host}:{self.path}", "name": f"SQLite store {self.path} on {host}"}
+        """``{"id", "name"}``: a random id made with the store (added once to a store made before ids)."""
+        with self._transaction("DEFERRED") as db:
+            found = _store_id(db)
+        if found is None:
+            with self._transaction("IMMEDIATE") as db:
+                found = _store_id(db)
+                if found is None:
+                    found = secrets.token_hex(16)
+                    db.execute("INSERT INTO meta VALUES ('store_id', ?)", (found,))
+        return {"id": f"sqlite:{found}", "name": f"SQLite store {self.path} on {socket.gethostname()}"}
+
+    account_email = None  # only a person's own Google account has one
 
     # -- the store interface ---------------------------------------------------------------
 
@@ -63,8 +81,8 @@ class SqliteStore:
             if current is not None:
                 return current
             db.execute(
-                "INSERT INTO token (id, holder, login, caller, claim, since, reason)"
-                " VALUES (1, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO token (id, {', '.join(_HOLDING_FIELDS)})"
+                f" VALUES (1, {', '.join('?' for _ in _HOLDING_FIELDS)})",
                 [getattr(holding, field) for field in _HOLDING_FIELDS],
             )
             return holding
@@ -76,11 +94,7 @@ class SqliteStore:
             if current is None or current.claim != claim:
                 raise model.ClaimConflict(model.claim_ended(claim, current))
             db.execute("DELETE FROM token WHERE id = 1")
-            db.execute(
-                f"INSERT INTO history ({', '.join(model.HistoryRow.COLUMNS)})"
-                f" VALUES ({', '.join('?' for _ in model.HistoryRow.COLUMNS)})",
-                [getattr(row, column) for column in model.HistoryRow.COLUMNS],
-            )
+            _insert_history(db, row, "INSERT")
             return row
 
     def history(self, limit):
@@ -90,6 +104,15 @@ class SqliteStore:
                 (limit,),
             ).fetchall()
         return [model.HistoryRow(**dict(row)) for row in rows]
+
+    def flush(self):
+        """Nothing is ever kept aside: a release commits with its history row."""
+        return 0
+
+    def append_history(self, row):
+        """Add ``row`` unless a row with its claim is there already (claims are unique); True if added."""
+        with self._transaction("IMMEDIATE") as db:
+            return bool(_insert_history(db, row, "INSERT OR IGNORE").rowcount)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -120,6 +143,7 @@ class SqliteStore:
             raise model.StoreError(
                 f"The token store {self.path} cannot be read and written by this user: check its owner and mode."
             )
+        _check_private(self.path, directory)
         try:
             db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
         except sqlite3.Error as exc:
@@ -139,7 +163,8 @@ class SqliteStore:
                         if statement.strip():
                             db.execute(statement)
                     db.execute(
-                        "INSERT INTO meta VALUES ('application', ?), ('schema', ?)", (APPLICATION, SCHEMA_VERSION)
+                        "INSERT INTO meta VALUES ('application', ?), ('schema', ?), ('store_id', ?)",
+                        (APPLICATION, SCHEMA_VERSION, secrets.token_hex(16)),
                     )
                 db.execute("COMMIT")
             except BaseException:
@@ -157,6 +182,44 @@ class SqliteStore:
                 f"The token store {self.path} has schema version {meta.get('schema')!r}, this code "
                 f"knows {SCHEMA_VERSION!r}: upgrade deploytoken on the master."
             )
+
+
+def _check_private(path, directory):
+    """Only the master's user may read or write the store: it holds every reason and note, and a reader
+    holding a transaction open would stall every acquire and release. SQLite gives its journal and WAL
+    files the mode of the store, so a new store is created 0600."""
+    if os.stat(directory).st_mode & 0o022:
+        raise model.StoreError(
+            f"The token store's folder {directory} can be written by other users, who could replace the store "
+            f"or its journal: run chmod go-w {directory}, or set deploytoken:sqlite:path to a file in a folder "
+            "only the master's user can write."
+        )
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise model.StoreError(f"The token store {path} cannot be created: {exc.strerror}.") from None
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise model.StoreError(
+            f"The token store {path} can be read by other users (mode {mode:04o}), who could read every "
+            f"reason and note or stall the store: run chmod 600 {path}."
+        )
+
+
+def _store_id(db):
+    row = db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+    return row[0] if row else None
+
+
+def _insert_history(db, row, verb):
+    columns = model.HistoryRow.COLUMNS
+    return db.execute(
+        f"{verb} INTO history ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+        [getattr(row, column) for column in columns],
+    )
 
 
 def _tables(db):

@@ -8,36 +8,13 @@ Functions return plain dicts. Refusals carry ``retcode`` 1; bad input and unread
 """
 
 import dataclasses
-import os
 import secrets
 import time
 
 import deploytoken_model as model
-import deploytoken_sqlite
 from deploytoken_model import describe, since_text
 
-try:
-    import deploytoken_google
-except ImportError:  # the Google backend arrives as a separate module; sqlite works without it
-    deploytoken_google = None
-
-BACKENDS = ("sqlite", "google")
 REFUSED = 1
-
-
-def open_store(settings):
-    """The token store named by ``deploytoken:backend`` (``sqlite`` unless told otherwise)."""
-    if settings.backend == "sqlite":
-        path = settings.section("sqlite").get("path") or os.path.join(settings.cachedir, "deploytoken.sqlite")
-        return deploytoken_sqlite.SqliteStore(path)
-    if settings.backend == "google":
-        if deploytoken_google is None:
-            raise model.InputError("deploytoken:backend is google, but the Google store is not installed.")
-        google = dict(settings.section("google"), people=settings.people)  # maps a name typed in the Doc to a login
-        return deploytoken_google.open_store(google, settings.cachedir)
-    raise model.InputError(
-        f"Unknown deploytoken:backend {settings.backend!r}: use one of {', '.join(BACKENDS)} in the master config."
-    )
 
 
 def who(login, name, people):
@@ -55,7 +32,8 @@ def who(login, name, people):
 
 def status(store):
     holding = store.read()
-    ret = {"held": holding is not None, "backend": store.backend, "store": store.location}
+    ret = {"held": holding is not None, "backend": store.backend, "store": store.location,
+           "waiting": store.waiting()}
     if holding is None:
         ret.update(
             holder=None,
@@ -82,7 +60,7 @@ def history(store, limit=10):
 def flush(store, overrides=0):
     """Deliver the history rows a store still keeps locally (the Google store's spool); ``overrides``
     is how many override rows are still kept on the master."""
-    pending = (store.flush_spool() if hasattr(store, "flush_spool") else 0) + overrides
+    pending = store.flush() + overrides
     if pending:
         return {
             "pending": pending,
@@ -125,73 +103,100 @@ def acquire(store, caller, people, reason="", name=None, wait=False, timeout=600
     return take(store, request(caller, people, reason, name, wait, timeout, interval), **how)
 
 
-def take(store, asked, progress=None, notify=None, sleep=time.sleep, clock=time.monotonic):
+def take(store, asked, progress=None, notify=None, sleep=None, clock=time.monotonic):
     """Take the token as ``asked`` (a ``Request``), or say who holds it.
 
-    With ``asked.wait``, try again every ``asked.interval`` seconds until ``asked.timeout``, telling
+    With ``asked.wait``, wait in the store's line of waiters (served in the order they came; a store
+    without a line lets every waiter try) and try again when the store says the token may have changed
+    hands (``store.wait``, at most every ``asked.interval`` seconds) until ``asked.timeout``, telling
     ``progress``. ``notify(tag, data)`` is called once the token is taken.
     """
-    caller, login, shown, reason = asked.caller, asked.login, asked.shown, asked.reason
-    wait, timeout, interval = asked.wait, asked.timeout, asked.interval
-    start = clock()
-    while True:
-        wanted = model.Holding(
-            holder=shown,
-            login=login,
-            caller=caller,
-            claim=secrets.token_hex(8),
-            since=model.isoformat(model.utcnow()),
-            reason=reason,
+    ticket = None
+    try:
+        start = clock()
+        while True:
+            wanted = model.Holding(
+                holder=asked.shown,
+                login=asked.login,
+                caller=asked.caller,
+                claim=secrets.token_hex(8),
+                since=model.isoformat(model.utcnow()),
+                reason=asked.reason,
+            )
+            # While others wait ahead of us, only look: the token is theirs first.
+            current = store.acquire(wanted) if ticket is None or store.ahead(ticket) == 0 else store.read()
+            done = _taken(store, asked, wanted, current, notify)
+            if done:
+                return done
+            waited = clock() - start
+            if not asked.wait or waited >= asked.timeout:
+                return _refused(asked, current, waited)
+            if ticket is None:
+                ticket = store.enqueue(asked.shown)
+            if progress:
+                holder = f"held by {describe(current)}" if current else "free, but others waited for it first"
+                progress(
+                    f"Waiting for the deploy token, {holder}; "
+                    f"waited {model.human_duration(waited)} of {model.human_duration(asked.timeout)}."
+                )
+            (sleep or store.wait)(max(0.0, min(asked.interval, asked.timeout - waited)))
+    finally:
+        if ticket is not None:
+            store.dequeue(ticket)
+
+
+def _taken(store, asked, wanted, current, notify):
+    """The answer when the token is ours (just taken, or held already), else None."""
+    if current is None:
+        return None
+    if current.claim == wanted.claim:
+        if notify:
+            notify("deploytoken/acquired", dict(current.to_dict(), backend=store.backend))
+        return dict(
+            current.to_dict(),
+            acquired=True,
+            changed=True,
+            backend=store.backend,
+            message=f"You hold the deploy token now (claim {current.claim}). "
+            "Give it back with: salt-run deploytoken.release note='...'",
         )
-        current = store.acquire(wanted)
-        if current.claim == wanted.claim:
-            if notify:
-                notify("deploytoken/acquired", dict(current.to_dict(), backend=store.backend))
-            return dict(
-                current.to_dict(),
-                acquired=True,
-                changed=True,
-                backend=store.backend,
-                message=f"You hold the deploy token now (claim {current.claim}). "
-                "Give it back with: salt-run deploytoken.release note='...'",
-            )
-        if _is_holder(current, login, shown, caller):
-            return dict(
-                current.to_dict(),
-                acquired=True,
-                changed=False,
-                backend=store.backend,
-                message=f"You already hold the deploy token, since {since_text(current.since)} "
-                f"(claim {current.claim}).",
-            )
-        waited = clock() - start
-        age = model.seconds_between(current.since, model.isoformat(model.utcnow()))
-        if not wait or waited >= timeout:
-            if wait:
-                message = (
-                    f"Gave up after waiting {model.human_duration(waited)}: the deploy token is still held by "
-                    f"{describe(current)}. Ask {current.holder} to run salt-run deploytoken.release."
-                )
-            else:
-                message = (
-                    f"Deploy token is held by {describe(current)}. Wait with salt-run "
-                    f"deploytoken.acquire wait=True, or ask {current.holder} to run salt-run deploytoken.release."
-                )
-            return dict(
-                current.to_dict(),
-                acquired=False,
-                changed=False,
-                age_seconds=age,
-                waited_seconds=int(waited),
-                message=message,
-                retcode=REFUSED,
-            )
-        if progress:
-            progress(
-                f"Waiting for the deploy token, held by {describe(current)}; "
-                f"waited {model.human_duration(waited)} of {model.human_duration(timeout)}."
-            )
-        sleep(max(0.0, min(interval, timeout - waited)))
+    if _is_holder(current, asked.login, asked.shown, asked.caller):
+        return dict(
+            current.to_dict(),
+            acquired=True,
+            changed=False,
+            backend=store.backend,
+            message=f"You already hold the deploy token, since {since_text(current.since)} "
+            f"(claim {current.claim}).",
+        )
+    return None
+
+
+def _refused(asked, current, waited):
+    if current is None:  # free, but the waiters ahead of us took their turn first
+        return {"acquired": False, "changed": False, "holder": None, "waited_seconds": int(waited), "retcode": REFUSED,
+                "message": f"Gave up after waiting {model.human_duration(waited)}: others were waiting for the "
+                "deploy token before you. Try again with salt-run deploytoken.acquire wait=True."}
+    age = model.seconds_between(current.since, model.isoformat(model.utcnow()))
+    if asked.wait:
+        message = (
+            f"Gave up after waiting {model.human_duration(waited)}: the deploy token is still held by "
+            f"{describe(current)}. Ask {current.holder} to run salt-run deploytoken.release."
+        )
+    else:
+        message = (
+            f"Deploy token is held by {describe(current)}. Wait with salt-run "
+            f"deploytoken.acquire wait=True, or ask {current.holder} to run salt-run deploytoken.release."
+        )
+    return dict(
+        current.to_dict(),
+        acquired=False,
+        changed=False,
+        age_seconds=age,
+        waited_seconds=int(waited),
+        message=message,
+        retcode=REFUSED,
+    )
 
 
 # ---- release ----------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 Who is waiting for the deploy token, so the chat message that it is free names them first.
 
 People join with ``salt-run deploytoken.acquire wait=True`` (until their wait times out) or
-``salt-run deploytoken.notify_me`` (until the next release). The list is a file of the master,
-``<cachedir>/deploytoken/waiting.json``, changed under its lock.
+``salt-run deploytoken.notify_me`` (until the next release). Every store has this list, whether or not
+it keeps a line of its own; it is a file of the master, ``<cachedir>/deploytoken/waiting.json``,
+changed under its lock.
 """
 
 import datetime
@@ -43,23 +44,20 @@ def add(cachedir, login, shown, seconds=None):
     def change(entries):
         kept = [entry for entry in entries if entry["name"] != shown]
         return kept + [{"login": login, "name": shown, "until": until}]
+
     _change(cachedir, change)
 
 
-def drop(cachedir, login):
-    """Whoever took the token waits no more."""
-    _change(cachedir, lambda entries: [entry for entry in entries if entry.get("login") != login])
-
-
-def take(cachedir, now=None):
-    """The names of the people still waiting, in the order they came; the list is emptied."""
+def take(cachedir, holder_login=None, now=None):
+    """The names of the people still waiting, in the order they came, but the holder whose claim just
+    ended (who may have asked before taking the token); the list is emptied."""
     now = now or model.utcnow()
     taken = []
 
     def change(entries):
         for entry in entries:
             until = model.parse_time(entry.get("until"))
-            if until is None or until > now:
+            if (until is None or until > now) and not (holder_login and entry.get("login") == holder_login):
                 taken.append(entry["name"])
         return []
 

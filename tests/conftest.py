@@ -23,7 +23,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones", "carol": "Carol Díaz"}
 # Fixture modules of the other parts of the suite (real Scrapyd, PostgreSQL, tmux, git, Google fake).
-pytest_plugins = ["kingfisher_fixtures", "git_fixtures", "guard_helpers", "google_fixtures", "ssh_fixtures"]
+pytest_plugins = [
+    "kingfisher_fixtures", "git_fixtures", "guard_helpers", "google_fixtures", "ssh_fixtures", "pg_fixtures"
+]
 
 MASTER_ID = "dt-master"
 PILLAR_MAX_AGE = 30

@@ -8,6 +8,7 @@ Faults are queued per operation: an HTTP error, "apply then answer 503", a conne
 someone else just before a write, or a revision bump with no visible change.
 """
 
+import base64
 import copy
 import http.server
 import itertools
@@ -42,6 +43,7 @@ class FakeGoogle:
         self.faults = {op: [] for op in OPS}
         self.calls = {op: 0 for op in OPS}
         self.viewer_only = set()
+        self.accounts = {}  # refresh token -> email of a person's own Google account
         self._revisions = itertools.count(1)
         self.server = None
 
@@ -271,7 +273,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault and fault["kind"] == "error":
             return self._error(fault["code"], "Injected fault.")
         if op == "token":
-            return self._json(200, {"access_token": "fake-access-token", "expires_in": 3600, "token_type": "Bearer"})
+            return self._token(fake, urllib.parse.parse_qs(raw.decode()))
         if not self.headers.get("Authorization", "").startswith("Bearer "):
             return self._error(401, "Request is missing required authentication credential.")
         body = json.loads(raw or b"{}")
@@ -307,6 +309,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         rows.extend(list(row) for row in body.get("values") or [])
         return 200, {"spreadsheetId": spreadsheet, "updates": {"updatedRows": len(body.get("values") or [])}}
 
+    def _token(self, fake, form):
+        """A service account's JWT grant, or a person's refresh token: its accounts were granted ``openid
+        email``, so the answer has an ID token unless the request narrows the scopes without ``openid``."""
+        answer = {"access_token": "fake-access-token", "expires_in": 3600, "token_type": "Bearer"}
+        if form.get("grant_type") == ["refresh_token"]:
+            email = fake.accounts.get((form.get("refresh_token") or [""])[0])
+            if email is None:
+                return self._json(400, {"error": "invalid_grant", "error_description": "Token has been revoked."})
+            if "scope" not in form or "openid" in form["scope"][0].split():
+                answer["id_token"] = _unsigned_jwt({"iss": "https://accounts.google.com", "email": email,
+                                                    "email_verified": True})
+        return self._json(200, answer)
+
     def _json(self, status, data):
         payload = json.dumps(data).encode()
         self.send_response(status)
@@ -319,6 +334,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         names = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                  429: "RESOURCE_EXHAUSTED"}
         self._json(status, {"error": {"code": status, "message": message, "status": names.get(status, "UNAVAILABLE")}})
+
+
+def _unsigned_jwt(claims):
+    def part(data):
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.{part('unsigned')}"
 
 
 def _route(method, path):

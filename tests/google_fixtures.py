@@ -12,6 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+import deploytoken_settings
+import deploytoken_stores
+from conftest import PEOPLE
 from fake_google import FakeGoogle
 
 HISTORY_RANGE = "'Deploy history'!A:K"
@@ -23,6 +26,16 @@ _ids = itertools.count(1)
 def free_doc(name="Nobody", before="Deploy token for the collect servers.\n"):
     return [[{"text": before}], [{"text": "Held by: "}, {"text": name + "\n", "style": {"bold": True}}],
             [{"text": "Please use salt-run deploytoken.acquire.\n"}]]
+
+
+def google_store(config, people=PEOPLE, **extra):
+    """The Google store for ``google_config`` (with ``extra`` keys changed), opened as the runner opens it."""
+    section = dict(config, **extra)
+    cachedir = section.pop("cachedir")
+    settings = deploytoken_settings.Settings(
+        cachedir=cachedir, backend="google", sections={"google": section}, people=people
+    )
+    return deploytoken_stores.open_store(settings)
 
 
 @pytest.fixture(scope="module")

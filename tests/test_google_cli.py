@@ -3,9 +3,9 @@ master, whose deploytoken settings point at the fake Docs/Sheets server."""
 
 import pytest
 
-pytestmark = [pytest.mark.daemons]
+from conftest import PEOPLE
 
-PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones", "carol": "Carol Díaz"}
+pytestmark = [pytest.mark.daemons]
 
 
 @pytest.fixture

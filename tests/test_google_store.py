@@ -3,17 +3,11 @@
 import pytest
 
 import deploytoken_gdoc as gdoc
-import deploytoken_google
 import deploytoken_model as model
 import deploytoken_token as token_store
+from conftest import PEOPLE
 from google_fixtures import free_doc
-
-PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones"}
-
-
-def store_for(config, **extra):
-    config = dict(config, **extra)
-    return deploytoken_google.open_store(config, config.pop("cachedir"))
+from google_fixtures import google_store as store_for
 
 
 def holding(name="Alice Smith", claim="c1", login="alice"):
@@ -28,14 +22,6 @@ def test_acquire_writes_name_and_status_reads_it_back(fake_google, google_config
     assert store.acquire(wanted) == wanted
     assert fake_google.held_text(google_config["document_id"]) == "Held by: Alice Smith\n"
     assert store.read() == wanted
-
-
-def test_acquire_refused_while_held_by_other(fake_google, google_config):
-    store = store_for(google_config)
-    store.acquire(holding())
-    current = store.acquire(holding("Bob Jones", "c2", "bob"))
-    assert current.claim == "c1"
-    assert fake_google.held_text(google_config["document_id"]) == "Held by: Alice Smith\n"
 
 
 def test_release_writes_nobody_and_one_history_row(fake_google, google_config):
@@ -56,7 +42,7 @@ def test_release_of_ended_claim_is_a_conflict(fake_google, google_config):
     store.acquire(holding())
     with pytest.raises(model.ClaimConflict, match="Claim other has already ended"):
         store.release("other", _row("other"))
-    assert store.flush_spool() == 0
+    assert store.flush() == 0
 
 
 def test_text_and_style_elsewhere_untouched_with_emoji_and_accents(fake_google, google_config):
@@ -73,7 +59,7 @@ def test_text_and_style_elsewhere_untouched_with_emoji_and_accents(fake_google, 
 
 
 def test_hand_typed_name_is_the_holder_and_can_be_forced(fake_google, google_config):
-    store = store_for(google_config, people=PEOPLE)
+    store = store_for(google_config)
     store.acquire(holding())
     fake_google.hand_edit(google_config["document_id"], "Bob Jones")
     current = store.read()
@@ -119,7 +105,7 @@ def test_append_failure_spools_row_then_flush_delivers_once(fake_google, google_
     assert fake_google.held_text(google_config["document_id"]) == "Held by: Nobody\n"
     pending = store.history(5)
     assert pending[0].claim == "c1" and pending[0].to_dict()["pending"] is True
-    assert store.flush_spool() == 0
+    assert store.flush() == 0
     claims = [row[0] for row in fake_google.rows(google_config["spreadsheet_id"])]
     assert claims.count("c1") == 1
 
@@ -131,7 +117,7 @@ def test_append_committed_then_503_is_not_doubled(fake_google, google_config):
     store.release("c1", _row("c1"))
     claims = [row[0] for row in fake_google.rows(google_config["spreadsheet_id"])]
     assert claims.count("c1") == 1
-    assert store.flush_spool() == 0
+    assert store.flush() == 0
 
 
 def test_write_committed_then_503_still_acquires(fake_google, google_config):
@@ -156,8 +142,8 @@ def test_release_cut_short_after_the_write_still_delivers_its_row_once(fake_goog
     with pytest.raises(model.StoreError, match="did not answer"):
         store.release("c1", _row("c1"))
     assert fake_google.held_text(google_config["document_id"]) == "Held by: Nobody\n"
-    assert store.flush_spool() == 0
-    assert store.flush_spool() == 0
+    assert store.flush() == 0
+    assert store.flush() == 0
     claims = [row[0] for row in fake_google.rows(google_config["spreadsheet_id"])]
     assert claims.count("c1") == 1
 
@@ -168,7 +154,7 @@ def test_release_refused_by_a_stale_doc_leaves_no_row(fake_google, google_config
     fake_google.inject("docs.batchUpdate", "edit_between", name="Bob Jones")
     with pytest.raises(model.ClaimConflict, match="now held by Bob Jones"):
         store.release("c1", _row("c1"))
-    assert store.flush_spool() == 0
+    assert store.flush() == 0
     assert [row[0] for row in fake_google.rows(google_config["spreadsheet_id"])] == ["claim"]
 
 
@@ -255,7 +241,7 @@ def _row(claim):
 def test_damaged_spool_is_named_and_kept(fake_google, google_config):
     store = store_for(google_config)
     token_store.acquire(store, "alice", PEOPLE)
-    spool = store._path("spool.json")
+    spool = store.sheet.local.path("spool.json")
     with open(spool, "w") as handle:
         handle.write('[{"claim": "lost?", ')
     with pytest.raises(model.StoreError, match=f"The file {spool} is damaged .* left untouched"):
@@ -275,3 +261,20 @@ def test_history_range_too_narrow_is_refused(fake_google, google_config, history
 @pytest.mark.parametrize("history_range", ["'Deploy history'!A:K", "History!B2:Z", "deploy_history_named_range"])
 def test_history_ranges_wide_enough_or_named_are_taken(fake_google, google_config, history_range):
     assert store_for(google_config, history_range=history_range).history_range == history_range
+
+
+def test_identity_is_the_doc(google_config):
+    document_id = google_config["document_id"]
+    assert store_for(google_config).identity == {"id": f"google:{document_id}", "name": f"Google Doc {document_id}"}
+
+
+def test_a_late_duplicate_release_keeps_the_pending_row_of_the_real_one(fake_google, google_config):
+    store = store_for(google_config)
+    store.acquire(holding())
+    fake_google.inject("values.append", "error", code=500, count=10)
+    store.release("c1", _row("c1"))
+    with pytest.raises(model.ClaimConflict, match="Claim c1 has already ended"):
+        store_for(google_config).release("c1", _row("c1"))
+    fake_google.faults["values.append"].clear()
+    assert store.flush() == 0
+    assert [row[0] for row in fake_google.rows(google_config["spreadsheet_id"])] == ["claim", "c1"]

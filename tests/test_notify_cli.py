@@ -119,19 +119,19 @@ def test_someone_waiting_with_acquire_wait_is_named_when_the_token_is_released(s
         waiting = pool.submit(as_user, chat_master.salt_run_cli(timeout=120), "carol", "deploytoken.acquire",
                               "reason=my turn", "wait=True", "timeout=60", "interval=0.5")
         deadline = time.monotonic() + 30
-        while "Carol Díaz" not in waiting_file(chat_master) and time.monotonic() < deadline:
+        while "Carol Díaz" not in waiting_list(chat_master) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert "Carol Díaz" in waiting_file(chat_master)
+        assert "Carol Díaz" in waiting_list(chat_master)
         as_user(salt_run, "alice", "deploytoken.release", "note=done")
         taken = waiting.result(timeout=90)
     assert taken["holder"] == "Carol Díaz" and taken["changed"]
     texts = chat(webhook, 3)
     assert texts[1].endswith('note: "done". The deploy token is free. Waiting for it: Carol Díaz.'), texts
     assert texts[2].startswith("The deploy token is held by Carol Díaz (carol)")
-    assert "Carol Díaz" not in waiting_file(chat_master)
+    assert waiting_list(chat_master) == []
 
 
-def waiting_file(master):
+def waiting_list(master):
     """The names on the master's list of people waiting."""
     try:
         entries = json.loads((pathlib.Path(master.config["cachedir"]) / "deploytoken" / "waiting.json").read_text())

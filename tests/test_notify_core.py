@@ -248,10 +248,13 @@ def test_a_sealed_event_is_posted_and_names_the_people_waiting(tmp_path, webhook
     found = config(tmp_path, notify={"kind": "slack", "url_file": url_file})
     waiting.add(str(tmp_path), "bob", "Bob Jones")
     waiting.add(str(tmp_path), "carol", "Carol Díaz", seconds=-1)  # gave up waiting already
+    waiting.add(str(tmp_path), "alice", "Alice Smith")  # asked, then took the token herself
+    waiting.add(str(tmp_path), "dana", "Dana Lee", seconds=600)
     data = dict(seal.seal(ROW, master_keys[0]), _stamp="2026-11-27T05:38:00.123456")
     posted = events.announce(found, "deploytoken/released", data, master_keys[0])
     assert posted["posted"], posted
-    assert webhook.texts() == [posted["text"]] and posted["text"].endswith("Waiting for it: Bob Jones.")
+    assert webhook.texts() == [posted["text"]]
+    assert posted["text"].endswith("Waiting for it: Bob Jones, Dana Lee.")
     assert waiting.take(str(tmp_path)) == []
 
 
@@ -268,14 +271,11 @@ def test_an_event_without_the_masters_seal_is_not_posted(tmp_path, webhook, url_
     assert webhook.posts == []
 
 
-def test_taking_the_token_ends_the_takers_wait(tmp_path, master_keys):
-    found = config(tmp_path)
-    waiting.add(str(tmp_path), "bob", "Bob Jones")
-    waiting.add(str(tmp_path), "carol", "Carol Díaz")
+def test_an_acquired_event_without_a_notify_block_is_not_posted(tmp_path, master_keys):
     taken = seal.seal({"holder": "Bob Jones", "login": "bob", "claim": "1", "since": SINCE}, master_keys[0])
-    said = events.announce(found, "deploytoken/acquired", taken, master_keys[0])
+    said = events.announce(config(tmp_path), "deploytoken/acquired", taken, master_keys[0])
     assert said["posted"] is False and said["message"] == "No deploytoken:notify block: the message was not posted."
-    assert waiting.take(str(tmp_path)) == ["Carol Díaz"]
+    assert said["text"].startswith("The deploy token is held by Bob Jones (bob) since ")
 
 
 def test_notify_me_while_held_and_while_free(tmp_path, store):

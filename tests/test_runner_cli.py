@@ -207,7 +207,7 @@ def test_unknown_backend_exits_2(salt_run_with):
     ret = salt_run_with({"backend": "etcd"}).run("deploytoken.status")
     assert ret.returncode == 2
     assert ret.data == {
-        "error": "Unknown deploytoken:backend 'etcd': use one of sqlite, google in the master config.",
+        "error": "Unknown deploytoken:backend 'etcd': use one of sqlite, google, postgres in the master config.",
         "retcode": 2,
     }
 

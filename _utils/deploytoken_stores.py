@@ -1,0 +1,79 @@
+"""
+The token store interface, and the one table of backends.
+
+Adding a store is one file with a class that follows ``TokenStore`` (built by ``from_settings``, which
+checks the backend's own ``deploytoken:<backend>:`` block once) and one line in ``BACKENDS``; the
+conformance suite in ``tests/test_store_conformance.py`` then runs against it with one fixture param.
+"""
+
+from typing import Protocol
+
+import deploytoken_google
+import deploytoken_model as model
+import deploytoken_postgres
+import deploytoken_sqlite
+
+
+class TokenStore(Protocol):
+    backend: str  # the key of the store in BACKENDS
+    location: str  # where people look: a path or a URL
+    account_email: str | None  # the Google account of a person's own credentials, else None
+
+    @classmethod
+    def from_settings(cls, settings) -> "TokenStore":
+        """The store configured in ``settings`` (``deploytoken_settings.Settings``); InputError if not usable."""
+
+    @property
+    def identity(self) -> dict:
+        """``{"id": str, "name": str}``: an id made with the store, stable for its life, and its name."""
+
+    def read(self) -> model.Holding | None:
+        """The current holding, or None when nobody holds the token."""
+
+    def acquire(self, holding: model.Holding) -> model.Holding:
+        """Write ``holding`` if nobody holds the token; return whoever holds it afterwards."""
+
+    def release(self, claim: str, row: model.HistoryRow) -> model.HistoryRow:
+        """End ``claim`` and record ``row`` in the history; ClaimConflict if ``claim`` is not current."""
+
+    def history(self, limit: int) -> list[model.HistoryRow]:
+        """The latest ``limit`` history rows, newest first."""
+
+    def flush(self) -> int:
+        """Deliver history rows kept aside locally; return how many are still pending."""
+
+    def append_history(self, row: model.HistoryRow) -> bool:
+        """Add ``row`` (an override's) to the history unless its claim is there already; True if added."""
+
+    # The waiting line (deploytoken_storebase.NoWaitingLine is a store without one).
+    def enqueue(self, who: str):
+        """Join the line of waiters as ``who``; return the ticket."""
+
+    def ahead(self, ticket) -> int:
+        """How many waiters are before ``ticket``: 0 when it is this waiter's turn."""
+
+    def dequeue(self, ticket) -> None:
+        """Leave the line."""
+
+    def waiting(self) -> list[dict]:
+        """The waiters in arrival order: ``[{"who", "since", "ticket"}]``."""
+
+    def wait(self, seconds: float) -> None:
+        """Return as soon as the token may have changed hands, or after ``seconds``."""
+
+
+BACKENDS = {
+    "sqlite": deploytoken_sqlite.SqliteStore,
+    "google": deploytoken_google.GoogleStore,
+    "postgres": deploytoken_postgres.PostgresStore,
+}
+
+
+def open_store(settings) -> TokenStore:
+    """The token store named by ``deploytoken:backend`` (``sqlite`` unless told otherwise)."""
+    backend = BACKENDS.get(settings.backend)
+    if backend is None:
+        raise model.InputError(
+            f"Unknown deploytoken:backend {settings.backend!r}: use one of {', '.join(BACKENDS)} in the master config."
+        )
+    return backend.from_settings(settings)

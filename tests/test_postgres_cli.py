@@ -1,0 +1,71 @@
+"""``salt-run deploytoken.*`` end to end with the postgres backend: the real salt-run of the test master,
+with master configs whose deploytoken settings point at a real PostgreSQL cluster."""
+
+import multiprocessing
+
+import pytest
+
+from conftest import PEOPLE
+from kingfisher_fixtures import free_port
+
+pytestmark = [pytest.mark.daemons]
+
+
+@pytest.fixture
+def postgres_config(pg_section):
+    return {"backend": "postgres", "postgres": pg_section, "people": PEOPLE}
+
+
+def as_user(cli, login, *args):
+    return cli.run(*args, env={"SUDO_USER": login})
+
+
+def test_full_cycle_through_the_cli(salt_run_with, postgres_config):
+    cli = salt_run_with(postgres_config)
+    taken = as_user(cli, "alice", "deploytoken.acquire", "reason=upgrade postgres")
+    assert taken.returncode == 0, taken
+    assert taken.data["holder"] == "Alice Smith" and taken.data["backend"] == "postgres"
+    refused = as_user(cli, "bob", "deploytoken.acquire")
+    assert refused.returncode == 1 and refused.data["message"].startswith("Deploy token is held by Alice Smith")
+    status = as_user(cli, "carol", "deploytoken.status")
+    assert status.data["claim"] == taken.data["claim"] and status.data["store"].startswith("postgresql://")
+    released = as_user(cli, "alice", "deploytoken.release", "note=done")
+    assert released.returncode == 0, released
+    history = as_user(cli, "carol", "deploytoken.history")
+    assert [(row["claim"], row["note"]) for row in history.data] == [(taken.data["claim"], "done")]
+
+
+def _acquire(cli, login, results):
+    ret = as_user(cli, login, "deploytoken.acquire")
+    results.put((ret.returncode, ret.data))
+
+
+def test_two_master_configs_racing_leave_one_holder(salt_run_with, postgres_config):
+    masters = [salt_run_with(postgres_config), salt_run_with(postgres_config)]
+    # One process per call: a CLI object runs one salt-run at a time.
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    logins = ["alice", "bob", "carol", "dave", "erin", "frank"]
+    children = [context.Process(target=_acquire, args=(masters[i % 2], login, results))
+                for i, login in enumerate(logins)]
+    for child in children:
+        child.start()
+    rets = [results.get(timeout=300) for _ in children]
+    for child in children:
+        child.join(30)
+    winners = [data for code, data in rets if code == 0]
+    assert len(winners) == 1, rets
+    losers = [(code, data) for code, data in rets if code != 0]
+    assert all(code == 1 and data["message"].startswith(f"Deploy token is held by {winners[0]['holder']}")
+               for code, data in losers), rets
+    assert as_user(masters[1], "carol", "deploytoken.status").data["claim"] == winners[0]["claim"]
+
+
+def test_database_down_exits_2_naming_host_and_port(salt_run_with):
+    port = free_port()
+    cli = salt_run_with({"backend": "postgres", "postgres": {"host": "127.0.0.1", "port": port, "dbname": "x",
+                                                             "user": "x", "connect_timeout": 2}})
+    ret = as_user(cli, "alice", "deploytoken.acquire")
+    assert ret.returncode == 2
+    assert ret.data["error"].startswith(f"The PostgreSQL token store at 127.0.0.1:{port} (database x) cannot be "
+                                        "reached: ")
