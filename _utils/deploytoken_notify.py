@@ -135,9 +135,12 @@ def payload(kind, text):
         }
         attachment = {"contentType": "application/vnd.microsoft.card.adaptive", "content": card}
         return {"type": "message", "attachments": [attachment]}
+    # A reason or note must not ping the whole channel: Slack and Google Chat read <...> as a mention or
+    # a link, Mattermost reads @channel, @all and @here (a zero-width space after @ keeps the text readable).
     if kind in ("slack", "google_chat"):
-        # Both read <...> as a mention or a link: a reason must not ping the whole channel.
         text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if kind == "mattermost":
+        text = text.replace("@", "@\u200b")
     return {"text": text}
 
 

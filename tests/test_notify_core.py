@@ -111,15 +111,15 @@ def test_the_webhook_url_is_not_in_the_settings_repr(tmp_path):
 
 @pytest.mark.parametrize("kind", notify.KINDS)
 def test_each_kind_gets_its_own_payload(webhook, url_file, kind):
-    posted = notify.post(notify.Webhook(kind=kind, url_file=url_file), "Bob <!channel> & co")
+    posted = notify.post(notify.Webhook(kind=kind, url_file=url_file), "Bob <!channel> @channel & co")
     assert posted == {"posted": True, "attempts": 1, "message": f"Posted to the {kind} webhook in {url_file}."}
     (body,) = [post["body"] for post in webhook.posts]
     if kind == "teams":
-        assert body["attachments"][0]["content"]["body"][0]["text"] == "Bob <!channel> & co"
+        assert body["attachments"][0]["content"]["body"][0]["text"] == "Bob <!channel> @channel & co"
     elif kind == "mattermost":
-        assert body == {"text": "Bob <!channel> & co"}
+        assert body == {"text": "Bob <!channel> @\u200bchannel & co"}
     else:
-        assert body == {"text": "Bob &lt;!channel&gt; &amp; co"}
+        assert body == {"text": "Bob &lt;!channel&gt; @channel &amp; co"}
 
 
 def test_a_500_then_a_429_are_retried_until_the_post_goes_through(webhook, url_file, info_log):
