@@ -61,13 +61,15 @@ def remind(settings, store, now=None):
     if holding is None:
         return {"reminded": False, "held": False, "message": "Nobody holds the deploy token: no reminder is due."}
     target = path(settings.cachedir)
-    files.private_dir(os.path.dirname(target))
     wait = settings.notify.longest() if settings.notify else 0
     try:
+        files.private_dir(os.path.dirname(target))
         with files.locked(target + ".lock", timeout=wait + 1):
             return _remind(settings, holding, target, now or model.utcnow())
     except files.LockTimeout:
         return {"reminded": False, "message": "Another reminder run kept the lock too long; nothing was done."}
+    except (OSError, files.ForeignFolder) as exc:
+        raise model.StoreError(f"The reminder note {target} cannot be used: {exc}") from None
 
 
 def _remind(settings, holding, target, now):

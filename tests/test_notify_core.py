@@ -4,6 +4,7 @@ real SQLite store, real files in a temporary cachedir."""
 import datetime
 import io
 import logging
+import os
 import pathlib
 
 import pytest
@@ -325,6 +326,15 @@ def test_no_reminder_before_remind_after_or_when_free_or_off(tmp_path, store, we
     off = remind.remind(config(tmp_path), store)
     assert off["message"] == "Reminders are off: set deploytoken:remind_after (e.g. 4h)."
     assert webhook.posts == []
+
+
+def test_a_reminder_note_in_a_folder_others_own_is_one_sentence(tmp_path, store):
+    (tmp_path / "deploytoken").mkdir()
+    os.chown(tmp_path / "deploytoken", 65534, 65534)
+    held_since(store, 120)
+    with pytest.raises(model.StoreError, match=f"The reminder note {tmp_path}/deploytoken/reminder.json cannot be "
+                                               "used: The folder .* is not a folder owned by this user or root."):
+        remind.remind(config(tmp_path, remind_after="1m"), store)
 
 
 def test_a_reminder_that_could_not_be_posted_is_tried_again(tmp_path, store, webhook, url_file):
