@@ -92,15 +92,17 @@ def chat(webhook, count, timeout=30):
     return [text for text in webhook.texts() if REMINDER not in text]
 
 
-def test_the_reactor_posts_acquire_release_and_force_naming_the_people_waiting(salt_run, webhook, chat_master):
+def test_the_reactor_posts_acquire_release_force_and_override_naming_the_people_waiting(salt_run, webhook, chat_master):
     taken = as_user(salt_run, "alice", "deploytoken.acquire", "reason=upgrade postgres")
     asked = as_user(salt_run, "bob", "deploytoken.notify_me")
     assert asked["waiting"] is True
     as_user(salt_run, "alice", "deploytoken.release", "note=rebooted kingfisher-main")
     again = as_user(salt_run, "bob", "deploytoken.acquire", "reason=new spider")
     as_user(salt_run, "carol", "deploytoken.release", "force=True", "reason=Bob is away")
-    texts = chat(webhook, 4)
-    assert len(texts) == 4, webhook.texts()
+    override = as_user(salt_run, "carol", "deploytoken.override", "reason=database down", "targets=collect-9")
+    as_user(salt_run, "alice", "deploytoken.override", "cancel=True")
+    texts = chat(webhook, 6)
+    assert len(texts) == 6, webhook.texts()
     assert texts[0].startswith("The deploy token is held by Alice Smith (alice) since ")
     assert texts[0].endswith(f'"upgrade postgres" (claim {taken["claim"]}).')
     assert texts[1].startswith("Released the deploy token held by Alice Smith for ")
@@ -109,8 +111,12 @@ def test_the_reactor_posts_acquire_release_and_force_naming_the_people_waiting(s
     assert texts[2].endswith(f'"new spider" (claim {again["claim"]}).')
     assert texts[3].startswith('Carol Díaz (carol) forced the release of the deploy token held by Bob Jones for ')
     assert texts[3].endswith(', because: "Bob is away" ("new spider"). The deploy token is free.')
+    assert texts[4].startswith(f"OVERRIDE {override['id']} by Carol Díaz: the deploy token guard lets every "
+                               "deployment through on collect-9 until ")
+    assert texts[5] == (f"Alice Smith cancelled OVERRIDE {override['id']} on collect-9: the deploy token guard "
+                        "checks the deploy token again.")
     time.sleep(2)
-    assert len(chat(webhook, 5, timeout=0)) == 4  # one message per event
+    assert len(chat(webhook, 7, timeout=0)) == 6  # one message per event
 
 
 def test_someone_waiting_with_acquire_wait_is_named_when_the_token_is_released(salt_run, webhook, chat_master):
