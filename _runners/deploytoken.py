@@ -98,7 +98,8 @@ def _argument_problem(function, valid, args, kwargs):
 @_strict
 def status():
     """
-    Who holds the deploy token, since when, why, under which claim, and the commands to release it.
+    Who holds the deploy token, since when, why, under which claim, and the commands to release it;
+    with ``deploytoken: remind_after``, when the next reminder is due (``next_reminder``).
 
     CLI Example:
 
@@ -107,9 +108,15 @@ def status():
         salt-run deploytoken.status
         salt-run deploytoken.status --out=json
     """
-    ret = _run(lambda config, store: dict(
-        __utils__["deploytoken_token.status"](store), **__utils__["deploytoken_override.status"](__opts__["cachedir"])
-    ))
+
+    def show(config, store):
+        ret = dict(__utils__["deploytoken_token.status"](store), **__utils__["deploytoken_override.status"](
+            __opts__["cachedir"]))
+        if ret["held"]:
+            ret["next_reminder"] = __utils__["deploytoken_remind.next_due"](config, ret["since"])
+        return ret
+
+    ret = _run(show)
     # Without the ext_pillar, deploytoken.held on the minions cannot see the token and blocks every run.
     if "error" not in ret:
         pillars = __opts__.get("ext_pillar") or []
@@ -155,7 +162,7 @@ def acquire(reason="", wait=False, timeout=600, interval=10, name=None):
             wait=wait,
             timeout=timeout,
             interval=interval,
-            progress=_progress,
+            progress=_waiter(config, store, name, timeout),
             notify=_fire,
         ),
         changes=True,
@@ -502,5 +509,98 @@ def _progress(message):
 
 
 def _fire(tag, data):
+    # Sealed with the master's key: a minion may put any deploytoken/* event on the bus, and the chat
+    # (see announce) must tell the runner's from those. _fire is called from inside the _utils code,
+    # where __utils__ cannot be reached; Salt puts the synced _utils folder on sys.path.
+    import deploytoken_pillar
+    import deploytoken_seal
+
+    data = deploytoken_seal.seal(data, deploytoken_pillar.master_key(__opts__))
     with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as event:
         event.fire_event(data, tag)
+
+
+# ---- chat notifications and reminders ---------------------------------------------------------
+
+
+@_strict
+def remind():
+    """
+    Post the reminder that is due for a token held longer than ``deploytoken: remind_after``, once per
+    ``remind_every``: running it often (a Salt schedule on the master, or cron) posts each reminder once.
+    A reminder that could not be posted is tried again by the next run; the token is never changed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploytoken.remind
+    """
+    return _run(lambda config, store: __utils__["deploytoken_remind.remind"](config, store))
+
+
+@_strict
+def notify_me(name=None):
+    """
+    Be named in the chat message when the deploy token is released (as with ``acquire wait=True``).
+
+    name
+        Note this name instead of yours.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploytoken.notify_me
+    """
+    return _run(lambda config, store: __utils__["deploytoken_waiting.ask"](store, config, _caller(config, store), name))
+
+
+@_strict
+def announce(tag, data=None):
+    """
+    Post a ``deploytoken/*`` event to the chat of ``deploytoken: notify:``; the reactor calls this.
+    Only events this master's runner fired (sealed with the master's key) are posted. Never fails: a
+    post that could not be made is said in ``message``, and nothing about the token changes.
+
+    tag
+        The event's tag, e.g. ``deploytoken/released``.
+
+    data
+        The event's data.
+
+    CLI Example:
+
+    .. code-block:: yaml
+
+        # reactor/deploytoken.sls
+        deploytoken chat:
+          runner.deploytoken.announce:
+            - args:
+              - tag: {{ tag }}
+              - data: {{ data | json }}
+    """
+    try:
+        config = __utils__["deploytoken_settings.from_opts"](__opts__)
+        return __utils__["deploytoken_events.announce"](config, tag, data, __utils__["deploytoken_pillar.master_key"](
+            __opts__))
+    except SaltException as exc:
+        return {"posted": False, "message": str(exc)}
+
+
+def _waiter(config, store, name, timeout):
+    """``progress`` for acquire: its first report means the caller waits, so the released message names
+    them. It is called from inside the _utils code, where __utils__ cannot be reached: bind what it needs."""
+    who, add, caller = __utils__["deploytoken_token.who"], __utils__["deploytoken_waiting.add"], _caller(config, store)
+    noted = []
+
+    def progress(message):
+        if not noted:
+            noted.append(True)
+            try:
+                add(config.cachedir, *who(caller, name, config.people), seconds=timeout)
+            except SaltException as exc:  # the wait goes on; only the name in the chat message is lost
+                log.warning("deploytoken: %s", exc)
+        _progress(message)
+
+    return progress

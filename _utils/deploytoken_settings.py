@@ -19,17 +19,28 @@ and checked once, at the edge, into one ``Settings`` object that the rest of the
       pillar_max_age: 300             # seconds the guard accepts token data after it was issued
       repos: [/srv/deploy, ...]       # what update_repos and setup bring up to date
       ssh: False                      # setup asks targets through salt-ssh's roster instead of minions
+      notify:                         # chat messages through an incoming webhook (deploytoken_notify)
+        kind: slack                   # slack, google_chat, teams or mattermost
+        url_file: /etc/salt/deploytoken-webhook   # or url: ...; the file keeps the secret out of the config
+        timeout: 5                    # seconds per attempt
+        retries: 2                    # further attempts after a 429, a 5xx or no answer
+      remind_after: 4h                # remind the holder once the token is held this long (s, m, h, d)
+      remind_every: 4h                # and again after each such period (default: remind_after)
 """
 
 import dataclasses
 import os
+import re
 
 import deploytoken_model as model
+import deploytoken_notify
 import deploytoken_sshkey as sshkey
 
 DEFAULT_BACKEND = "sqlite"
 PILLAR_CACHE = 2
 PILLAR_MAX_AGE = 300
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd])")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +55,9 @@ class Settings:
     pillar_max_age: float = PILLAR_MAX_AGE
     repos: list | None = None
     ssh: bool = False
+    notify: deploytoken_notify.Webhook | None = None
+    remind_after: float | None = None
+    remind_every: float | None = None
 
     def section(self, name):
         """A backend's own block (``deploytoken:<name>:``), a dict, possibly empty."""
@@ -62,12 +76,13 @@ def from_opts(opts):
         raise model.InputError(f"deploytoken:backend must be the name of a store, got {backend!r}.")
     sections = {}
     for key, value in config.items():
-        if isinstance(value, dict) and key != "people":
+        if isinstance(value, dict) and key not in ("people", "notify"):  # notify: its URL must stay out of reprs
             sections[key] = value
     for key in ("sqlite", "google", "postgres"):
         if config.get(key) is not None and not isinstance(config[key], dict):
             raise model.InputError(f"deploytoken:{key} must be a mapping.")
     people, emails, ssh_keys = _people(config.get("people"))
+    remind_after = duration(config.get("remind_after"), "deploytoken:remind_after")
     return Settings(
         cachedir=str(opts.get("cachedir") or ""),
         backend=backend,
@@ -81,6 +96,9 @@ def from_opts(opts):
         ),
         repos=_repos(config.get("repos")),
         ssh=model.check_flag(config.get("ssh", False), "deploytoken:ssh"),
+        notify=deploytoken_notify.from_config(config.get("notify")),
+        remind_after=remind_after,
+        remind_every=duration(config.get("remind_every"), "deploytoken:remind_every") or remind_after,
     )
 
 
@@ -132,3 +150,20 @@ def _repos(repos):
     if not isinstance(repos, list) or not all(isinstance(path, str) and os.path.isabs(path) for path in repos):
         raise model.InputError("deploytoken:repos must be a list of absolute paths of git checkouts.")
     return list(repos)
+
+
+def duration(value, what):
+    """``4h``, ``30m``, ``90s``, ``1d``, ``1h30m`` or a number of seconds, in seconds; None when unset."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        parts = DURATION_PART.findall(text)
+        if not parts or "".join(DURATION_PART.sub("", text).split()):
+            raise model.InputError(f"{what} must be a duration such as 4h, 30m or 90s; got {value!r}.")
+        seconds = sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
+    if not 0 < seconds < float("inf"):
+        raise model.InputError(f"{what} must be longer than 0 seconds; got {value!r}.")
+    return seconds

@@ -88,6 +88,8 @@ def run(store, caller, people, paths, targets, tgt_type, reason, consent, busy_a
 
     ``check_busy(targets, tgt_type, busy_args)`` -> ``{minion: full return}`` of ``kingfisher.busy``;
     ``acquire_args``: ``name``, ``wait``, ``timeout``, ``interval`` as for ``deploytoken_token.request``.
+    ``notify(tag, data)`` hears ``deploytoken/acquired`` once the token is taken, and
+    ``deploytoken/setup_stopped`` when Kingfisher is busy and there is no consent.
     """
     targets = check_targets(targets)
     tgt_type = check_tgt_type(tgt_type)
@@ -118,11 +120,16 @@ def run(store, caller, people, paths, targets, tgt_type, reason, consent, busy_a
             progress(f"{minion}: " + ("busy: " + " ".join(found["reasons"]) if found["busy"] else "not busy."))
         if busy and not consent:
             reasons = " ".join(f"{minion}: {' '.join(found['reasons'])}" for minion, found in busy.items())
-            return _stop(
+            stopped = _stop(
                 summary,
                 f"Setup stopped: Kingfisher is busy. {reasons} Ask the owners, or the data support manager, "
                 f"and run again with {CONSENT_EXAMPLE}.",
             )
+            if notify:
+                whose = {minion: found["reasons"] for minion, found in busy.items()}
+                notify("deploytoken/setup_stopped", {"person": asked.shown, "login": asked.login, "targets": targets,
+                                                     "reason": reason, "busy": whose, "message": stopped["message"]})
+            return stopped
         if busy:
             progress(f"Kingfisher is busy, going ahead with the consent of {consent}.")
 
