@@ -213,6 +213,7 @@ def test_unknown_backend_exits_2(salt_run_with):
 def test_corrupt_store_is_named_and_left_untouched(salt_run_with, session_dir):
     path = session_dir / "corrupt.sqlite"
     path.write_bytes(b"not a database" * 512)
+    path.chmod(0o600)  # a store others could read would be refused for that first
     ret = salt_run_with({"sqlite": {"path": str(path)}}).run("deploytoken.acquire", env={"SUDO_USER": "alice"})
     assert ret.returncode == 2
     assert ret.data["error"].startswith(f"The token store {path} is damaged or not a SQLite file")

@@ -170,7 +170,7 @@ def test_setup_bad_input_changes_nothing(salt_run, behind, arg, sentence):
     ("tgt_type=globb", "tgt_type must be one of glob, pcre, list, grain, grain_pcre, pillar, pillar_pcre, "
                        "pillar_exact, compound, compound_pillar_exact, nodegroup, ipcidr, range; got 'globb'."),
     ("reasno=typo", "deploytoken.setup has no argument reasno: it takes targets, reason, wait, consent, repos, "
-                    "tgt_type, busy_args, timeout, interval, name."),
+                    "tgt_type, busy_args, timeout, interval, name, ssh."),
 ])
 def test_setup_checks_every_argument_before_the_first_step(salt_run, behind, arg, sentence):
     clone, _ = behind
