@@ -114,8 +114,9 @@ def test_server_restarted_during_releases_writes_one_history_row(pg_fault_cluste
     args = [(section, "alice", claim, False), (section, "bob", claim, True)]
     with locked(pg_fault_cluster, section, "history"):
         with children(_release, args) as outcomes:
-            wait_for(lambda: len(_backends(pg_fault_cluster, section, "wait_event_type = 'Lock'")) >= 1,
-                     what="a release to wait on the lock")
+            # Both releases connected and waiting, so the restart cuts both off mid-change.
+            wait_for(lambda: len(_backends(pg_fault_cluster, section, "wait_event_type = 'Lock'")) >= 2,
+                     what="both releases to wait on a lock")
             _restart(pg_fault_cluster)
     found = outcomes()
     released = [o for o in found if o[0] == "released"]
