@@ -69,7 +69,7 @@ def held(name):
     """
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     guard = "deploytoken_guard."
-    memory = (__opts__.get("deploytoken") or {}).get("store_memory") or __utils__[guard + "STORE_MEMORY"]
+    memory = __utils__[guard + "store_memory"](__opts__)
     try:
         pillar = __pillar__.get("deploytoken")
         ssh = __utils__[guard + "operator_login"](pillar) is not None

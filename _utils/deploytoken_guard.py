@@ -63,6 +63,12 @@ def operator_login(pillar):
     return None
 
 
+def store_memory(opts):
+    """Where this server remembers the store it obeys: ``deploytoken:store_memory`` in the minion config
+    (or the salt-ssh roster's ``minion_opts``), else STORE_MEMORY."""
+    return (opts.get("deploytoken") or {}).get("store_memory") or STORE_MEMORY
+
+
 def remembered_store(path):
     """The store this server's last deployment obeyed (``{"id", "name", ...}``), or None."""
     try:

@@ -90,6 +90,8 @@ class Salt:
             "root_dir": str(root), "pki_dir": str(root / "pki-n"), "cachedir": str(root / "minion/cache"),
             "sock_dir": str(root / "sock-n"), "pidfile": str(root / "minion.pid"),
             "log_file": str(root / "minion.log"),
+            # The store this benchmark's minion obeys, kept with it (each run makes a new store).
+            "deploytoken": {"store_memory": str(root / "store-memory.json")},
         }
         (conf / "master").write_text(json.dumps(master))
         (conf / "minion").write_text(json.dumps(minion))

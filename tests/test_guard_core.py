@@ -295,6 +295,11 @@ def test_a_server_obeys_one_store():
     )
 
 
+def test_the_store_memory_is_in_var_lib_unless_configured():
+    assert guard.store_memory({}) == "/var/lib/deploytoken/store.json"
+    assert guard.store_memory({"deploytoken": {"store_memory": "/srv/x.json"}}) == "/srv/x.json"
+
+
 def test_the_remembered_store_is_private_to_root_and_a_damaged_one_blocks(tmp_path):
     path = str(tmp_path / "lib" / "store.json")
     assert guard.remembered_store(path) is None
