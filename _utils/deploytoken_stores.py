@@ -6,10 +6,12 @@ checks the backend's own ``deploytoken:<backend>:`` block once) and one line in 
 conformance suite in ``tests/test_store_conformance.py`` then runs against it with one fixture param.
 """
 
-import importlib
 from typing import Protocol
 
+import deploytoken_google
 import deploytoken_model as model
+import deploytoken_postgres
+import deploytoken_sqlite
 
 
 class TokenStore(Protocol):
@@ -60,20 +62,18 @@ class TokenStore(Protocol):
         """Return as soon as the token may have changed hands, or after ``seconds``."""
 
 
-# backend -> (module, class). Imported when used: a master on SQLite never loads the Google client or psycopg.
 BACKENDS = {
-    "sqlite": ("deploytoken_sqlite", "SqliteStore"),
-    "google": ("deploytoken_google", "GoogleStore"),
-    "postgres": ("deploytoken_postgres", "PostgresStore"),
+    "sqlite": deploytoken_sqlite.SqliteStore,
+    "google": deploytoken_google.GoogleStore,
+    "postgres": deploytoken_postgres.PostgresStore,
 }
 
 
 def open_store(settings) -> TokenStore:
     """The token store named by ``deploytoken:backend`` (``sqlite`` unless told otherwise)."""
-    found = BACKENDS.get(settings.backend)
-    if found is None:
+    backend = BACKENDS.get(settings.backend)
+    if backend is None:
         raise model.InputError(
             f"Unknown deploytoken:backend {settings.backend!r}: use one of {', '.join(BACKENDS)} in the master config."
         )
-    module, name = found
-    return getattr(importlib.import_module(module), name).from_settings(settings)
+    return backend.from_settings(settings)
