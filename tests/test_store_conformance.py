@@ -211,20 +211,33 @@ def test_a_waiter_in_line_is_listed_and_leaves_it(backend):
 
 
 def _in_children(target, argument_lists):
-    """Run ``target(*args, barrier, results)`` in one forked process per argument list; their outcomes."""
+    """Run ``target(*args, barrier, results)`` in one forked process per argument list; their outcomes.
+
+    The racers are forked by one launcher process, which has no threads: forking them straight from the
+    test process (where the fake Google server and Salt's helpers run threads) could copy a lock some
+    thread held at that moment into a racer, which then never reaches the barrier."""
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(len(argument_lists))
     results = context.Queue()
+    launcher = context.Process(target=_launch, args=(target, argument_lists, barrier, results))
+    launcher.start()
+    try:
+        return [results.get(timeout=180) for _ in argument_lists]
+    finally:
+        launcher.join(60)
+        if launcher.is_alive():
+            launcher.kill()
+
+
+def _launch(target, argument_lists, barrier, results):
+    context = multiprocessing.get_context("fork")
     children = [context.Process(target=target, args=(*args, barrier, results)) for args in argument_lists]
     for child in children:
         child.start()
-    try:
-        return [results.get(timeout=180) for _ in children]
-    finally:
-        for child in children:
-            child.join(30)
-            if child.is_alive():
-                child.kill()
+    for child in children:
+        child.join(120)
+        if child.is_alive():
+            child.kill()
 
 
 def _acquire(backend, login, barrier, results):
