@@ -12,9 +12,11 @@ Configuration (minion config or pillar, read with ``config.get``; all optional):
                  runas: postgres, state_test: False}
       tmux: {users: auto}
 
-Every function also takes these settings as arguments, which win over the configuration. Prefer
-configuration for the Scrapyd password: Salt logs a job's arguments. Each source is an entry of the
-registry in ``_utils/kingfisher_sources.py``; ``kingfisher.report`` reads any of them by name.
+A server without one of them turns it off (``scrapyd: false``, ``postgres: false``, ``tmux:
+false``): it is then reported ``skipped``, never busy. Every function also takes these settings as
+arguments, which win over the configuration. Prefer configuration for the Scrapyd password: Salt
+logs a job's arguments. Each source is an entry of the registry in ``_utils/kingfisher_sources.py``;
+``kingfisher.report`` reads any of them by name.
 
 Errors of the core are Salt's own exception types (``SaltInvocationError`` for a bad argument or
 setting, ``CommandExecutionError`` for a source that cannot be read), so they pass through unchanged.
@@ -57,7 +59,7 @@ def _settings(source, given):
 
 
 def _read(source, given):
-    return __utils__["kingfisher_sources.get"](source).read(_settings(source, given))
+    return __utils__["kingfisher_sources.read"](source, _settings(source, given))
 
 
 def report(source, **settings):
@@ -238,7 +240,7 @@ def busy(postgres=None, url=None, username=None, password=None, users=None, thre
     # Every source of the registry; one added since takes its settings from config or pillar alone.
     settings = {name: _settings(name, given.get(name, {})) for name in __utils__["kingfisher_sources.names"]()}
     restart = None
-    if mode == "auto":
+    if mode == "auto" and settings.get("postgres") is not None:
         try:
             restart = postgres_restart_pending()
         except CommandExecutionError as exc:

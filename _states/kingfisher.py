@@ -64,11 +64,15 @@ def not_interrupted(name, source, **settings):
         return ret
     try:
         consent = __utils__["kingfisher_guard.check_consent"]((__pillar__.get("kingfisher") or {}).get("consent"))
-        reasons = found.reasons(__salt__["kingfisher.report"](source, **given))
+        report = __salt__["kingfisher.report"](source, **given)
+        reasons = found.reasons(report)
     except SaltException as exc:
         ret["comment"] = (
             f"Cannot tell whether a {found.what} would be interrupted, so this deployment may not go on: {exc}"
         )
+        return ret
+    if report.get("status") == "skipped":
+        ret.update(result=True, comment=f"No {found.what} is checked: {source} is {report['why']}.")
         return ret
     ret.update(__utils__["kingfisher_guard.decide"](reasons, consent, found.what, test=bool(__opts__.get("test"))))
     return ret

@@ -72,7 +72,8 @@ def verdicts(returns):
             reasons = [str(reason) for reason in report.get("reasons") or []]
             if report["busy"] and not reasons:
                 reasons = [f"{minion} says it is busy."]
-            found[minion] = {"busy": report["busy"], "answered": True, "reasons": reasons}
+            found[minion] = {"busy": report["busy"], "answered": True, "reasons": reasons,
+                             "summary": str(report.get("summary") or "")}
         else:
             found[minion] = _unknown(f"{minion} could not run kingfisher.busy, so it counts as busy: {report}")
     return found
@@ -117,7 +118,9 @@ def run(store, caller, people, paths, targets, tgt_type, reason, consent, busy_a
         summary["kingfisher"] = verdicts(returns)
         busy = {minion: found for minion, found in summary["kingfisher"].items() if found["busy"]}
         for minion, found in summary["kingfisher"].items():
-            progress(f"{minion}: " + ("busy: " + " ".join(found["reasons"]) if found["busy"] else "not busy."))
+            # The summary names the sources checked and skipped; an older minion's answer has none.
+            said = found.get("summary") or ("busy:" if found["busy"] else "not busy.")
+            progress(" ".join([f"{minion}: {said}", *(found["reasons"] if found["busy"] else [])]))
         if busy and not consent:
             reasons = " ".join(f"{minion}: {' '.join(found['reasons'])}" for minion, found in busy.items())
             stopped = _stop(

@@ -6,6 +6,7 @@ Also decides whether the next deployment would restart PostgreSQL, from data the
 gathers (pending package upgrades, a ``state.apply test=True`` return).
 """
 
+import kingfisher_sources as sources
 from kingfisher_errors import InputError, SourceError
 from kingfisher_sources import SOURCES
 
@@ -21,20 +22,33 @@ def check_mode(mode):
 def read(name, settings):
     """Source ``name``'s report, or ``status: unknown`` with the sentence why it cannot be read."""
     try:
-        return SOURCES[name].read(settings)
+        return sources.read(name, settings)
     except SourceError as exc:
         return {**exc.detail, "status": "unknown", "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
         return {"status": "unknown", "error": f"{name} failed unexpectedly: {type(exc).__name__}: {exc}"}
 
 
-def decide(sources):
+def _names(items):
+    items = list(items)
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
+
+
+def summary(busy, reports):
+    """One sentence: busy or not, which sources were checked and which were skipped, and why."""
+    checked = [name for name, report in reports.items() if report["status"] != "skipped"]
+    skipped = [f"{name} ({report['why']})" for name, report in reports.items() if report["status"] == "skipped"]
+    sentence = f"{'Busy' if busy else 'Not busy'}: checked {_names(checked) if checked else 'nothing'}"
+    return sentence + (f"; skipped {_names(skipped)}." if skipped else ".")
+
+
+def decide(reports):
     """
-    ``{"busy", "reasons", "sources"}`` from each source's report; a report with ``status:
-    unknown`` makes the server busy, ``status: skipped`` is ignored.
+    ``{"busy", "reasons", "summary", "sources"}`` from each source's report; a report with
+    ``status: unknown`` makes the server busy, ``status: skipped`` is ignored.
     """
     reasons = []
-    for name, report in sources.items():
+    for name, report in reports.items():
         if report.get("status") == "skipped":
             reasons_here = []
         else:
@@ -43,7 +57,7 @@ def decide(sources):
                 reasons_here.insert(0, f"{name} cannot be read, so it counts as busy: {report['error']}")
             report["status"] = "busy" if reasons_here else "idle"
         reasons += reasons_here
-    return {"busy": bool(reasons), "reasons": reasons, "sources": sources}
+    return {"busy": bool(reasons), "reasons": reasons, "summary": summary(bool(reasons), reports), "sources": reports}
 
 
 def busy(settings, postgres_mode="auto", restart=None):

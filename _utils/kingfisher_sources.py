@@ -2,6 +2,9 @@
 The Kingfisher sources: what ``kingfisher.busy``, the per-source module functions and the prereq
 guards are made of. A new source is one ``kingfisher_<name>.py`` file (its ``Settings``, ``read`` and
 ``reasons``) plus one entry in ``SOURCES``.
+
+A server without a source turns it off with ``kingfisher: {<name>: false}``: its settings are then
+None and every reader reports it ``skipped``.
 """
 
 import dataclasses
@@ -52,16 +55,32 @@ def settings(name, given, lookup):
     """
     The parsed settings of source ``name``: each one from ``given`` (arguments; None is "not given"),
     else ``lookup("kingfisher:<name>:<key>", default)`` (Salt's ``config.get``: config or pillar).
+    None when ``kingfisher:<name>`` is ``false``: the source is turned off on this server.
     """
     source = get(name)
     defaults = source.defaults()
     unknown = sorted(key for key in given if key not in defaults)
     if unknown:
         raise InputError(f"{name} has no setting {unknown[0]!r}; its settings are {', '.join(defaults)}.")
+    switch = lookup(f"kingfisher:{name}", None)
+    if switch is False:
+        return None
+    if switch not in (None, True) and not isinstance(switch, dict):
+        raise InputError(f"kingfisher:{name} must be its settings or false (turned off); got {switch!r}.")
     return source.settings.parse({
         key: given[key] if given.get(key) is not None else lookup(f"kingfisher:{name}:{key}", default)
         for key, default in defaults.items()
     })
+
+
+def turned_off(name):
+    """The report of a source turned off on this server."""
+    return {"status": "skipped", "why": f"turned off: kingfisher:{name} is false"}
+
+
+def read(name, parsed):
+    """Source ``name``'s report from its parsed settings (None: turned off); SourceError when unreadable."""
+    return turned_off(name) if parsed is None else get(name).read(parsed)
 
 
 def names():

@@ -140,6 +140,25 @@ def test_settings_come_from_pillar_through_config_get(salt, salt_cli, pillar_sls
         salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=MINION)
 
 
+def test_sources_turned_off_in_pillar_are_skipped_not_busy(salt, salt_cli, pillar_sls, tmux_users):
+    pillar_sls("kingfisher: {scrapyd: false, postgres: false}\n")
+    stale_user, _ = tmux_users["stale"]
+    try:
+        assert salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=MINION).returncode == 0
+        ret = salt("kingfisher.busy", "postgres=always", f"users={stale_user}")
+        assert ret.returncode == 0, ret
+        assert ret.data["busy"] is False and ret.data["summary"] == (
+            "Not busy: checked tmux; skipped scrapyd (turned off: kingfisher:scrapyd is false) and postgres "
+            "(turned off: kingfisher:postgres is false).")
+        guard = salt("state.single", "kingfisher.no_running_jobs", "name=crawls")
+        (state,) = guard.data.values()
+        assert state["result"] is True, guard
+        assert state["comment"] == "No Scrapyd job is checked: scrapyd is turned off: kingfisher:scrapyd is false."
+    finally:
+        pillar_sls("{}\n")
+        salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=MINION)
+
+
 def test_report_reads_any_source_by_name(salt, tmux_users):
     user, session = tmux_users["sleep"]
     ret = salt("kingfisher.report", "tmux", f"users={user}")

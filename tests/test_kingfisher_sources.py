@@ -40,8 +40,8 @@ def test_settings_take_arguments_first_then_config_by_key():
 
     parsed = kingfisher_sources.settings("postgres", {"port": "5433", "user": None}, lookup)
     assert (parsed.threshold, parsed.port, parsed.user) == (600.0, 5433, "postgres")
-    assert asked == ["kingfisher:postgres:threshold", "kingfisher:postgres:socket_dir", "kingfisher:postgres:user",
-                     "kingfisher:postgres:runas"]
+    assert asked == ["kingfisher:postgres", "kingfisher:postgres:threshold", "kingfisher:postgres:socket_dir",
+                     "kingfisher:postgres:user", "kingfisher:postgres:runas"]
 
 
 def test_unknown_source_and_unknown_setting_are_one_sentence():
@@ -51,6 +51,27 @@ def test_unknown_source_and_unknown_setting_are_one_sentence():
     with pytest.raises(InputError) as info:
         kingfisher_sources.settings("tmux", {"user": "alice"}, defaults)
     assert str(info.value) == "tmux has no setting 'user'; its settings are users."
+
+
+def test_a_source_turned_off_is_skipped_and_named_in_the_summary():
+    def lookup(key, default):
+        return {"kingfisher:scrapyd": False, "kingfisher:postgres": False}.get(key, default)
+
+    parsed = {name: kingfisher_sources.settings(name, {"url": "http://127.0.0.1:1"} if name == "scrapyd" else {},
+                                                lookup) for name in ("scrapyd", "postgres")}
+    assert parsed == {"scrapyd": None, "postgres": None}
+    report = kingfisher_busy.decide({name: kingfisher_busy.read(name, value) for name, value in parsed.items()})
+    assert report["busy"] is False and report["reasons"] == []
+    assert report["sources"]["scrapyd"] == {"status": "skipped", "why": "turned off: kingfisher:scrapyd is false"}
+    assert report["summary"] == (
+        "Not busy: checked nothing; skipped scrapyd (turned off: kingfisher:scrapyd is false) and postgres "
+        "(turned off: kingfisher:postgres is false).")
+
+
+def test_a_source_switch_that_is_neither_settings_nor_false_is_refused():
+    with pytest.raises(InputError) as info:
+        kingfisher_sources.settings("tmux", {}, lambda key, default: "off" if key == "kingfisher:tmux" else default)
+    assert str(info.value) == "kingfisher:tmux must be its settings or false (turned off); got 'off'."
 
 
 def test_source_errors_are_command_errors():

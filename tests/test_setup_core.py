@@ -38,20 +38,22 @@ def test_consent_must_be_one_line():
 
 def test_verdicts_fail_closed():
     returns = {
-        "idle": {"ret": {"busy": False, "reasons": [], "sources": {}}, "retcode": 0},
+        "idle": {"ret": {"busy": False, "reasons": [], "summary": "Not busy: checked tmux.", "sources": {}},
+                 "retcode": 0},
         "crawling": {"ret": {"busy": True, "reasons": ["Scrapyd job 1 of spider a is running."]}, "retcode": 1},
         "silent": False,
         "old": {"ret": "'kingfisher.busy' is not available.", "retcode": 254},
         "terse": {"ret": {"busy": True}, "retcode": 1},
     }
     assert setup.verdicts(returns) == {
-        "crawling": {"busy": True, "answered": True, "reasons": ["Scrapyd job 1 of spider a is running."]},
-        "idle": {"busy": False, "answered": True, "reasons": []},
+        "crawling": {"busy": True, "answered": True, "reasons": ["Scrapyd job 1 of spider a is running."],
+                     "summary": ""},
+        "idle": {"busy": False, "answered": True, "reasons": [], "summary": "Not busy: checked tmux."},
         "old": {"busy": True, "answered": False,
                 "reasons": ["old could not run kingfisher.busy, so it counts as busy: 'kingfisher.busy' is not "
                             "available."]},
         "silent": {"busy": True, "answered": False, "reasons": ["silent did not answer, so it counts as busy."]},
-        "terse": {"busy": True, "answered": True, "reasons": ["terse says it is busy."]},
+        "terse": {"busy": True, "answered": True, "reasons": ["terse says it is busy."], "summary": ""},
     }
 
 
