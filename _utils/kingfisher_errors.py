@@ -9,9 +9,6 @@ import sys
 
 from salt.exceptions import CommandExecutionError, SaltException, SaltInvocationError
 
-# What salt-ssh must ship for the busy check when the target's Python lacks it.
-THIN_EXTRA_MODS = "requests,psycopg,psycopg_binary"
-
 
 class KingfisherError(SaltException):
     """Base of the Kingfisher errors."""
@@ -35,7 +32,5 @@ class SourceError(KingfisherError, CommandExecutionError):
 def missing_package(package):
     """The sentence for a third-party package this Python cannot import (salt-ssh targets use their own)."""
     return SourceError(
-        f"The Python package {package} cannot be imported by {sys.executable}: install it for that Python, "
-        f"or, with salt-ssh, ship it in Salt's thin with thin_extra_mods: {THIN_EXTRA_MODS} in the master "
-        "configuration (or the Saltfile)."
+        f"The Python package {package} cannot be imported by {sys.executable}: install it for that Python."
     )

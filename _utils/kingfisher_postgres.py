@@ -7,6 +7,11 @@ what a person does with ``sudo -u postgres psql``. Forking (rather than starting
 user) needs no file the postgres user can read, and runs no shell; the child sends its answer back
 as JSON through a pipe. Values reach SQL only as query parameters.
 
+A Python without psycopg (a salt-ssh target has only Salt's thin) asks the server's own ``psql``
+instead, run as ``runas`` with ``runuser`` (an argument list, no shell, a clean environment). The
+server then builds the whole answer as one JSON value, so no query text, role or address can be
+mistaken for a separator; the threshold reaches SQL as a psql variable.
+
 A role without superuser or ``pg_read_all_stats`` sees other sessions as ``<insufficient
 privilege>`` and would find no long query at all; that is an error here, never "none".
 """
@@ -17,32 +22,42 @@ import os
 import pwd
 import re
 import select
+import shutil
 import signal
+import subprocess
+import sys
 
 import deploytoken_model as model
 from deploytoken_model import human_duration as duration
-from kingfisher_errors import InputError, SourceError, missing_package
+from kingfisher_errors import InputError, SourceError
 
 try:
     import psycopg
-except ImportError:  # the target's own Python under salt-ssh may lack it: a sentence when PostgreSQL is read
+except ImportError:  # the target's own Python under salt-ssh may lack it: the server's psql is used instead
     psycopg = None
 
 TIMEOUT = 30
 QUERY_START = 200
 LEADING_COMMENT = re.compile(r"^\s*(?:/\*(.*?)\*/|--([^\n]*))", re.S)
+# Where psql and runuser are looked for: the system's own folders, never the caller's PATH.
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 
 SQL_ALLOWED = (
     "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')"
     " FROM pg_roles WHERE rolname = current_user"
 )
-SQL_LONG = (
-    "SELECT pid, usename, host(client_addr), application_name,"
-    " EXTRACT(EPOCH FROM now() - query_start)::float8, query"
+COLUMNS = "pid, usename, host(client_addr), application_name, EXTRACT(EPOCH FROM now() - query_start)::float8, query"
+LONG = (
     " FROM pg_stat_activity"
     " WHERE state = 'active' AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
-    " AND query_start < now() - make_interval(secs => %s)"
-    " ORDER BY query_start"
+    " AND query_start < now() - make_interval(secs => {threshold})"
+)
+SQL_LONG = f"SELECT {COLUMNS}{LONG.format(threshold='%s')} ORDER BY query_start"
+# The same question for psql, answered as one JSON value; :'threshold' is psql's quoted variable.
+LONG_PSQL = LONG.format(threshold=":'threshold'")
+SQL_LONG_JSON = (
+    f"SELECT json_build_object('allowed', ({SQL_ALLOWED}), 'rows', (SELECT coalesce(json_agg("
+    f"json_build_array({COLUMNS}) ORDER BY query_start), '[]'){LONG_PSQL}))"
 )
 
 
@@ -167,13 +182,49 @@ def _fetch_as(params, runas):
         raise SourceError(f"PostgreSQL could not be queried as the {runas} user.") from None
 
 
+def _program(name):
+    found = shutil.which(name, path=SYSTEM_PATH)
+    if not found:
+        raise SourceError(
+            f"PostgreSQL cannot be read: the Python package psycopg cannot be imported by {sys.executable} and "
+            f"there is no {name} program in {SYSTEM_PATH}; install python3-psycopg or postgresql-client."
+        )
+    return found
+
+
+def _fetch_psql(params, runas):
+    """What ``_fetch_as`` answers, from the server's own ``psql`` (run as ``runas`` when we are root)."""
+    command = [_program("psql"), "--no-psqlrc", "--no-password", "--quiet", "--no-align", "--tuples-only",
+               "--set=ON_ERROR_STOP=1", f"--set=threshold={params['threshold']}", f"--host={params['host']}",
+               f"--port={params['port']}", f"--username={params['user']}", f"--dbname={params['dbname']}"]
+    if runas and os.geteuid() == 0:
+        command = [_program("runuser"), "-u", runas, "--", *command]
+    try:
+        done = subprocess.run(command, input=SQL_LONG_JSON, capture_output=True, text=True, timeout=TIMEOUT,
+                              cwd="/", env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8", "PGCONNECT_TIMEOUT": "10"})
+    except subprocess.TimeoutExpired:
+        raise SourceError(f"PostgreSQL did not answer within {TIMEOUT} seconds.") from None
+    if done.returncode != 0:
+        lines = [line.removeprefix("psql: error: ") for line in done.stderr.strip().splitlines()]
+        return {"error": lines[0] if lines else f"psql failed with exit status {done.returncode}"}
+    try:
+        answer = json.loads(done.stdout)
+        return {"rows": answer["rows"]} if answer["allowed"] else {"privilege": False}
+    except (ValueError, TypeError, KeyError):
+        raise SourceError(f"psql answered something that is not the expected JSON: {done.stdout[:80]!r}") from None
+
+
 def long_queries(settings, dbname="postgres"):
-    """``{"threshold", "queries": [...]}``: active client queries older than ``settings.threshold`` seconds."""
-    if psycopg is None:
-        raise missing_package("psycopg")
+    """
+    ``{"threshold", "client", "queries": [...]}``: active client queries older than ``settings.threshold``
+    seconds, read with psycopg, or with the server's psql (``client``) when psycopg cannot be imported.
+    """
     params = {"host": settings.socket_dir, "port": settings.port, "user": settings.user, "dbname": dbname,
               "threshold": settings.threshold}
-    answer = _fetch_as(params, settings.runas)
+    if psycopg is None:
+        client, answer = "psql", _fetch_psql(params, settings.runas)
+    else:
+        client, answer = "psycopg", _fetch_as(params, settings.runas)
     where = f"PostgreSQL at {settings.socket_dir} port {settings.port}"
     if "error" in answer:
         raise SourceError(f"{where} cannot be queried: {answer['error']}")
@@ -182,7 +233,7 @@ def long_queries(settings, dbname="postgres"):
             f"Role {settings.user!r} cannot see other sessions' queries in {where} (it needs superuser or "
             "pg_read_all_stats), so long queries cannot be ruled out."
         )
-    return {"threshold": settings.threshold, "queries": report(answer["rows"])}
+    return {"threshold": settings.threshold, "client": client, "queries": report(answer["rows"])}
 
 
 def reasons(report):

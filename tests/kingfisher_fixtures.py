@@ -368,6 +368,26 @@ def listen_as(name, path):
         listener.wait(timeout=10)
 
 
+# A salt-ssh target's own Python, which has neither requests nor psycopg
+
+
+def lean_python(tmp_path, code):
+    """Run ``code`` with this Python's packages but requests and psycopg, and our _utils first on the path."""
+    lean = tmp_path / "site-packages"
+    lean.mkdir(exist_ok=True)
+    site = pathlib.Path(requests.__file__).parent.parent
+    for entry in site.iterdir():
+        if not entry.name.lower().startswith(("requests", "psycopg")) and not (lean / entry.name).exists():
+            (lean / entry.name).symlink_to(entry)
+    utils = pathlib.Path(__file__).resolve().parent.parent / "_utils"
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", f"import sys; sys.path[:0] = [{str(lean)!r}, {str(utils)!r}]\n{code}"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    return done.stdout
+
+
 # PostgreSQL
 
 

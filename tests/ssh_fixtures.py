@@ -177,7 +177,6 @@ class SshWorld:
             "file_roots": {"base": [str(REPO), str(self.sls_dir)]},
             "pillar_roots": {"base": [str(conf / "pillar")]},
             "ext_pillar": [{"deploytoken": {}}],
-            "thin_extra_mods": "psycopg,psycopg_binary",
             "deploytoken": dict(deploytoken, people=self.people()),
         }
         (conf / "master").write_text(yaml.safe_dump(master))

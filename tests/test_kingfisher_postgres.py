@@ -1,11 +1,13 @@
 """long_queries against a real PostgreSQL 15 cluster (see kingfisher_fixtures.pg_cluster)."""
 
+import json
 import time
 
 import pytest
 
 import kingfisher_postgres
 from kingfisher_errors import InputError, SourceError
+from kingfisher_fixtures import lean_python
 
 SLEEP = "SELECT pg_sleep(600)"
 
@@ -34,6 +36,38 @@ def test_long_queries_name_their_owners(pg_cluster, pg_query):
     bob = found[local]
     assert bob["usename"] == "bob" and bob["client_addr"] is None and bob["comment"] == "bob: vacuum full"
     assert report["threshold"] == 1
+
+
+READ_WITH_PSQL = """
+import json, kingfisher_postgres
+settings = kingfisher_postgres.Settings.parse({{"socket_dir": {socket_dir!r}, "port": {port}, "threshold": 1,
+                                               "user": {user!r}}})
+try:
+    print(json.dumps(kingfisher_postgres.long_queries(settings)))
+except Exception as exc:
+    print(json.dumps({{"error": str(exc)}}))
+"""
+
+
+def test_without_psycopg_the_servers_psql_gives_the_same_report(pg_cluster, pg_query, tmp_path):
+    tcp = pg_query(f"/* alice: it's, \"quoted\" \x1f | x */ {SLEEP}", user="alice", tcp=True)
+    local = pg_query(f"-- bob: vacuum full\n{SLEEP}", user="bob")
+    time.sleep(1.2)
+    code = READ_WITH_PSQL.format(socket_dir=pg_cluster.socket_dir, port=pg_cluster.port, user="postgres")
+    with_psql = json.loads(lean_python(tmp_path, code))
+    with_psycopg = long_queries(pg_cluster, threshold=1)
+    assert with_psql["client"] == "psql" and with_psycopg["client"] == "psycopg"
+    ours = [query for query in with_psql["queries"] if query["pid"] in (tcp, local)]
+    assert [query["comment"] for query in ours] == ["alice: it's, \"quoted\" \x1f | x", "bob: vacuum full"]
+    assert ours[0]["client_addr"] == "127.0.0.1" and ours[1]["client_addr"] is None
+    for query in with_psycopg["queries"]:
+        query.pop("duration")
+    for query in with_psql["queries"]:
+        query.pop("duration")
+    assert with_psql["queries"] == with_psycopg["queries"]
+    code = READ_WITH_PSQL.format(socket_dir=pg_cluster.socket_dir, port=pg_cluster.port, user="dtkmonitor")
+    refused = json.loads(lean_python(tmp_path, code))["error"]
+    assert refused.startswith("Role 'dtkmonitor' cannot see other sessions' queries"), refused
 
 
 def test_queries_younger_than_the_threshold_are_not_reported(pg_cluster, pg_query):

@@ -3,20 +3,16 @@ missing third-party package on a salt-ssh target: no daemon, except a real Scrap
 
 import dataclasses
 import json
-import pathlib
-import subprocess
 import sys
 
 import pytest
-import requests
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import kingfisher_busy
 import kingfisher_scrapyd
 import kingfisher_sources
-from kingfisher_errors import THIN_EXTRA_MODS, InputError, SourceError
-
-UTILS = pathlib.Path(kingfisher_sources.__file__).parent
+from kingfisher_errors import InputError, SourceError
+from kingfisher_fixtures import lean_python
 
 
 def defaults(key, default):
@@ -116,31 +112,20 @@ def test_credentials_in_the_url_still_log_in_but_are_not_returned(scrapyd_busy):
 READ_ALL = """
 import json
 import kingfisher_busy, kingfisher_sources
-for name in ("scrapyd", "postgres"):
-    settings = kingfisher_sources.settings(name, {}, lambda key, default: default)
+given = {"scrapyd": {}, "postgres": {"socket_dir": "/tmp/dtk-nowhere", "port": 1, "runas": ""}}
+for name, settings in given.items():
+    settings = kingfisher_sources.settings(name, settings, lambda key, default: default)
     print(json.dumps(kingfisher_busy.read(name, settings)))
 """
 
 
-def test_missing_package_is_one_sentence_naming_it_and_the_source_is_unknown(tmp_path):
-    # This Python's packages, without requests and psycopg, as on a bare target.
-    lean = tmp_path / "site-packages"
-    lean.mkdir()
-    site = pathlib.Path(requests.__file__).parent.parent
-    for entry in site.iterdir():
-        if not entry.name.lower().startswith(("requests", "psycopg")):
-            (lean / entry.name).symlink_to(entry)
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", f"import sys; sys.path[:0] = [{str(lean)!r}, {str(UTILS)!r}]\n{READ_ALL}"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
-    )
-    assert done.returncode == 0 and done.stderr == "", done.stderr
-    scrapyd, postgres = (json.loads(line) for line in done.stdout.splitlines())
-    for report, package in ((scrapyd, "requests"), (postgres, "psycopg")):
-        assert report["status"] == "unknown"
-        assert report["error"] == (
-            f"The Python package {package} cannot be imported by {sys.executable}: install it for that Python, "
-            f"or, with salt-ssh, ship it in Salt's thin with thin_extra_mods: {THIN_EXTRA_MODS} in the master "
-            "configuration (or the Saltfile)."
-        )
+def test_missing_requests_is_one_sentence_and_postgres_falls_back_to_psql(tmp_path):
+    scrapyd, postgres = (json.loads(line) for line in lean_python(tmp_path, READ_ALL).splitlines())
+    assert scrapyd["status"] == "unknown"
+    assert scrapyd["error"] == (
+        f"The Python package requests cannot be imported by {sys.executable}: install it for that Python.")
+    assert postgres["status"] == "unknown"
+    assert postgres["error"].startswith(
+        'PostgreSQL at /tmp/dtk-nowhere port 1 cannot be queried: connection to server on socket '
+        '"/tmp/dtk-nowhere/.s.PGSQL.1" failed: No such file or directory'), "psql's own sentence"
     assert kingfisher_busy.decide({"postgres": postgres})["busy"] is True

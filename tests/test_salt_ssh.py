@@ -3,6 +3,7 @@ against a real sshd; the guard on the target judges the operator, never the SSH 
 
 import json
 import re
+import subprocess
 
 import pytest
 
@@ -207,5 +208,23 @@ def test_setup_over_the_roster_checks_kingfisher_like_minions(
     idle, _ = tmux_users["idle"]
     done = setup(idle)
     assert done.returncode == 0, done
-    assert done.data["kingfisher"] == {"kf": {"busy": False, "answered": True, "reasons": []}}
+    assert done.data["kingfisher"] == {"kf": {
+        "busy": False, "answered": True, "reasons": [],
+        "summary": "Not busy: checked scrapyd and tmux; skipped postgres (postgres=never)."}}
     assert done.data["token"]["holder"] == "Ada Lovelace" and done.data["done"] is True
+
+
+def test_busy_check_on_a_target_without_psycopg_reads_postgres_with_psql(ssh_world, team, pg_cluster, pg_query):
+    ada = team["ada"]
+    python = ssh_world.salt_ssh(ada, "grains.get", "pythonexecutable").data["kf"]
+    lacks = subprocess.run([python, "-c", "import psycopg"], capture_output=True, text=True, timeout=30)
+    assert "No module named 'psycopg'" in lacks.stderr, f"{python} should not have psycopg"
+    pid = pg_query("/* alice: reindex */ SELECT pg_sleep(600)", user="alice")
+    ran = ssh_world.salt_ssh(ada, "kingfisher.busy", "postgres=always", "threshold=0",
+                             f"socket_dir={pg_cluster.socket_dir}", f"port={pg_cluster.port}")
+    report = ran.data["kf"]
+    postgres = report["sources"]["postgres"]
+    assert postgres["status"] == "busy" and postgres["client"] == "psql", report
+    assert pid in [query["pid"] for query in postgres["queries"]]
+    assert any(reason.startswith(f"PostgreSQL query {pid} of alice (alice: reindex) has been running for ")
+               for reason in report["reasons"]), report["reasons"]
