@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import salt.client
 import salt.client.ssh.client
+import salt.syspaths
 import salt.utils.event
 import salt.utils.minions
 from salt.exceptions import SaltException
@@ -71,7 +72,7 @@ def _strict(func):
                 problem = f"deploytoken.{func.__name__}: {exc}."
         if problem is not None:
             return {"error": problem, "retcode": BAD_INPUT}
-        return func(*args, **kwargs)
+        return __utils__["deploytoken_hints.pasteable"](func(*args, **kwargs), _prefix())
 
     checked.__name__, checked.__qualname__, checked.__doc__ = func.__name__, func.__qualname__, func.__doc__
     return checked
@@ -492,10 +493,16 @@ def _caller(config, store):
     return config.emails.get(email.casefold(), login) if email else login
 
 
+def _prefix():
+    """How this call was made: ``salt-run``, or ``salt-run -c FOLDER`` outside Salt's default folder."""
+    return __utils__["deploytoken_hints.prefix"](__opts__.get("conf_file"), salt.syspaths.CONFIG_DIR)
+
+
 def _progress(message):
     """Tell the person what is happening. The runner's event stream always gets it; salt-run's own
     output only with its default outputter, so that ``--out=json`` prints one document (the result),
     and the person still sees the progress on stderr."""
+    message = __utils__["deploytoken_hints.sentence"](message, _prefix())
     log.info("deploytoken: %s", message)
     try:
         jid_event = __jid_event__

@@ -7,7 +7,9 @@ Unit tests import the plain-Python core straight from ``_utils/``.
 
 import itertools
 import logging
+import os
 import pathlib
+import shlex
 import shutil
 import sqlite3
 import sys
@@ -40,6 +42,11 @@ def pytest_configure(config):
 def as_user(cli, login, *args, **kwargs):
     """Run a salt CLI (salt-run, salt) as ``login`` would through sudo."""
     return cli.run(*args, env={"SUDO_USER": login}, **kwargs)
+
+
+def hint_prefix(cli):
+    """How the runner's hints start for ``cli``: every test master has its own config folder."""
+    return f"salt-run -c {shlex.quote(os.path.dirname(cli.config['conf_file']))}"
 
 
 def pytest_unconfigure(config):

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from conftest import hint_prefix
 from guard_helpers import MINION, unreadable_store
 from test_guard_states import apply_as, guard_of
 
@@ -123,5 +124,5 @@ def test_an_override_works_while_the_store_is_down_and_its_row_is_written_later(
 def test_bad_override_input_is_refused_and_changes_nothing(salt_run, overrides, args, sentence):
     ret = as_bob(salt_run, "deploytoken.override", *args)
     assert ret.returncode == 2
-    assert ret.data == {"error": sentence, "retcode": 2}
+    assert ret.data == {"error": sentence.replace("salt-run", hint_prefix(salt_run)), "retcode": 2}
     assert not overrides.exists() or json.loads(overrides.read_text()) == []

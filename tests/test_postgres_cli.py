@@ -5,7 +5,7 @@ import multiprocessing
 
 import pytest
 
-from conftest import PEOPLE, as_user
+from conftest import PEOPLE, as_user, hint_prefix
 from kingfisher_fixtures import free_port
 
 pytestmark = [pytest.mark.daemons]
@@ -86,4 +86,5 @@ def test_migrate_copies_the_holder_and_history_once(salt_run_with, postgres_conf
     assert as_user(new, "alice", "deploytoken.status").data["claim"] == held.data["claim"]
     assert [row["reason"] for row in as_user(new, "alice", "deploytoken.history").data] == ["by bob", "by alice"]
     assert as_user(old, "carol", "deploytoken.migrate").data == {
-        "error": "Say which store to copy into, e.g. salt-run deploytoken.migrate to=postgres.", "retcode": 2}
+        "error": f"Say which store to copy into, e.g. {hint_prefix(old)} deploytoken.migrate to=postgres.",
+        "retcode": 2}

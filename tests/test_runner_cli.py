@@ -2,12 +2,17 @@
 
 import concurrent.futures
 import json
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from conftest import as_user
+from conftest import PEOPLE, as_user, hint_prefix
 
 pytestmark = [pytest.mark.daemons, pytest.mark.usefixtures("free_token")]
 
@@ -37,7 +42,8 @@ def test_full_cycle_through_the_cli(salt_run):
     assert status.data["holder"] == "Alice Smith" and status.data["claim"] == taken.data["claim"]
     assert status.data["backend"] == "sqlite" and status.data["since"].endswith("Z")
     claim = taken.data["claim"]
-    assert status.data["force_command"] == f"salt-run deploytoken.release force=True claim={claim} reason='...'"
+    assert status.data["force_command"] == f"{hint_prefix(salt_run)} deploytoken.release force=True claim={claim} " \
+        "reason='...'"
 
     not_holder = as_user(salt_run, "bob", "deploytoken.release")
     assert not_holder.returncode == 1
@@ -218,3 +224,20 @@ def test_corrupt_store_is_named_and_left_untouched(salt_run_with, session_dir):
     assert ret.returncode == 2
     assert ret.data["error"].startswith(f"The token store {path} is damaged or not a SQLite file")
     assert path.read_bytes() == b"not a database" * 512
+
+
+def test_hints_name_the_config_folder_of_the_call_so_pasting_them_works(salt_run_with, tmp_path):
+    cli = salt_run_with({"sqlite": {"path": str(tmp_path / "token.sqlite")}, "people": PEOPLE})
+    prefix = hint_prefix(cli)
+    assert prefix.startswith("salt-run -c /") and not prefix.startswith("salt-run -c /etc/salt")
+    taken = as_user(cli, "alice", "deploytoken.acquire", "reason=paste me")
+    assert taken.returncode == 0, taken
+    hint = taken.data["message"].split("Give it back with: ", 1)[1]
+    assert hint == f"{prefix} deploytoken.release note='...'"
+    assert as_user(cli, "bob", "deploytoken.acquire").data["message"].endswith(
+        f"Wait with {prefix} deploytoken.acquire wait=True, or ask Alice Smith to run {prefix} deploytoken.release.")
+    program, *args = shlex.split(hint)
+    pasted = subprocess.run([str(pathlib.Path(sys.executable).parent / program), *args], capture_output=True,
+                            text=True, timeout=120, env=dict(os.environ, SUDO_USER="alice"))
+    assert pasted.returncode == 0, pasted
+    assert as_user(cli, "alice", "deploytoken.status").data["held"] is False
