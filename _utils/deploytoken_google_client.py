@@ -8,8 +8,10 @@ import json
 import random
 import socket
 import time
+import urllib.parse
 
 import deploytoken_model as model
+import deploytoken_network as network
 
 try:
     import google.auth
@@ -76,7 +78,7 @@ class Client:
                 try:
                     self.credentials.refresh(google_auth_httplib2.Request(httplib2.Http(timeout=self.timeout)))
                 except (google.auth.exceptions.GoogleAuthError, OSError, httplib2.HttpLib2Error) as exc:
-                    raise model.StoreError(_refused(True, exc)) from exc
+                    raise model.StoreError(self._auth_failed(exc)) from exc
             # Straight from the token endpoint over TLS, like the access token: no signature to check.
             id_token = self.credentials.id_token
             claims = google.auth.jwt.decode(id_token, verify=False) if id_token else {}
@@ -103,14 +105,23 @@ class Client:
                     raise model.StoreError(self._permanent(where, status, exc)) from exc
                 problem = f"HTTP {status}"
             except (socket.timeout, ConnectionError, OSError, httplib2.HttpLib2Error) as exc:
-                problem = type(exc).__name__
+                problem = network.cause(exc, _host(request.uri)) or type(exc).__name__
             except google.auth.exceptions.GoogleAuthError as exc:
-                raise model.StoreError(f"{where} cannot be reached: {_refused(self.user, exc)}") from exc
+                raise model.StoreError(f"{where} cannot be reached: {self._auth_failed(exc)}") from exc
             if kind == "write":
                 raise Ambiguous(problem)
             if attempt + 1 < TRANSIENT_ATTEMPTS:
                 self.pause(attempt)
         raise model.StoreError(f"{where} did not answer after {TRANSIENT_ATTEMPTS} tries ({problem}): try again later.")
+
+    def _auth_failed(self, exc):
+        """Why the credentials could not be used: the network on the way to Google's token endpoint, or
+        Google refusing them (only then is logging in again the fix)."""
+        host = _host(getattr(self.credentials, "_token_uri", None) or "oauth2.googleapis.com")
+        cause = network.cause(exc, host)
+        if cause:
+            return f"Google's token endpoint cannot be reached, so the credentials were not checked: {cause}"
+        return _refused(self.user, exc)
 
     def pause(self, attempt):
         # Truncated exponential backoff with full jitter, so racing masters spread out.
@@ -134,6 +145,10 @@ class Client:
             return f"{where} refused the service account's credentials (HTTP 401): create a new key."
         reason = getattr(exc, "reason", "") or ""
         return f"{where} rejected the request (HTTP {status}: {reason}); nothing was changed."
+
+
+def _host(uri):
+    return urllib.parse.urlsplit(uri).hostname or uri
 
 
 def _refused(user, exc):

@@ -14,6 +14,7 @@ import re
 import time
 import urllib.parse
 
+import deploytoken_network as network
 import kingfisher_proc as proc
 from deploytoken_model import human_duration as duration
 from kingfisher_errors import InputError, SourceError, missing_package
@@ -78,7 +79,8 @@ def _call(url, endpoint, auth, params=None):
     try:
         response = requests.get(f"{url}/{endpoint}", params=params, auth=auth, timeout=TIMEOUT)
     except requests.RequestException as exc:
-        raise SourceError(f"{where} cannot be reached: {type(exc).__name__}.") from None
+        why = network.cause(exc, urllib.parse.urlsplit(url).hostname) or type(exc).__name__
+        raise SourceError(f"{where} cannot be reached: {why}.") from None
     if response.status_code == 401:
         raise SourceError(f"{where} refused the username and password (HTTP 401): check kingfisher:scrapyd.")
     if response.status_code != 200:

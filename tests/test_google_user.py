@@ -2,6 +2,7 @@
 authorized-user kind, as ``gcloud auth application-default login`` writes them), against the fake."""
 
 import json
+import urllib.parse
 
 import pytest
 
@@ -10,6 +11,7 @@ import deploytoken_settings
 import deploytoken_token as token
 from conftest import PEOPLE
 from google_fixtures import google_store
+from kingfisher_fixtures import free_port
 
 
 @pytest.fixture
@@ -62,3 +64,18 @@ def test_revoked_user_credentials_give_the_login_command(fake_google, user_confi
 def test_unknown_credentials_kind_is_refused(google_config):
     with pytest.raises(model.InputError, match="deploytoken:google:credentials must be user or service_account"):
         google_store(google_config, credentials="oauth")
+
+
+@pytest.mark.parametrize("where, sentence", [
+    ("http://nonexistent.invalid/token", "the name nonexistent.invalid cannot be resolved (DNS)"),
+    ("http://127.0.0.1:{closed}/token", "127.0.0.1 refused the connection (nothing listens there)"),
+    ("https://127.0.0.1:{fake}/token", "the TLS handshake with 127.0.0.1 failed ("),
+])
+def test_a_network_failure_is_not_called_refused_credentials(fake_google, user_config, where, sentence):
+    token_uri = where.format(closed=free_port(), fake=urllib.parse.urlsplit(fake_google.url).port)
+    with pytest.raises(model.StoreError) as info:
+        google_store(dict(user_config, token_uri=token_uri)).account_email
+    message = str(info.value)
+    assert message.startswith(f"Google's token endpoint cannot be reached, so the credentials were not checked: "
+                              f"{sentence}"), message
+    assert "refused (" not in message and "gcloud" not in message

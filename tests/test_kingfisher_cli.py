@@ -68,7 +68,7 @@ def test_unreadable_sources_count_as_busy(salt, make_scrapyd, tmux_users):
     assert ret.returncode == 1, ret
     assert ret.data["sources"]["scrapyd"]["status"] == "busy"
     assert ret.data["reasons"][0] == f"scrapyd cannot be read, so it counts as busy: Scrapyd at {server.url} " \
-        "cannot be reached: ConnectionError."
+        "cannot be reached: 127.0.0.1 refused the connection (nothing listens there)."
     assert ret.data["reasons"][1].startswith(
         "postgres cannot be read, so it counts as busy: PostgreSQL at /tmp/dtk-nowhere port 1 cannot be queried: ")
 

@@ -64,10 +64,18 @@ def test_wrong_password_is_a_clear_error(scrapyd_busy):
     )
 
 
+def test_a_scrapyd_name_that_does_not_resolve_is_named_as_dns():
+    with pytest.raises(SourceError) as info:
+        kingfisher_scrapyd.jobs(settings("http://nonexistent.invalid:6800", None, None))
+    assert str(info.value) == ("Scrapyd at http://nonexistent.invalid:6800 cannot be reached: the name "
+                               "nonexistent.invalid cannot be resolved (DNS).")
+
+
 def test_stopped_scrapyd_is_unknown_and_its_orphaned_crawl_is_reported(make_scrapyd):
     server = make_scrapyd(jobs=1)
     server.kill()
-    with pytest.raises(SourceError, match=rf"^Scrapyd at {server.url} cannot be reached: ConnectionError\.$"):
+    refused = rf"^Scrapyd at {server.url} cannot be reached: 127\.0\.0\.1 refused the connection "
+    with pytest.raises(SourceError, match=refused):
         kingfisher_scrapyd.jobs(settings(server.url, server.username, server.password))
     report = kingfisher_busy.read("scrapyd", settings(server.url, server.username, server.password))
     assert report["status"] == "unknown"

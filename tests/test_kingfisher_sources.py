@@ -92,7 +92,9 @@ def test_credentials_in_the_url_are_not_in_errors_reports_or_repr():
     assert "s3cret" not in repr(settings)
     with pytest.raises(SourceError) as info:
         kingfisher_scrapyd.jobs(settings)
-    assert str(info.value) == "Scrapyd at http://***@127.0.0.1:1 cannot be reached: ConnectionError."
+    assert str(info.value) == (
+        "Scrapyd at http://***@127.0.0.1:1 cannot be reached: 127.0.0.1 refused the connection "
+        "(nothing listens there).")
     report = kingfisher_busy.decide({"scrapyd": kingfisher_busy.read("scrapyd", settings)})
     assert report["busy"] is True and report["sources"]["scrapyd"]["url"] == "http://***@127.0.0.1:1"
     assert "s3cret" not in json.dumps(report)
