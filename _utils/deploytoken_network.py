@@ -6,6 +6,7 @@ TransportError, httplib2, requests and urllib3), so the whole chain is searched.
 """
 
 import errno
+import re
 import socket
 import ssl
 
@@ -52,3 +53,25 @@ def cause(exc, host):
         "unreachable": f"there is no network route to {host}",
         "timeout": f"{host} did not answer in time",
     }.get(found)
+
+
+# libpq says why in its message (the same words through psycopg and psql); the first matching rule wins.
+POSTGRES_CAUSES = (
+    (r"failed to resolve host|could not translate host name", "the host name cannot be resolved (DNS)"),
+    (r"Connection refused", "the server refused the connection (nothing listens on that port)"),
+    (r"No such file or directory", "no server listens on that socket (is PostgreSQL running?)"),
+    (r"Network is unreachable|No route to host", "there is no network route to the server"),
+    (r"timeout expired", "the server did not answer within the connect timeout"),
+    (r"SSL|certificate", "the TLS connection failed"),
+    (r'database ".*" does not exist', "there is no such database"),
+    (r'authentication failed|no password supplied|no pg_hba\.conf entry|role ".*" does not exist',
+     "the server refused this role"),
+)
+
+
+def postgres_cause(message):
+    """``message`` (libpq's first line) led by a phrase naming the cause, or as it is when none is known."""
+    for pattern, phrase in POSTGRES_CAUSES:
+        if re.search(pattern, message):
+            return f"{phrase} ({message})"
+    return message

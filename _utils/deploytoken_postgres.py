@@ -25,6 +25,7 @@ import psycopg
 from psycopg import conninfo, sql
 
 import deploytoken_model as model
+import deploytoken_network as network
 
 SCHEMA_VERSION = "1"
 APPLICATION = "deploytoken"
@@ -412,7 +413,7 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise model.StoreError(
                 f"The PostgreSQL token store at {self.address} (database {self.dbname}) cannot be reached: "
-                f"{_first_line(exc)}."
+                f"{network.postgres_cause(_first_line(exc))}."
             ) from None
 
     def _transaction(self, retrying=False):

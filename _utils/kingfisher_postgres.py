@@ -28,6 +28,7 @@ import subprocess
 import sys
 
 import deploytoken_model as model
+import deploytoken_network as network
 from deploytoken_model import human_duration as duration
 from kingfisher_errors import InputError, SourceError
 
@@ -227,7 +228,7 @@ def long_queries(settings, dbname="postgres"):
         client, answer = "psycopg", _fetch_as(params, settings.runas)
     where = f"PostgreSQL at {settings.socket_dir} port {settings.port}"
     if "error" in answer:
-        raise SourceError(f"{where} cannot be queried: {answer['error']}")
+        raise SourceError(f"{where} cannot be queried: {network.postgres_cause(answer['error'])}")
     if answer.get("privilege") is False:
         raise SourceError(
             f"Role {settings.user!r} cannot see other sessions' queries in {where} (it needs superuser or "

@@ -104,9 +104,13 @@ def test_connecting_without_switching_user_works_too(pg_cluster, pg_query):
     assert pid in [query["pid"] for query in long_queries(pg_cluster, threshold=1, runas="")["queries"]]
 
 
-def test_server_down_is_a_source_error(pg_cluster):
-    with pytest.raises(SourceError, match=r"^PostgreSQL at /tmp/nowhere port 1 cannot be queried: "):
+def test_server_down_and_unknown_role_are_named(pg_cluster):
+    with pytest.raises(SourceError, match=r"^PostgreSQL at /tmp/nowhere port 1 cannot be queried: no server listens "
+                                          r"on that socket \(is PostgreSQL running\?\) "):
         kingfisher_postgres.long_queries(settings(socket_dir="/tmp/nowhere", port=1))
+    with pytest.raises(SourceError, match=r"cannot be queried: the server refused this role \(.*role \"dtk-nobody\" "
+                                          "does not exist"):
+        long_queries(pg_cluster, user="dtk-nobody")
 
 
 @pytest.mark.parametrize("threshold", ["abc", -1, "-5", float("nan"), None, True, "1h"])

@@ -7,6 +7,7 @@ The faults (restarts, killed backends) are in ``test_postgres_faults.py``.
 import multiprocessing
 import os
 import signal
+import socket
 import time
 
 import pytest
@@ -70,7 +71,7 @@ def test_password_from_a_private_file_logs_in_over_tcp(pg_store_cluster, pg_sect
     assert store.acquire(holding()) == holding()
     path.write_text("wrong\n")
     with pytest.raises(model.StoreError, match=f"at 127.0.0.1:{pg_store_cluster.port} .*cannot be reached: "
-                                               ".*password authentication failed"):
+                                               "the server refused this role .*password authentication failed"):
         postgres_store(section).read()
 
 
@@ -92,9 +93,22 @@ def test_database_down_is_one_sentence_naming_host_and_port():
     started = time.monotonic()
     for action in (store.read, lambda: store.acquire(holding()), lambda: store.history(3)):
         with pytest.raises(model.StoreError, match=rf"^The PostgreSQL token store at 127.0.0.1:{port} \(database x\) "
-                                                   "cannot be reached: .*refused"):
+                                                   r"cannot be reached: the server refused the connection \(nothing "):
             action()
     assert time.monotonic() - started < 10
+
+
+def test_a_host_that_does_not_resolve_and_a_server_that_never_answers_are_named():
+    unknown = postgres_store({"host": "nonexistent.invalid", "dbname": "x", "user": "x", "connect_timeout": 2})
+    with pytest.raises(model.StoreError, match=r"^The PostgreSQL token store at nonexistent\.invalid:5432 \(database "
+                                               r"x\) cannot be reached: the host name cannot be resolved \(DNS\) "):
+        unknown.read()
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # listens, never answers
+        port = silent.getsockname()[1]
+        store = postgres_store({"host": "127.0.0.1", "port": port, "dbname": "x", "user": "x", "connect_timeout": 2})
+        with pytest.raises(model.StoreError, match="cannot be reached: the server did not answer within the connect "
+                                                   "timeout "):
+            store.read()
 
 
 # ---- schema -----------------------------------------------------------------------------------
