@@ -135,7 +135,8 @@ def long_queries(threshold=None, socket_dir=None, port=None, user=None, runas=No
     Active client queries running for longer than ``threshold`` seconds: pid, usename,
     client_addr, application_name, duration, the leading comment (``/* ... */`` or ``-- ...``) and
     the start of the query. Parallel workers are not counted twice. A role that cannot see other
-    sessions' queries is an error, never "no long query".
+    sessions' queries is an error, never "no long query". Without psycopg (a salt-ssh target's own
+    Python) the server's ``psql`` is asked instead, run as ``runas``; ``client`` says which one read.
 
     threshold
         Seconds; default ``kingfisher:postgres:threshold`` or 3600.

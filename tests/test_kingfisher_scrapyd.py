@@ -71,6 +71,12 @@ def test_a_scrapyd_name_that_does_not_resolve_is_named_as_dns():
                                "nonexistent.invalid cannot be resolved (DNS).")
 
 
+def test_https_to_a_plain_http_server_is_named_as_tls(fake_google):
+    # Scrapyd itself waits for a line that a TLS hello never sends; this server answers at once.
+    with pytest.raises(SourceError, match=r"cannot be reached: the TLS handshake with 127\.0\.0\.1 failed \("):
+        kingfisher_scrapyd.jobs(settings(fake_google.url.replace("http://", "https://").rstrip("/")))
+
+
 def test_stopped_scrapyd_is_unknown_and_its_orphaned_crawl_is_reported(make_scrapyd):
     server = make_scrapyd(jobs=1)
     server.kill()
