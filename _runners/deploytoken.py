@@ -495,14 +495,20 @@ def _caller(config, store):
 
 def _prefix():
     """How this call was made: ``salt-run``, or ``salt-run -c FOLDER`` outside Salt's default folder."""
-    return __utils__["deploytoken_hints.prefix"](__opts__.get("conf_file"), salt.syspaths.CONFIG_DIR)
+    # Also called back from inside the _utils code (progress), where __utils__ cannot be reached; Salt
+    # puts the synced _utils folder on sys.path.
+    import deploytoken_hints
+
+    return deploytoken_hints.prefix(__opts__.get("conf_file"), salt.syspaths.CONFIG_DIR)
 
 
 def _progress(message):
     """Tell the person what is happening. The runner's event stream always gets it; salt-run's own
     output only with its default outputter, so that ``--out=json`` prints one document (the result),
     and the person still sees the progress on stderr."""
-    message = __utils__["deploytoken_hints.sentence"](message, _prefix())
+    import deploytoken_hints
+
+    message = deploytoken_hints.sentence(message, _prefix())
     log.info("deploytoken: %s", message)
     try:
         jid_event = __jid_event__

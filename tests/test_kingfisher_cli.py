@@ -80,7 +80,7 @@ def test_each_function_answers_through_the_cli(salt, scrapyd_busy, tmux_users, p
     sessions = salt("kingfisher.tmux_sessions", f"users={sleep_user}")
     assert sessions.returncode == 0 and sessions.data["sessions"][0]["name"] == sleep_session
     queries = salt("kingfisher.long_queries", "threshold=3600", *pg_args(pg_cluster))
-    assert queries.returncode == 0 and queries.data == {"threshold": 3600.0, "queries": []}
+    assert queries.returncode == 0 and queries.data == {"threshold": 3600.0, "client": "psycopg", "queries": []}
     pending = salt("kingfisher.postgres_restart_pending")
     assert pending.returncode == 0 and set(pending.data) == {"restart", "reasons"}
 

@@ -86,7 +86,9 @@ def test_setup_on_idle_minion_takes_the_token_and_cleanup_gives_it_back(salt_run
     summary = ret.data
     assert summary["done"] is True and summary["consent"] is None
     assert summary["repos"]["repos"][0]["branch_after"] == "trunk" and clone.head.commit.hexsha == upstream
-    assert summary["kingfisher"] == {MINION: {"busy": False, "answered": True, "reasons": []}}
+    assert summary["kingfisher"] == {MINION: {
+        "busy": False, "answered": True, "reasons": [],
+        "summary": "Not busy: checked scrapyd and tmux; skipped postgres (postgres=never)."}}
     assert summary["token"]["holder"] == "Alice Smith" and summary["token"]["reason"] == "upgrade postgres"
     assert summary["message"].startswith("Setup done: repositories updated, Kingfisher checked, You hold the deploy")
     assert server.password not in ret.stdout
