@@ -114,5 +114,12 @@ class GoogleStore(NoWaitingLine):
         (while the Sheet cannot be reached it stays spooled here, and ``flush`` delivers it later)."""
         return self.sheet.append(row) == 0
 
+    def overrides(self, now):
+        """The override rows still running at ``now`` without a cancellation row, from the whole Sheet and
+        the rows spooled here: one Sheets read (``values.get`` of the history range) per call."""
+        rows = [model.HistoryRow(*(getattr(row, column) for column in model.HistoryRow.COLUMNS))
+                for row in reversed(self.sheet.rows(None))]
+        return model.active_overrides(rows, now)
+
     def _kept_changing(self):
         return f"{self.line.where} kept changing while writing it ({CAS_ATTEMPTS} tries): try again in a minute."

@@ -45,6 +45,10 @@ class TokenStore(Protocol):
     def append_history(self, row: model.HistoryRow) -> bool:
         """Add ``row`` (an override's) to the history unless its claim is there already; True if added."""
 
+    def overrides(self, now) -> list[model.HistoryRow]:
+        """The override rows still running at ``now`` (``released`` is their end) without a cancellation
+        row, oldest first: ``model.active_overrides`` of the whole history, however the store finds them."""
+
     # The waiting line (deploytoken_storebase.NoWaitingLine is a store without one).
     def enqueue(self, who: str):
         """Join the line of waiters as ``who``; return the ticket."""
