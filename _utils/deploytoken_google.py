@@ -110,9 +110,15 @@ class GoogleStore(NoWaitingLine):
         return self.sheet.flush()
 
     def append_history(self, row):
-        """Spool ``row`` and deliver it unless the Sheet has its claim already; True once it is in the Sheet
-        (while the Sheet cannot be reached it stays spooled here, and ``flush`` delivers it later)."""
-        return self.sheet.append(row) == 0
+        """Spool ``row`` and deliver it unless the Sheet has its claim already; True once it is in the Sheet.
+        While the Sheet cannot be reached the row stays spooled here (``flush`` delivers it later) and this
+        says so with a StoreError, so a caller does not take it as written."""
+        if self.sheet.append(row):
+            raise model.StoreError(
+                f"{self.sheet.where} cannot be reached: the row {row.claim} is kept on this machine until the next "
+                "salt-run deploytoken.flush writes it."
+            )
+        return True
 
     def overrides(self, now):
         """The override rows still running at ``now`` without a cancellation row, from the whole Sheet and

@@ -43,7 +43,8 @@ class TokenStore(Protocol):
         """Deliver history rows kept aside locally; return how many are still pending."""
 
     def append_history(self, row: model.HistoryRow) -> bool:
-        """Add ``row`` (an override's) to the history unless its claim is there already; True if added."""
+        """Add ``row`` (an override's) to the history unless its claim is there already; True if added.
+        StoreError while the history does not have it (a row kept aside locally counts as not written)."""
 
     def overrides(self, now) -> list[model.HistoryRow]:
         """The override rows still running at ``now`` (``released`` is their end) without a cancellation
