@@ -112,7 +112,7 @@ def status():
 
     def show(config, store):
         ret = dict(__utils__["deploytoken_token.status"](store), **__utils__["deploytoken_override.status"](
-            __opts__["cachedir"]))
+            store, __opts__["cachedir"]))
         if ret["held"]:
             ret["next_reminder"] = __utils__["deploytoken_remind.next_due"](config, ret["since"])
         return ret
@@ -380,15 +380,17 @@ def _ssh_busy(targets, tgt_type, busy_args):
 
 
 @_strict
-def override(reason="", targets=None, minutes=60, cancel=False):
+def override(reason="", targets=None, minutes=60, cancel=False, id=None):
     """
     Let ``deploytoken.held`` pass on ``targets`` for ``minutes`` whoever holds the token, loudly: every
-    guarded run there says ``OVERRIDE:``, the event ``deploytoken/override`` is fired, and the token
-    store's history gets a row (who, why, which targets, until when). When the store cannot be reached
-    the override still works and its row is kept on the master until ``deploytoken.flush``.
+    guarded run there says ``OVERRIDE:``, the event ``deploytoken/override`` is fired, and the override is
+    written to the token store's history (who, why, which targets, until when). Every master and operator
+    sharing the store sees it in ``deploytoken.status`` and may cancel it; the guard honours it only on
+    servers that obey that store. When the store cannot be reached, the override's row waits on this
+    machine until ``deploytoken.flush``, and meanwhile works only for deployments run from here.
 
     reason
-        Why, and who agreed; required.
+        Why, and who agreed; required, also to cancel.
 
     targets
         Minion ids or globs, separated by commas; default every minion.
@@ -397,19 +399,23 @@ def override(reason="", targets=None, minutes=60, cancel=False):
         How long the override lasts (default 60, at most 1440).
 
     cancel
-        ``True`` to end every active override now (recorded in the history too).
+        ``True`` to end the running overrides now (recorded in the history with who and why).
+
+    id
+        With ``cancel``: end only this override (its id is in ``deploytoken.status``).
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run deploytoken.override reason="database down, agreed with Alice" targets='kingfisher*'
-        salt-run deploytoken.override cancel=True
+        salt-run deploytoken.override cancel=True reason="database back"
+        salt-run deploytoken.override cancel=True id=override-0123456789abcdef reason="done"
     """
     return _run(
         lambda config, store: __utils__["deploytoken_override.run"](
             store, __opts__["cachedir"], _caller(config, store), config.people, reason=reason, targets=targets,
-            minutes=minutes, cancel_all=cancel, notify=_fire,
+            minutes=minutes, cancel_all=cancel, notify=_fire, override_id=id,
         ),
         changes=True,
     )
@@ -449,9 +455,9 @@ def migrate(to=None):
 @_strict
 def flush():
     """
-    Write to the history the rows still spooled on the master (the Google backend keeps a row
-    locally when the Sheet could not be reached, and delivers it on the next runner call). A row
-    whose claim id is already in the Sheet is not written again. Exit status 1 while rows remain.
+    Write to the history the rows still spooled on this machine (an override's rows while the store was
+    down; the Google backend also keeps a row locally when the Sheet could not be reached). A row whose
+    claim id is already in the history is not written again. Exit status 1 while rows remain.
 
     CLI Example:
 
@@ -460,8 +466,7 @@ def flush():
         salt-run deploytoken.flush
     """
     return _run(lambda config, store: __utils__["deploytoken_token.flush"](
-        store, __utils__["deploytoken_override.deliver"](
-            __utils__["deploytoken_override.path_of"](__opts__["cachedir"]), store.append_history)
+        store, __utils__["deploytoken_override.deliver"](__opts__["cachedir"], store)
     ))
 
 

@@ -110,9 +110,22 @@ class GoogleStore(NoWaitingLine):
         return self.sheet.flush()
 
     def append_history(self, row):
-        """Spool ``row`` and deliver it unless the Sheet has its claim already; True once it is in the Sheet
-        (while the Sheet cannot be reached it stays spooled here, and ``flush`` delivers it later)."""
-        return self.sheet.append(row) == 0
+        """Spool ``row`` and deliver it unless the Sheet has its claim already; True once it is in the Sheet.
+        While the Sheet cannot be reached the row stays spooled here (``flush`` delivers it later) and this
+        says so with a StoreError, so a caller does not take it as written."""
+        if self.sheet.append(row):
+            raise model.StoreError(
+                f"{self.sheet.where} cannot be reached: the row {row.claim} is kept on this machine until the next "
+                "salt-run deploytoken.flush writes it."
+            )
+        return True
+
+    def overrides(self, now):
+        """The override rows still running at ``now`` without a cancellation row, from the whole Sheet and
+        the rows spooled here: one Sheets read (``values.get`` of the history range) per call."""
+        rows = [model.HistoryRow(*(getattr(row, column) for column in model.HistoryRow.COLUMNS))
+                for row in reversed(self.sheet.rows(None))]
+        return model.active_overrides(rows, now)
 
     def _kept_changing(self):
         return f"{self.line.where} kept changing while writing it ({CAS_ATTEMPTS} tries): try again in a minute."

@@ -63,12 +63,13 @@ class SheetHistory:
             self._flush_locked(known_absent={row.claim} if unseen else set())
 
     def append(self, row):
-        """Spool ``row`` (a row of its own, not a release's) and deliver the spool; return how many are still
-        pending. A row whose claim the Sheet has already is not appended again."""
+        """Spool ``row`` (a row of its own, not a release's) and deliver the spool; return whether ``row`` is
+        still spooled. A row whose claim the Sheet has already is not appended again."""
         with self.local.locked("spool"):
             spool = [entry for entry in self.local.load_kept(SPOOL) or [] if entry["claim"] != row.claim]
             self.local.save(SPOOL, spool + [row.to_dict()])
-            return self._flush_locked(known_absent=set())
+            self._flush_locked(known_absent=set())
+            return any(entry["claim"] == row.claim for entry in self.local.load_kept(SPOOL) or [])
 
     def flush(self):
         """Append the spooled rows the Sheet does not have yet; return how many are still pending."""

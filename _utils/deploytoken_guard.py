@@ -131,18 +131,6 @@ def decide(pillar, login, minion, test=False, now=None, ssh_auth=None, remembere
         problem = _key_problem(pillar, operator, who, minion, ssh_auth)
         if problem:
             return _ret(blocked, problem)
-    override = pillar.get("override")
-    if isinstance(override, dict) and (model.parse_time(override.get("until")) or now) > now:
-        verb = "would pass" if test else "PASSED"
-        return dict(_ret(True, (
-            f"OVERRIDE: the deploy token guard {verb} for {who} on {minion} without checking the token "
-            f"({_holder_text(pillar, now)}): override {override.get('id')} by {override.get('by')} until "
-            f"{_clock(override.get('until'))}, because: {override.get('reason')!r}. "
-            "End it with salt-run deploytoken.override cancel=True."
-        )), override=override)
-    if pillar.get("error"):
-        return _ret(blocked, f"The deploy token cannot be read, so nobody may deploy: {pillar['error']} "
-                    "Check with salt-run deploytoken.status.")
     store = pillar.get("store") if isinstance(pillar.get("store"), dict) else None
     if store and remembered and remembered.get("id") != store.get("id"):
         return _ret(blocked, (
@@ -152,6 +140,22 @@ def decide(pillar, login, minion, test=False, now=None, ssh_auth=None, remembere
             f"operator's machine), or, if the team moved to {store.get('name')} on purpose, remove {memory} "
             f"on {minion} first."
         ))
+    override = pillar.get("override")
+    if isinstance(override, dict) and (model.parse_time(override.get("until")) or now) > now:
+        problem = _override_store_problem(override, remembered or store, minion)
+        if problem:
+            return _ret(blocked, problem)
+        verb = "would pass" if test else "PASSED"
+        return dict(_ret(True, (
+            f"OVERRIDE: the deploy token guard {verb} for {who} on {minion} without checking the token "
+            f"({_holder_text(pillar, now)}): override {override.get('id')} by {override.get('by')} in "
+            f"{(override.get('store') or {}).get('name')} until "
+            f"{_clock(override.get('until'))}, because: {override.get('reason')!r}. "
+            "End it with salt-run deploytoken.override cancel=True reason='...'."
+        )), override=override)
+    if pillar.get("error"):
+        return _ret(blocked, f"The deploy token cannot be read, so nobody may deploy: {pillar['error']} "
+                    "Check with salt-run deploytoken.status.")
     if not login:
         return _ret(blocked, "The deploy token guard cannot tell who runs this job (a scheduled job or an "
                     "unknown publisher), so it may not deploy. Run it with salt, salt-call or salt-ssh as the "
@@ -192,6 +196,19 @@ def _trust_problem(pillar, minion, now, master_key):
                 f"{model.human_duration(max_age)} of now ({model.isoformat(now)} on {minion}), so nothing may "
                 "deploy: run it again, and check that the clocks of both machines are right (and that the "
                 "master's pillar_cache is off).")
+    return None
+
+
+def _override_store_problem(override, obeyed, minion):
+    """Why ``override`` cannot let a run through on a server that obeys ``obeyed`` (None: no store yet)."""
+    made_in = override.get("store") or {}
+    if not made_in.get("id"):
+        return (f"Override {override.get('id')} names no token store (it was made by an earlier version), so it "
+                f"lets nothing through: ask for a new one with {OVERRIDE}.")
+    if obeyed and obeyed.get("id") != made_in["id"]:
+        return (f"Override {override.get('id')} was made in {made_in.get('name')}, but {minion} obeys the deploy "
+                f"token of {obeyed.get('name')}, so it lets nothing through: ask for the override in the store the "
+                "team shares.")
     return None
 
 

@@ -109,6 +109,23 @@ class HistoryRow:
         return dataclasses.asdict(self)
 
 
+OVERRIDE_PREFIX = "override-"
+CANCEL_SUFFIX = ".cancel"
+
+
+def active_overrides(rows, now):
+    """The override rows (claim ``override-<id>``) among ``rows`` that still run at ``now`` and whose
+    cancellation row (claim ``override-<id>.cancel``) is not among them; what ``overrides()`` of a store
+    returns, for a store that cannot ask its backend."""
+    claims = {row.claim for row in rows}
+    now_text = isoformat(now)
+    return [
+        row for row in rows
+        if (row.claim or "").startswith(OVERRIDE_PREFIX) and not row.claim.endswith(CANCEL_SUFFIX)
+        and (row.released or "") > now_text and row.claim + CANCEL_SUFFIX not in claims
+    ]
+
+
 # ---- time -------------------------------------------------------------------------------------
 
 

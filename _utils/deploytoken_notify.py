@@ -220,12 +220,15 @@ def message(tag, data, waiters=(), now=None):
     if event == "override":
         until = model.parse_time(data.get("until"))
         until = until.strftime("%Y-%m-%d %H:%M UTC") if until else "an unknown time"
-        return (f"OVERRIDE {data.get('id')} by {data.get('by')}: the deploy token guard lets every deployment "
-                f"through on {data.get('targets')} until {until}, because: \"{data.get('reason')}\".")
+        store = (data.get("store") or {}).get("name") or "its token store"
+        return (f"OVERRIDE {data.get('id')} by {data.get('by')}: until {until} the deploy token guard lets every "
+                f"deployment on {data.get('targets')} through, whoever holds the token, on servers that obey "
+                f"{store}, because: \"{data.get('reason')}\".")
     if event == "override/cancelled":
         who = (data.get("cancelled") or {}).get("by") or data.get("by")
-        return (f"{who} cancelled OVERRIDE {data.get('id')} on {data.get('targets')}: the deploy token guard "
-                "checks the deploy token again.")
+        why = (data.get("cancelled") or {}).get("reason")
+        return (f"{who} cancelled OVERRIDE {data.get('id')} on {data.get('targets')}"
+                + (f' ("{why}")' if why else "") + ": the deploy token guard checks the deploy token again.")
     if event == "setup_stopped":
         return f"{data.get('person')}: {data.get('message')}"
     return None

@@ -2,10 +2,15 @@
 Overrides of the deploy token guard: ``salt-run deploytoken.override reason=... [targets=] [minutes=]``.
 
 An override lets ``deploytoken.held`` pass on the targeted minions for a while, loudly, whoever holds
-the token. It is kept on the master (``<cachedir>/deploytoken/overrides.json``, readable by the
-master's user only), where the ext_pillar finds it for each minion, and it is written to the token
-store's history as a row of its own (claim ``override-<id>``). When the store cannot be reached (Google
-down), the override still works and its row waits in the file until a later runner call delivers it.
+the token. It lives in the token store, as history rows: the override (claim ``override-<id>``, its end
+as ``released``, its targets in the note) and, when ended early, its cancellation (claim
+``override-<id>.cancel``, who and why as ``forced_by`` and ``force_reason``). So every master and
+operator sharing the store sees, uses and may cancel the same overrides, and the history keeps them.
+
+Each override names the store it was made in (its ``identity``), and the guard honours it only on a
+server that obeys that store. A row the store cannot take yet (the store is down) waits in a spool on
+this machine (``<cachedir>/deploytoken/override-spool.json``) until a later runner call writes it; while
+it waits, the override works for deployments run from this machine only.
 """
 
 import datetime
@@ -19,9 +24,16 @@ import deploytoken_model as model
 import deploytoken_token as token
 
 MAX_MINUTES = 24 * 60
+NOTE = "Override of the deploy token guard on "
+PUBLIC = ("id", "by", "login", "reason", "targets", "since", "until", "store")
 
 
-def path_of(cachedir):
+def spool_path(cachedir):
+    return os.path.join(cachedir, "deploytoken", "override-spool.json")
+
+
+def legacy_path(cachedir):
+    """Where earlier versions kept overrides; only its rows not yet written are still of use."""
     return os.path.join(cachedir, "deploytoken", "overrides.json")
 
 
@@ -48,173 +60,247 @@ def matches(targets, minion_id):
     return any(fnmatch.fnmatchcase(minion_id, pattern) for pattern in targets.split(",") if pattern)
 
 
-def load(path):
-    """Every override kept on the master; a damaged file stops with its path (it may hold history rows)."""
+# ---- overrides from history rows --------------------------------------------------------------
+
+
+def from_row(row, store):
+    """The override a history row records, made in ``store`` (an identity); None if it is not one."""
+    note = row.note or ""
+    if not note.startswith(NOTE) or not note[len(NOTE):]:
+        return None  # no targets to be read: it covers nothing
+    return {"id": row.claim, "by": row.holder, "login": row.login, "reason": row.reason,
+            "targets": note[len(NOTE):], "since": row.acquired, "until": row.released, "store": store}
+
+
+def _row(record, caller):
+    return model.HistoryRow(
+        claim=record["id"], holder=record["by"], login=record["login"], caller=caller, acquired=record["since"],
+        released=record["until"], duration=model.seconds_between(record["since"], record["until"]),
+        reason=record["reason"], note=NOTE + record["targets"],
+    )
+
+
+def _cancel_row(record, who, caller, reason, now):
+    ended = model.isoformat(now)
+    return model.HistoryRow(
+        claim=record["id"] + model.CANCEL_SUFFIX, holder=record["by"], login=record["login"], caller=caller,
+        acquired=record["since"], released=ended, duration=model.seconds_between(record["since"], ended),
+        reason=record["reason"], note=f"Override {record['id']} on {record['targets']} cancelled by {who}",
+        forced_by=who, force_reason=reason,
+    )
+
+
+def in_store(store, identity, now):
+    """The overrides running in ``store`` at ``now``, each naming ``identity``."""
+    return [found for found in (from_row(row, identity) for row in store.overrides(now)) if found]
+
+
+def combine(from_store, spooled_rows, now):
+    """The overrides read from the store, with those of the rows spooled here: an override waiting to be
+    written is added, one whose cancellation waits is dropped."""
+    cancelled = {entry["row"]["claim"].removesuffix(model.CANCEL_SUFFIX) for entry in spooled_rows
+                 if entry["row"]["claim"].endswith(model.CANCEL_SUFFIX)}
+    found = {record["id"]: record for record in from_store}
+    for entry in spooled_rows:
+        record = from_row(model.HistoryRow(**entry["row"]), entry["store"])
+        if record and record["id"] not in found:
+            found[record["id"]] = record
+    return [record for record in found.values()
+            if record["id"] not in cancelled and (model.parse_time(record["until"]) or now) > now]
+
+
+def for_minion(overrides, minion_id):
+    """What the ext_pillar gives ``minion_id``: the newest of ``overrides`` that targets it, or None."""
+    found = [record for record in overrides if matches(record["targets"], minion_id)]
+    return max(found, key=lambda record: record["since"] or "", default=None)
+
+
+# ---- the spool of rows not yet written ---------------------------------------------------------
+
+
+def spooled(cachedir):
+    """The spool: ``{"identities": {location: identity}, "rows": [{"location", "store", "row"}]}``."""
+    return _load(spool_path(cachedir)) or {"identities": {}, "rows": []}
+
+
+def _load(path):
     try:
         with open(path, encoding="utf-8") as handle:
-            found = json.load(handle)
+            return json.load(handle)
     except FileNotFoundError:
-        return []
+        return None
     except (OSError, ValueError) as exc:
         raise model.StoreError(
-            f"The overrides file {path} is damaged ({exc}); it was left untouched: repair it, or move it aside "
-            "once its overrides have ended and are in the history."
+            f"The file {path} is damaged ({exc}); it was left untouched, since it may hold history rows not yet "
+            "written: repair it, or move it aside once salt-run deploytoken.history shows its overrides."
         ) from exc
-    return found if isinstance(found, list) else []
 
 
-def active(path, now=None):
-    now = now or model.utcnow()
-    return [entry for entry in load(path) if _until(entry) > now and not entry.get("cancelled")]
-
-
-def for_minion(path, minion_id, now=None):
-    """What the ext_pillar gives ``minion_id``: the newest active override that targets it, or None."""
-    found = [entry for entry in active(path, now) if matches(entry["targets"], minion_id)]
-    if not found:
-        return None
-    newest = max(found, key=lambda entry: entry["since"])
-    return {key: newest[key] for key in ("id", "by", "reason", "targets", "since", "until")}
-
-
-def create(path, who, login, caller, reason, targets, minutes, now=None):
-    """Keep a new override on the master; returns its record (its history row not yet delivered)."""
-    now = now or model.utcnow()
-    record = {
-        "id": f"override-{secrets.token_hex(8)}",
-        "by": who,
-        "login": login,
-        "caller": caller,
-        "reason": reason,
-        "targets": targets,
-        "since": model.isoformat(now),
-        "until": model.isoformat(now + datetime.timedelta(minutes=minutes)),
-        "cancelled": None,
-        "pending": [],
-    }
-    record["pending"].append(_row(record, record["until"], f"Override of the deploy token guard on {targets}"))
-    _change(path, lambda entries: entries + [record])
-    return record
-
-
-def cancel(path, who, caller, now=None):
-    """End every active override now; returns the ended records."""
-    now = now or model.utcnow()
-    ended = []
-
-    def change(entries):
-        for entry in entries:
-            if _until(entry) > now and not entry.get("cancelled"):
-                entry["cancelled"] = {"by": who, "caller": caller, "at": model.isoformat(now)}
-                row = _row(entry, model.isoformat(now), f"Override {entry['id']} on {entry['targets']} cancelled "
-                           f"by {who}")
-                entry["pending"].append(dict(row, claim=f"{entry['id']}.cancel"))
-                ended.append(entry)
-        return entries
-
-    _change(path, change)
-    return ended
-
-
-def deliver(path, append):
-    """Write the history rows kept on the master with ``append(row)``; returns how many remain.
-
-    ``append`` must be idempotent by claim id (the stores are), so a row delivered just before a crash
-    is not doubled when delivered again. Overrides that have ended and been delivered are dropped.
-    """
-    if not any(entry.get("pending") for entry in load(path)):
-        return 0
-    now = model.utcnow()
-
-    def change(entries):
-        for entry in entries:
-            while entry.get("pending"):
-                try:
-                    append(model.HistoryRow(**entry["pending"][0]))
-                except model.DeploytokenError:
-                    return entries
-                entry["pending"].pop(0)
-        return [entry for entry in entries if entry.get("pending") or (_until(entry) > now and not entry["cancelled"])]
-
-    return sum(len(entry.get("pending") or []) for entry in _change(path, change))
-
-
-def _row(record, released, note):
-    return model.HistoryRow(
-        claim=record["id"],
-        holder=record["by"],
-        login=record["login"],
-        caller=record["caller"],
-        acquired=record["since"],
-        released=released,
-        duration=model.seconds_between(record["since"], released),
-        reason=record["reason"],
-        note=note,
-    ).to_dict()
-
-
-def _change(path, change):
-    """Apply ``change(entries) -> entries`` to the file under its lock; returns what was written."""
+def _change(cachedir, change):
+    """Apply ``change(spool) -> result`` to the spool under its lock; returns the result."""
+    path = spool_path(cachedir)
     files.private_dir(os.path.dirname(path))
     with files.locked(path + ".lock"):
-        entries = change(load(path))
-        files.write_json(path, entries)
-    return entries
+        spool = spooled(cachedir)
+        result = change(spool)
+        files.write_json(path, spool)
+    return result
 
 
-def _until(entry):
-    return model.parse_time(entry.get("until")) or model.utcnow()
+def identity(store, cachedir):
+    """The identity of ``store``; a store that is down is named by the identity it had when this machine
+    last reached it (an override must name the store it is for)."""
+    try:
+        return note_identity(store, cachedir)
+    except model.StoreError as exc:
+        known = spooled(cachedir)["identities"].get(store.location)
+        if known is None:
+            raise model.StoreError(
+                f"{exc} This machine never reached that store before, so an override cannot name the store it "
+                "is for: fix the store first."
+            ) from None
+        return known
 
 
-def run(store, cachedir, caller, people, reason="", targets=None, minutes=60, cancel_all=False, notify=None):
-    """``salt-run deploytoken.override``: start an override (or end them with ``cancel_all``), write its
-    history row when the store can take it, tell ``notify(tag, data)``. Returns the runner's answer."""
+def note_identity(store, cachedir):
+    """``store.identity``, noted on this machine for the time the store is down."""
+    found = store.identity
+
+    def note(spool):
+        spool["identities"][store.location] = found
+
+    if spooled(cachedir)["identities"].get(store.location) != found:
+        _change(cachedir, note)
+    return found
+
+
+def deliver(cachedir, store):
+    """Write the spooled rows of ``store`` (and those of the file of earlier versions) with
+    ``store.append_history``, which is idempotent by claim, so a row written just before a crash is not
+    doubled; returns how many rows are still spooled."""
+    legacy = legacy_path(cachedir)
+    if not os.path.exists(legacy) and not spooled(cachedir)["rows"]:
+        return 0
+
+    def change(spool):
+        kept = _load(legacy) or []
+        for entry in kept if isinstance(kept, list) else []:
+            spool["rows"] += [{"location": store.location, "store": None, "row": row}
+                              for row in entry.get("pending") or []]
+        if os.path.exists(legacy):
+            os.unlink(legacy)  # its rows are in the spool now; it never lets anything through again
+        remaining = []
+        failed = False
+        for entry in spool["rows"]:
+            if entry["location"] == store.location and not failed:
+                try:
+                    store.append_history(model.HistoryRow(**entry["row"]))
+                    continue
+                except model.DeploytokenError:
+                    failed = True  # the store is down: the rows after this one keep their order
+            remaining.append(entry)
+        spool["rows"] = remaining
+        return len(remaining)
+
+    return _change(cachedir, change)
+
+
+def _write(cachedir, store, made_in, row):
+    """Spool ``row`` and write the spool; returns how many rows stay spooled."""
+    _change(cachedir, lambda spool: spool["rows"].append(
+        {"location": store.location, "store": made_in, "row": row.to_dict()}))
+    return deliver(cachedir, store)
+
+
+# ---- the runner -------------------------------------------------------------------------------
+
+
+def current(store, cachedir, now=None):
+    """The overrides running now in ``store``, with those spooled here; StoreError if the store cannot be
+    read and nothing is spooled for it."""
+    now = now or model.utcnow()
+    rows = [entry for entry in spooled(cachedir)["rows"] if entry["location"] == store.location]
+    try:
+        from_store = in_store(store, identity(store, cachedir), now)
+    except model.StoreError:
+        if not rows:
+            raise
+        from_store = []
+    return combine(from_store, rows, now)
+
+
+def run(store, cachedir, caller, people, reason="", targets=None, minutes=60, cancel_all=False, notify=None,
+        override_id=None):
+    """``salt-run deploytoken.override``: start an override in the store (or, with ``cancel_all``, end the
+    running ones, or only ``override_id``), and tell ``notify(tag, data)``. Returns the runner's answer."""
     cancel_all = model.check_flag(cancel_all, "cancel")
-    path = path_of(cachedir)
     login, shown = token.who(caller, None, people)
     if cancel_all:
-        ended = cancel(path, shown, caller)
-        pending = deliver(path, store.append_history)
-        if not ended:
-            return {"changed": False, "overrides": [], "message": "No override is active: nothing to cancel."}
-        for entry in ended:
-            if notify:
-                notify("deploytoken/override/cancelled", _public(entry))
-        message = f"Cancelled {len(ended)} override(s): the guard checks the deploy token again."
-        return {"changed": True, "overrides": [_public(entry) for entry in ended], "pending": pending,
-                "message": message + _kept(pending)}
+        return _cancel(store, cachedir, caller, shown, reason, override_id, notify)
+    if override_id is not None:
+        raise model.InputError("id= names the override to cancel: add cancel=True.")
     reason, targets, minutes = check(reason, targets, minutes)
-    record = create(path, shown, login, caller, reason, targets, minutes)
-    pending = deliver(path, store.append_history)
-    if notify:
-        notify("deploytoken/override", _public(record))
-    until = model.parse_time(record["until"]).strftime("%Y-%m-%d %H:%M UTC")
-    message = (
-        f"OVERRIDE {record['id']}: the deploy token guard lets every deployment through on {targets} until "
-        f"{until}, because: {reason!r}. End it early with salt-run deploytoken.override cancel=True."
-    )
-    return dict(_public(record), changed=True, pending=pending, message=message + _kept(pending))
-
-
-def status(cachedir):
-    """What ``deploytoken.status`` adds: the active overrides, and history rows still kept on the master."""
-    path = path_of(cachedir)
-    entries = load(path)
+    made_in = identity(store, cachedir)
     now = model.utcnow()
+    record = {"id": f"{model.OVERRIDE_PREFIX}{secrets.token_hex(8)}", "by": shown, "login": login,
+              "reason": reason, "targets": targets, "since": model.isoformat(now),
+              "until": model.isoformat(now + datetime.timedelta(minutes=minutes)), "store": made_in}
+    pending = _write(cachedir, store, made_in, _row(record, caller))
+    if notify:
+        notify("deploytoken/override", record)
+    message = (
+        f"OVERRIDE {record['id']}: until {_clock(record['until'])} the deploy token guard lets every deployment "
+        f"on {targets} through, whoever holds the token, on servers that obey {made_in['name']}, because: "
+        f"{reason!r}. Everyone using that store sees it in salt-run deploytoken.status; end it early with "
+        "salt-run deploytoken.override cancel=True reason='...'."
+    )
+    return dict(record, changed=True, pending=pending, message=message + _kept(pending))
+
+
+def _cancel(store, cachedir, caller, shown, reason, override_id, notify):
+    reason = model.check_text(reason, "reason")
+    if not reason:
+        raise model.InputError(
+            "Cancelling an override needs a reason too, e.g. salt-run deploytoken.override cancel=True "
+            "reason='database back'."
+        )
+    now = model.utcnow()
+    running = current(store, cachedir, now)
+    if override_id is not None:
+        running = [record for record in running if record["id"] == override_id]
+        if not running:
+            raise model.InputError(f"No running override has the id {override_id!r}: see salt-run deploytoken.status.")
+    if not running:
+        return {"changed": False, "overrides": [], "message": "No override is running: nothing to cancel."}
+    made_in = identity(store, cachedir)
+    pending = 0
+    ended = []
+    for record in running:
+        pending = _write(cachedir, store, made_in, _cancel_row(record, shown, caller, reason, now))
+        ended.append(dict(record, cancelled={"by": shown, "at": model.isoformat(now), "reason": reason}))
+        if notify:
+            notify("deploytoken/override/cancelled", ended[-1])
+    message = (f"Cancelled {len(ended)} override(s) ({', '.join(record['id'] for record in ended)}): the guard "
+               "checks the deploy token again.")
+    return {"changed": True, "overrides": ended, "pending": pending, "message": message + _kept(pending)}
+
+
+def status(store, cachedir):
+    """What ``deploytoken.status`` adds: the running overrides, and their rows still spooled here."""
     return {
-        "overrides": [_public(entry) for entry in entries if _until(entry) > now and not entry.get("cancelled")],
-        "overrides_pending": sum(len(entry.get("pending") or []) for entry in entries),
+        "overrides": [{key: record[key] for key in PUBLIC} for record in current(store, cachedir)],
+        "overrides_pending": len(spooled(cachedir)["rows"]),
     }
 
 
-def _public(entry):
-    return {key: entry.get(key) for key in ("id", "by", "login", "reason", "targets", "since", "until", "cancelled")}
+def _clock(text):
+    return model.parse_time(text).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _kept(pending):
     if not pending:
         return " The history has its row."
     return (
-        " The token store could not be reached, so the override's history row is kept on the master and written "
-        "by the next salt-run deploytoken.flush (or any override call)."
+        " The token store could not be reached, so the row is kept on this machine until the next salt-run "
+        "deploytoken.flush (or any override call) writes it; until then only deployments run from here see it."
     )

@@ -1,11 +1,12 @@
 """
 The ``deploytoken`` pillar, made on the master (or, under salt-ssh, on the operator's machine) for
-each minion that compiles pillar: who holds the token, the people, which store said so, and under
-salt-ssh who runs it.
+each minion that compiles pillar: who holds the token, the people, which store said so, the override
+that covers the minion, and under salt-ssh who runs it.
 
 The store is read through a read cache shared by every process, so it is read at most once per
-``deploytoken:pillar_cache`` seconds however many minions compile pillar at once; the per-minion
-fields (``minion``, ``issued``, ``operator``) are added after the cache, for every compile.
+``deploytoken:pillar_cache`` seconds however many minions compile pillar at once (the holder and the
+running overrides in one read); the per-minion fields (``minion``, ``issued``, ``operator``,
+``override``) are added after the cache, for every compile.
 """
 
 import logging
@@ -30,19 +31,31 @@ def pillar(opts, minion_id, incoming=None, now=None):
     """The sealed ``deploytoken`` pillar of ``minion_id``; never raises: what goes wrong is its ``error``.
     ``incoming`` is the pillar compiled so far (pillar files and the command line)."""
     settings = None
+    now = now or model.utcnow()
+    ssh = opts.get("__cli") == "salt-ssh"
     try:
         settings = deploytoken_settings.from_opts(opts)
-        data = deploytoken_cache.cached(_cache_path(opts), settings.pillar_cache, lambda: read_store(settings))
-        data = stamp(data, settings, minion_id, opts.get("__cli") == "salt-ssh", now)
-        data["override"] = override.for_minion(override.path_of(opts["cachedir"]), minion_id, now)
+        data = dict(deploytoken_cache.cached(_cache_path(opts), settings.pillar_cache,
+                                             lambda: read_store(settings, opts["cachedir"])))
+        overrides = data.pop("overrides", None) or []
+        data = stamp(data, settings, minion_id, ssh, now)
+        data["override"] = override.for_minion(_usable(overrides, data["store"], opts["cachedir"], now), minion_id)
     except model.DeploytokenError as exc:
         people = settings.people if settings else {}
-        data = stamp(unreadable(exc, people), settings, minion_id, opts.get("__cli") == "salt-ssh", now)
+        data = stamp(unreadable(exc, people), settings, minion_id, ssh, now)
     legacy = incoming.get("deploytoken") if isinstance(incoming, dict) else None
     if isinstance(legacy, dict) and legacy.get("override") and not isinstance(legacy["override"], dict):
         # The old pillar override: carried on, so that the guard refuses it by name.
         data["override"] = str(legacy["override"])
     return seal.seal(data, master_key(opts))
+
+
+def _usable(from_store, store, cachedir, now):
+    """The overrides read with the holder, with the rows spooled on this machine. With the store down
+    (``store`` None) a spooled override still counts: it names its store, which the guard checks."""
+    rows = [entry for entry in override.spooled(cachedir)["rows"]
+            if store is None or (entry["store"] or {}).get("id") == store["id"]]
+    return override.combine(from_store, rows, now)
 
 
 def stamp(data, settings, minion_id, ssh, now=None):
@@ -83,12 +96,15 @@ def _cache_path(opts):
     return os.path.join(opts["cachedir"], "deploytoken-pillar.json")
 
 
-def read_store(settings):
-    """Pillar data from the configured store; a store that cannot be read gives ``error``."""
+def read_store(settings, cachedir):
+    """Pillar data from the configured store, with its running overrides; a store that cannot be read
+    gives ``error``."""
     log.debug("deploytoken: reading the token store for the ext_pillar")
     try:
         store = deploytoken_stores.open_store(settings)
-        return dict(snapshot(store.read(), settings.people), store=store.identity)
+        identity = override.note_identity(store, cachedir)  # for an override made while it is down
+        overrides = override.in_store(store, identity, model.utcnow())
+        return dict(snapshot(store.read(), settings.people), store=identity, overrides=overrides)
     except model.DeploytokenError as exc:
         return unreadable(exc, settings.people)
 

@@ -239,6 +239,20 @@ class PostgresStore:
         )
         return [model.HistoryRow(*found) for found in rows]
 
+    def overrides(self, now):
+        """The override rows still running at ``now`` without a cancellation row, oldest first."""
+        rows = self._query(
+            lambda conn: conn.execute(
+                sql.SQL(
+                    "SELECT {} FROM {} h WHERE claim LIKE 'override-%%' AND claim NOT LIKE '%%.cancel'"
+                    " AND released > %s AND NOT EXISTS (SELECT 1 FROM {} c WHERE c.claim = h.claim || '.cancel')"
+                    " ORDER BY seq"
+                ).format(_columns(model.HistoryRow.COLUMNS), self._table("history"), self._table("history")),
+                (model.isoformat(now),),
+            ).fetchall()
+        )
+        return [model.HistoryRow(*found) for found in rows]
+
     def flush(self):
         """Nothing is ever kept aside: a release commits with its history row."""
         return 0

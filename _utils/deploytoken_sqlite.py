@@ -34,6 +34,12 @@ CREATE TABLE IF NOT EXISTS history (
 );
 """
 
+# Times are written by model.isoformat, so comparing them as text compares them as times.
+_ACTIVE_OVERRIDES = (
+    "SELECT {columns} FROM history h WHERE claim LIKE 'override-%' AND claim NOT LIKE '%.cancel'"
+    " AND released > ? AND NOT EXISTS (SELECT 1 FROM history c WHERE c.claim = h.claim || '.cancel')"
+    " ORDER BY seq"
+)
 _HOLDING_FIELDS = tuple(field.name for field in dataclasses.fields(model.Holding))
 
 
@@ -113,6 +119,13 @@ class SqliteStore(NoWaitingLine):
         """Add ``row`` unless a row with its claim is there already (claims are unique); True if added."""
         with self._transaction("IMMEDIATE") as db:
             return bool(_insert_history(db, row, "INSERT OR IGNORE").rowcount)
+
+    def overrides(self, now):
+        """The override rows still running at ``now`` without a cancellation row, oldest first."""
+        with self._transaction("DEFERRED") as db:
+            rows = db.execute(_ACTIVE_OVERRIDES.format(columns=", ".join(model.HistoryRow.COLUMNS)),
+                              (model.isoformat(now),)).fetchall()
+        return [model.HistoryRow(**dict(row)) for row in rows]
 
     # -- plumbing --------------------------------------------------------------------------
 

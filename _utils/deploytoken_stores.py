@@ -43,7 +43,12 @@ class TokenStore(Protocol):
         """Deliver history rows kept aside locally; return how many are still pending."""
 
     def append_history(self, row: model.HistoryRow) -> bool:
-        """Add ``row`` (an override's) to the history unless its claim is there already; True if added."""
+        """Add ``row`` (an override's) to the history unless its claim is there already; True if added.
+        StoreError while the history does not have it (a row kept aside locally counts as not written)."""
+
+    def overrides(self, now) -> list[model.HistoryRow]:
+        """The override rows still running at ``now`` (``released`` is their end) without a cancellation
+        row, oldest first: ``model.active_overrides`` of the whole history, however the store finds them."""
 
     # The waiting line (deploytoken_storebase.NoWaitingLine is a store without one).
     def enqueue(self, who: str):

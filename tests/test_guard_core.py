@@ -100,23 +100,45 @@ def test_blocks_fail_closed_with_one_sentence(data, login, sentence):
     }
 
 
+TEAM = {"id": "postgres:team", "name": "PostgreSQL deploytoken@db:5432/deploy"}
 OVERRIDE = {"id": "o1", "by": "Bob Jones (bob)", "reason": "db down", "until": "2026-11-26T15:00:00Z",
-            "targets": "m*"}
+            "targets": "m*", "store": TEAM}
 
 
 def test_an_override_from_the_runner_passes_loudly_until_it_ends():
-    ret = guard.decide(pillar(override=OVERRIDE), "bob", "m1", now=NOW)
+    ret = guard.decide(pillar(override=OVERRIDE, store=TEAM), "bob", "m1", now=NOW)
     assert ret["result"] is True and ret["override"] == OVERRIDE
     assert ret["comment"] == (
         "OVERRIDE: the deploy token guard PASSED for Bob Jones (bob) on m1 without checking the token (Alice Smith "
-        "(alice) since 2026-11-26 14:02 UTC (38 min): \"pg\"): override o1 by Bob Jones (bob) until 2026-11-26 "
-        "15:00 UTC, because: 'db down'. End it with salt-run deploytoken.override cancel=True."
+        "(alice) since 2026-11-26 14:02 UTC (38 min): \"pg\"): override o1 by Bob Jones (bob) in PostgreSQL "
+        "deploytoken@db:5432/deploy until 2026-11-26 15:00 UTC, because: 'db down'. End it with salt-run "
+        "deploytoken.override cancel=True reason='...'."
     )
     assert "would pass" in guard.decide(pillar(override=OVERRIDE), "bob", "m1", test=True, now=NOW)["comment"]
     ended = pillar(override=dict(OVERRIDE, until="2026-11-26T14:39:00Z"))
     assert guard.decide(ended, "bob", "m1", now=NOW)["result"] is False
-    unreadable = sealed(deploytoken_pillar.unreadable("Google is down.", PEOPLE), override=OVERRIDE)
-    assert guard.decide(unreadable, "bob", "m1", now=NOW)["result"] is True
+
+
+def test_an_override_passes_only_where_the_server_obeys_its_store():
+    private = {"id": "sqlite:bob", "name": "SQLite store /home/bob/token.sqlite on laptop"}
+    mine = dict(OVERRIDE, store=private)
+    # The server obeys the team's store: an override of a private store, read from that store, does not pass.
+    ret = guard.decide(pillar(override=mine, store=private), "bob", "m1", now=NOW, remembered=TEAM)
+    assert ret["result"] is False and ret["comment"].startswith("m1 obeys the deploy token of PostgreSQL ")
+    # The team's store is down: a private override still spooled on a laptop is refused by its name.
+    down = sealed(deploytoken_pillar.unreadable("The store is down.", PEOPLE), override=mine)
+    ret = guard.decide(down, "bob", "m1", now=NOW, remembered=TEAM)
+    assert ret == {"result": False, "override": None, "remember": None, "comment": (
+        "Override o1 was made in SQLite store /home/bob/token.sqlite on laptop, but m1 obeys the deploy token of "
+        "PostgreSQL deploytoken@db:5432/deploy, so it lets nothing through: ask for the override in the store the "
+        "team shares.")}
+    # The team's override while the team's store is down: the emergency still works.
+    down = sealed(deploytoken_pillar.unreadable("The store is down.", PEOPLE), override=OVERRIDE)
+    assert guard.decide(down, "bob", "m1", now=NOW, remembered=TEAM)["result"] is True
+    # An override that names no store (an earlier version's) lets nothing through.
+    bare = {key: value for key, value in OVERRIDE.items() if key != "store"}
+    assert guard.decide(pillar(override=bare), "bob", "m1", now=NOW)["comment"].startswith(
+        "Override o1 names no token store (it was made by an earlier version), so it lets nothing through")
 
 
 def test_with_the_masters_key_only_signed_data_is_believed(tmp_path):

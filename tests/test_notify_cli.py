@@ -100,7 +100,7 @@ def test_the_reactor_posts_acquire_release_force_and_override_naming_the_people_
     again = as_user(salt_run, "bob", "deploytoken.acquire", "reason=new spider")
     as_user(salt_run, "carol", "deploytoken.release", "force=True", "reason=Bob is away")
     override = as_user(salt_run, "carol", "deploytoken.override", "reason=database down", "targets=collect-9")
-    as_user(salt_run, "alice", "deploytoken.override", "cancel=True")
+    as_user(salt_run, "alice", "deploytoken.override", "cancel=True", "reason=database back")
     texts = chat(webhook, 6)
     assert len(texts) == 6, webhook.texts()
     assert texts[0].startswith("The deploy token is held by Alice Smith (alice) since ")
@@ -111,10 +111,10 @@ def test_the_reactor_posts_acquire_release_force_and_override_naming_the_people_
     assert texts[2].endswith(f'"new spider" (claim {again["claim"]}).')
     assert texts[3].startswith('Carol Díaz (carol) forced the release of the deploy token held by Bob Jones for ')
     assert texts[3].endswith(', because: "Bob is away" ("new spider"). The deploy token is free.')
-    assert texts[4].startswith(f"OVERRIDE {override['id']} by Carol Díaz: the deploy token guard lets every "
-                               "deployment through on collect-9 until ")
-    assert texts[5] == (f"Alice Smith cancelled OVERRIDE {override['id']} on collect-9: the deploy token guard "
-                        "checks the deploy token again.")
+    assert texts[4].startswith(f"OVERRIDE {override['id']} by Carol Díaz: until ")
+    assert "the deploy token guard lets every deployment on collect-9 through, whoever holds the token" in texts[4]
+    assert texts[5] == (f'Alice Smith cancelled OVERRIDE {override["id"]} on collect-9 ("database back"): the '
+                        "deploy token guard checks the deploy token again.")
     time.sleep(2)
     assert len(chat(webhook, 7, timeout=0)) == 6  # one message per event
 

@@ -201,13 +201,16 @@ ROW = {"claim": "3f9c0a1b2c3d4e5f", "holder": "Alice Smith", "login": "alice", "
      'Bob Jones (bob) forced the release of the deploy token held by Alice Smith for 38 min, because: "Alice is '
      'away" ("upgrade postgres"). The deploy token is free.'),
     ("deploytoken/override", {"id": "override-1a2b", "by": "Bob Jones", "targets": "collect*",
-                              "until": "2026-11-27T11:12:00Z", "reason": "database down"}, (),
-     'OVERRIDE override-1a2b by Bob Jones: the deploy token guard lets every deployment through on collect* until '
-     '2026-11-27 11:12 UTC, because: "database down".'),
+                              "until": "2026-11-27T11:12:00Z", "reason": "database down",
+                              "store": {"id": "postgres:1", "name": "PostgreSQL deploytoken@db:5432/deploy"}}, (),
+     'OVERRIDE override-1a2b by Bob Jones: until 2026-11-27 11:12 UTC the deploy token guard lets every deployment '
+     'on collect* through, whoever holds the token, on servers that obey PostgreSQL deploytoken@db:5432/deploy, '
+     'because: "database down".'),
     ("deploytoken/override/cancelled", {"id": "override-1a2b", "by": "Bob Jones", "targets": "collect*",
-                                        "cancelled": {"by": "Alice Smith", "at": "2026-11-27T10:30:00Z"}}, (),
-     "Alice Smith cancelled OVERRIDE override-1a2b on collect*: the deploy token guard checks the deploy token "
-     "again."),
+                                        "cancelled": {"by": "Alice Smith", "at": "2026-11-27T10:30:00Z",
+                                                      "reason": "database back"}}, (),
+     'Alice Smith cancelled OVERRIDE override-1a2b on collect* ("database back"): the deploy token guard checks '
+     'the deploy token again.'),
     ("deploytoken/setup_stopped", {"person": "Carol Díaz", "message": "Setup stopped: Kingfisher is busy. "
                                    "collect-1: bob's tmux session runs scrapy."}, (),
      "Carol Díaz: Setup stopped: Kingfisher is busy. collect-1: bob's tmux session runs scrapy."),

@@ -175,6 +175,45 @@ def test_two_private_stores_cannot_both_deploy(ssh_world, team, guarded, tmp_pat
             ssh_world.configure(op, {"sqlite": {"path": str(shared_store)}})
 
 
+def test_overrides_are_shared_through_the_store_and_a_private_one_passes_nowhere(
+    ssh_world, team, token, guarded, tmp_path, shared_store
+):
+    ada, ben = team["ada"], team["ben"]
+    sls, marker = guarded()
+    token.take(ada)
+    assert ssh_world.salt_ssh(ada, "state.apply", sls).returncode == 0  # kf obeys the shared store now
+    marker.unlink()
+
+    made = ssh_world.salt_run(ben, "deploytoken.override", "reason=db down", "targets=kf", "minutes=5")
+    assert made.returncode == 0, made
+    passed = ssh_world.salt_ssh(ben, "state.apply", sls)
+    assert passed.returncode == 0, passed
+    assert guard_of(passed.data)["comment"].startswith("OVERRIDE: the deploy token guard PASSED for Ben Okafor ")
+    marker.unlink()
+    # The holder, with a cachedir of her own, sees the override and ends it; the shared history keeps both once.
+    listed = ssh_world.salt_run(ada, "deploytoken.status").data["overrides"]
+    assert [entry["id"] for entry in listed] == [made.data["id"]]
+    ended = ssh_world.salt_run(ada, "deploytoken.override", "cancel=True", "reason=db back")
+    assert ended.returncode == 0 and ended.data["message"].startswith(f"Cancelled 1 override(s) ({made.data['id']})")
+    rows = [row for row in ssh_world.salt_run(ben, "deploytoken.history", "limit=10").data
+            if row["claim"].startswith(made.data["id"])]
+    assert [(row["claim"], row["forced_by"], row["force_reason"]) for row in rows] == [
+        (f"{made.data['id']}.cancel", "Ada Lovelace", "db back"), (made.data["id"], None, None)]
+
+    private = tmp_path / "ben.sqlite"
+    try:
+        ssh_world.configure(ben, {"sqlite": {"path": str(private)}})
+        mine = ssh_world.salt_run(ben, "deploytoken.override", "reason=x", "targets=kf*", "minutes=1")
+        assert mine.returncode == 0, mine
+        ran = ssh_world.salt_ssh(ben, "state.apply", sls)
+        assert ran.returncode != 0
+        assert guard_of(ran.data)["comment"].startswith(f"kf obeys the deploy token of SQLite store {shared_store} ")
+        assert not marker.exists()
+        assert ssh_world.salt_run(ada, "deploytoken.status").data["overrides"] == []
+    finally:
+        ssh_world.configure(ben, {"sqlite": {"path": str(shared_store)}})
+
+
 def test_setup_over_the_roster_checks_kingfisher_like_minions(
     ssh_world, team, token, git_world, make_scrapyd, tmux_users
 ):

@@ -8,6 +8,7 @@ store per process, as separate ``salt-run`` processes would.
 """
 
 import dataclasses
+import datetime
 import multiprocessing
 import sqlite3
 
@@ -194,6 +195,27 @@ def test_a_history_row_of_its_own_is_appended_once(backend):
     backend.open().append_history(row)
     assert [entry["claim"] for entry in token.history(backend.open())] == [row.claim]
     assert token.status(backend.open())["held"] is False
+
+
+def override_row(claim, released, note="Override of the deploy token guard on kingfisher*"):
+    return model.HistoryRow(claim=claim, holder="Bob Jones", login="bob", caller="bob",
+                            acquired="2026-01-01T00:00:00Z", released=released, duration=None,
+                            reason="database down", note=note)
+
+
+def test_overrides_are_the_running_override_rows_without_a_cancellation(backend):
+    now = datetime.datetime(2026, 1, 1, 0, 30, tzinfo=datetime.timezone.utc)
+    running, ended, cancelled = (f"override-{n:016x}" for n in (1, 2, 3))
+    store = backend.open()
+    for row in (override_row(running, "2026-01-01T01:00:00Z"), override_row(ended, "2026-01-01T00:20:00Z"),
+                override_row(cancelled, "2026-01-01T01:00:00Z"),
+                override_row(f"{cancelled}.cancel", "2026-01-01T00:10:00Z", note="cancelled"),
+                model.HistoryRow(claim="0123456789abcdef", holder="Alice Smith", login="alice", caller="alice",
+                                 acquired="2026-01-01T00:00:00Z", released="2026-01-01T02:00:00Z", duration=7200)):
+        assert store.append_history(row) is True
+    # Another store object (another master or operator) on the same store sees the same overrides.
+    assert backend.open().overrides(now) == [override_row(running, "2026-01-01T01:00:00Z")]
+    assert backend.open().overrides(now + datetime.timedelta(hours=1)) == []
 
 
 def test_a_waiter_in_line_is_listed_and_leaves_it(backend):
