@@ -128,6 +128,7 @@ def test_missing_requests_is_one_sentence_and_postgres_falls_back_to_psql(tmp_pa
         f"The Python package requests cannot be imported by {sys.executable}: install it for that Python.")
     assert postgres["status"] == "unknown"
     assert postgres["error"].startswith(
-        'PostgreSQL at /tmp/dtk-nowhere port 1 cannot be queried: connection to server on socket '
-        '"/tmp/dtk-nowhere/.s.PGSQL.1" failed: No such file or directory'), "psql's own sentence"
+        'PostgreSQL at /tmp/dtk-nowhere port 1 cannot be queried: no server listens on that socket (is PostgreSQL '
+        'running?) (connection to server on socket "/tmp/dtk-nowhere/.s.PGSQL.1" failed: No such file or '
+        'directory'), "psql's own sentence, led by its cause"
     assert kingfisher_busy.decide({"postgres": postgres})["busy"] is True
