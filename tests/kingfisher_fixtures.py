@@ -170,6 +170,9 @@ class ScrapydServer:
         for pid in processes_with_environ(SCRAPYD_MARK, str(self.root)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # The next test's busy check lists every crawl on the machine: leave none of ours behind.
+        wait_for(lambda: not processes_with_environ(SCRAPYD_MARK, str(self.root)), timeout=15,
+                 what="this Scrapyd's crawl processes to end")
         shutil.rmtree(self.root, ignore_errors=True)
 
 
