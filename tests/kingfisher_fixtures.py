@@ -149,7 +149,8 @@ class ScrapydServer:
     def listjobs(self):
         return self.call("listjobs.json", params={"project": self.project})
 
-    def schedule(self, seconds=600):
+    # A day: the session-wide Scrapyd's first crawl must still be the one running at the end of any run.
+    def schedule(self, seconds=86400):
         data = {"project": self.project, "spider": "sleeper", "seconds": str(seconds)}
         return self.call("schedule.json", method="POST", data=data)["jobid"]
 
