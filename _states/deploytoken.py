@@ -15,6 +15,8 @@ salt-ssh, in the configuration of each operator's salt-ssh.
 """
 
 import os
+import re
+import threading
 from typing import TYPE_CHECKING
 
 import salt.pillar
@@ -120,4 +122,11 @@ def _master_key():
 
 def _login():
     """The login of the person running this job, or None when it cannot be told."""
-    return __utils__["deploytoken_guard.job_login"](os.path.join(__opts__["cachedir"], "proc"), os.getpid())
+    return __utils__["deploytoken_guard.job_login"](os.path.join(__opts__["cachedir"], "proc"), os.getpid(), _jid())
+
+
+def _jid():
+    """This job's jid on a minion with ``multiprocessing: False``, where every job shares the minion's pid:
+    Salt names the thread that runs the job ``ProcessPayload(jid=...)``. None elsewhere."""
+    named = re.fullmatch(r"ProcessPayload\(jid=(\d+)\)", threading.current_thread().name)
+    return named.group(1) if named else None
