@@ -533,7 +533,7 @@ def _fire(tag, data):
     import deploytoken_pillar
     import deploytoken_seal
 
-    data = deploytoken_seal.seal(data, deploytoken_pillar.master_key(__opts__))
+    data = deploytoken_seal.seal(data, deploytoken_pillar.master_key(__opts__), deploytoken_seal.event_purpose(tag))
     with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as event:
         event.fire_event(data, tag)
 

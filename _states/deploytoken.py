@@ -15,11 +15,15 @@ salt-ssh, in the configuration of each operator's salt-ssh.
 """
 
 import os
+import re
+import threading
 from typing import TYPE_CHECKING
 
+import salt.pillar
 from salt.exceptions import SaltException
 
 if TYPE_CHECKING:
+    __grains__: dict
     __opts__: dict
     __salt__: dict
     __utils__: dict
@@ -52,7 +56,10 @@ def held(name):
 
     The token data must be as the master wrote it: signed with the master's key (checked with the
     master's public key the minion keeps), made for this minion, and fresh (``deploytoken:pillar_max_age``,
-    default 300 s), so a ``pillar=`` on the command line cannot fake the holder.
+    default 300 s). A minion does not take it from the job: it asks its master for a fresh compile of
+    its pillar, so neither a ``pillar=`` on the command line nor a saved snapshot counts, and under
+    ``salt-call --local`` (no master to ask) it blocks. Under salt-ssh the operator's own machine
+    compiles the data for this very run.
 
     An emergency override, ``salt-run deploytoken.override reason=... targets=...``, passes with a loud
     comment until it ends; the override and who asked for it are in the deploy history.
@@ -71,7 +78,10 @@ def held(name):
     guard = "deploytoken_guard."
     memory = __utils__[guard + "store_memory"](__opts__)
     try:
-        pillar = __pillar__.get("deploytoken")
+        master_key = _master_key()
+        # A minion asks its master; a salt-ssh target (no master key) has the data its operator's machine
+        # compiled for this very run.
+        pillar = __pillar__.get("deploytoken") if master_key is None else _fresh_token_data()
         ssh = __utils__[guard + "operator_login"](pillar) is not None
         decision = __utils__[guard + "decide"](
             pillar,
@@ -81,7 +91,7 @@ def held(name):
             ssh_auth=__utils__[guard + "ssh_auth_keys"](os.environ) if ssh else None,
             remembered=__utils__[guard + "remembered_store"](memory),
             memory=memory,
-            master_key=_master_key(),
+            master_key=master_key,
         )
         if decision["remember"]:
             __utils__[guard + "remember_store"](memory, decision["remember"], decision["comment"])
@@ -94,6 +104,16 @@ def held(name):
     return ret
 
 
+def _fresh_token_data():
+    """This minion's ``deploytoken`` pillar, compiled by its master now, without the job's overrides."""
+    if __opts__.get("file_client") == "local":
+        raise SaltException("this run has no master to ask who holds the deploy token (salt-call --local?); "
+                            "run it through the master, or with salt-call without --local.")
+    fresh = salt.pillar.get_pillar(__opts__, dict(__grains__), __opts__["id"], saltenv=__opts__.get("saltenv"),
+                                   pillarenv=__opts__.get("pillarenv")).compile_pillar()
+    return fresh.get("deploytoken")
+
+
 def _master_key():
     """The master's public key on a minion of a master; None on a salt-ssh target, which has none."""
     path = os.path.join(__opts__.get("pki_dir") or "", "minion_master.pub")
@@ -102,4 +122,11 @@ def _master_key():
 
 def _login():
     """The login of the person running this job, or None when it cannot be told."""
-    return __utils__["deploytoken_guard.job_login"](os.path.join(__opts__["cachedir"], "proc"), os.getpid())
+    return __utils__["deploytoken_guard.job_login"](os.path.join(__opts__["cachedir"], "proc"), os.getpid(), _jid())
+
+
+def _jid():
+    """This job's jid on a minion with ``multiprocessing: False``, where every job shares the minion's pid:
+    Salt names the thread that runs the job ``ProcessPayload(jid=...)``. None elsewhere."""
+    named = re.fullmatch(r"ProcessPayload\(jid=(\d+)\)", threading.current_thread().name)
+    return named.group(1) if named else None

@@ -27,7 +27,7 @@ def announce(settings, tag, data, master_key):
     if master_key is None:
         return {"posted": False, "message": "There is no master key to check events with: nothing is posted."}
     fields = {key: value for key, value in (data if isinstance(data, dict) else {}).items() if key != EVENT_STAMP}
-    if not seal.intact(fields, os.path.splitext(master_key)[0] + ".pub"):
+    if not seal.intact(fields, os.path.splitext(master_key)[0] + ".pub", seal.event_purpose(tag)):
         sentence = f"The event {tag} was not sealed by this master's runner; it was not posted."
         log.warning("deploytoken: %s", sentence)
         return {"posted": False, "message": sentence}

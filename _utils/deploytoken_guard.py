@@ -23,13 +23,16 @@ OVERRIDE = "salt-run deploytoken.override reason='...' targets='...'"
 STORE_MEMORY = "/var/lib/deploytoken/store.json"
 
 
-def job_login(proc_dir, pid):
-    """The login of the person running the job of process ``pid``, from the minion's proc files.
+def job_login(proc_dir, pid, jid=None):
+    """The login of the person running the job of process ``pid`` (job ``jid`` when known), from the
+    minion's proc files.
 
     ``salt`` writes the publisher (``sudo_bob`` is bob); ``salt-call`` runs as the person at the
-    terminal. A scheduled job has no person: None, and the guard blocks it.
+    terminal. A scheduled job has no person: None, and the guard blocks it. A minion with
+    ``multiprocessing: False`` runs every job in a thread of its own process: there only the jid tells them apart,
+    and without it the guard refuses to pick one.
     """
-    job = _proc_entry(proc_dir, pid)
+    job = _proc_entry(proc_dir, pid, jid)
     if job is None:
         return None
     if job.get("user"):
@@ -39,20 +42,26 @@ def job_login(proc_dir, pid):
     return None
 
 
-def _proc_entry(proc_dir, pid):
+def _proc_entry(proc_dir, pid, jid=None):
     try:
-        names = os.listdir(proc_dir)
+        names = [str(jid)] if jid else os.listdir(proc_dir)
     except OSError:
         return None
-    for name in names:
-        try:
-            with open(os.path.join(proc_dir, name), "rb") as handle:
-                job = salt.payload.load(handle)
-        except Exception:  # a job that just ended, or a file being written: not ours either way
-            continue
-        if isinstance(job, dict) and job.get("pid") == pid:
-            return job
-    return None
+    found = [job for job in map(_load_job, (os.path.join(proc_dir, name) for name in names))
+             if isinstance(job, dict) and job.get("pid") == pid]
+    if len(found) > 1:
+        raise model.DeploytokenError(
+            f"{len(found)} jobs run in this minion's process (multiprocessing: False) and this one's jid is "
+            "unknown, so the guard cannot tell who runs it: set multiprocessing: True in the minion config.")
+    return found[0] if found else None
+
+
+def _load_job(path):
+    try:
+        with open(path, "rb") as handle:
+            return salt.payload.load(handle)
+    except Exception:  # a job that just ended, or a file being written: not ours either way
+        return None
 
 
 def operator_login(pillar):

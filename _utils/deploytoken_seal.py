@@ -24,17 +24,26 @@ from cryptography.hazmat.primitives.asymmetric import padding
 ALGORITHM = salt.crypt.PKCS1v15_SHA224
 log = logging.getLogger(__name__)
 SEAL_KEYS = ("digest", "signature")
+# What a seal is for, inside what is signed, so that data sealed for one purpose never passes as another
+# (a minion's own signed pillar re-sent as a chat event, say).
+PILLAR = "deploytoken pillar"
 
 
-def canonical(data):
-    """The bytes that are sealed: every field but the seals, in one fixed spelling."""
+def event_purpose(tag):
+    """The purpose of a chat event: its tag is signed with it."""
+    return f"deploytoken event {tag}"
+
+
+def canonical(data, purpose=PILLAR):
+    """The bytes that are sealed: the purpose, then every field but the seals, in one fixed spelling."""
     fields = {key: value for key, value in data.items() if key not in SEAL_KEYS}
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return f"{purpose}\n{text}".encode()
 
 
-def seal(data, master_key=None):
+def seal(data, master_key=None, purpose=PILLAR):
     """``data`` with its digest, and its signature when the master's private key is given."""
-    message = canonical(data)
+    message = canonical(data, purpose)
     sealed = dict(data, digest=hashlib.sha256(message).hexdigest(), signature=None)
     if master_key:
         try:
@@ -56,10 +65,10 @@ def _private_key(path, modified):
         return serialization.load_pem_private_key(handle.read(), password=None, unsafe_skip_rsa_key_validation=True)
 
 
-def intact(data, master_public_key=None):
-    """Whether ``data`` is as the ext_pillar wrote it: signed by the master when the master's public
-    key is given (a minion of a master), else with its own digest (a salt-ssh target)."""
-    message = canonical(data)
+def intact(data, master_public_key=None, purpose=PILLAR):
+    """Whether ``data`` is as the master wrote it for ``purpose``: signed by the master when the master's
+    public key is given (a minion of a master), else with its own digest (a salt-ssh target)."""
+    message = canonical(data, purpose)
     if master_public_key is None:
         return data.get("digest") == hashlib.sha256(message).hexdigest()
     try:

@@ -25,8 +25,9 @@ except ImportError:  # the target's own Python under salt-ssh may lack it: a sen
     requests = None
 
 TIMEOUT = 10
-# Everything between the scheme and the last "@" of the authority: the userinfo, password included.
-USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+# Everything between the scheme (if any) and the last "@": the userinfo, password included, even when the
+# password holds "/" or "#" or the scheme is missing (a path with an "@" is hidden too, which is harmless).
+USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?).*@", re.DOTALL)
 
 
 def redact(url):
@@ -36,11 +37,11 @@ def redact(url):
 
 def check_url(url):
     """``url`` as Scrapyd's base URL without a trailing slash, or InputError."""
-    parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
     try:
+        parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
         port_ok = parsed is not None and (parsed.port is None or parsed.port > 0)
-    except ValueError:
-        port_ok = False
+    except ValueError:  # a bad port, or an unclosed "[" of an IPv6 address
+        parsed, port_ok = None, False
     if (
         parsed is None
         or parsed.scheme not in ("http", "https")

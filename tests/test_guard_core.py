@@ -179,6 +179,18 @@ def test_job_login_reads_the_publisher_of_this_process(tmp_path, monkeypatch):
     assert guard.job_login(str(tmp_path / "missing"), 11) is None
 
 
+def test_job_login_under_multiprocessing_false_goes_by_the_jid_or_refuses(tmp_path):
+    """Every job of a threaded minion has the minion's pid: the jid picks the job, and without one the
+    guard does not guess."""
+    write_proc(tmp_path, "20261128201500000001", {"pid": 7, "user": "sudo_alice"})
+    write_proc(tmp_path, "20261128201500000002", {"pid": 7, "user": "sudo_bob"})
+    assert guard.job_login(str(tmp_path), 7, "20261128201500000002") == "bob"
+    assert guard.job_login(str(tmp_path), 7, "20261128201500000003") is None
+    assert guard.job_login(str(tmp_path), 8, "20261128201500000001") is None  # another process's job
+    with pytest.raises(model.DeploytokenError, match=r"^2 jobs run in this minion's process"):
+        guard.job_login(str(tmp_path), 7)
+
+
 def test_pillar_reads_the_store_like_the_runner(tmp_path):
     opts = {"cachedir": str(tmp_path), "deploytoken": {"people": PEOPLE}}
     SqliteStore(str(tmp_path / "deploytoken.sqlite")).acquire(ALICE)

@@ -132,9 +132,24 @@ def test_scrapyd_1_2_answers_are_read_per_project():
 
 
 @pytest.mark.parametrize(
-    "url", ["localhost:6800", "ftp://localhost:6800", "http://", "http://host:port", "http://a b", "http://h/?q=1", 5]
+    "url", ["localhost:6800", "ftp://localhost:6800", "http://", "http://host:port", "http://a b", "http://h/?q=1", 5,
+            "http://[::1", "http://[::1]:99999"]
 )
 def test_malformed_url_is_refused(url):
     with pytest.raises(InputError) as info:
         settings(url)
     assert str(info.value) == f"The Scrapyd URL {url!r} is not valid: give one like http://localhost:6800."
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("kfuser:S3cretPW@127.0.0.1:9", "***@127.0.0.1:9"),
+    ("http://kfuser:S3c/retPW@127.0.0.1:9", "http://***@127.0.0.1:9"),
+    ("http://kfuser:S3c#retPW@127.0.0.1:9", "http://***@127.0.0.1:9"),
+    ("http://kfuser:S3cretPW@[::1", "http://***@[::1"),
+])
+def test_a_refused_url_never_shows_its_password(url, shown):
+    """Without a scheme, with "/" or "#" in the password, or with a broken IPv6 address."""
+    with pytest.raises(InputError) as info:
+        settings(url)
+    assert str(info.value) == f"The Scrapyd URL {shown!r} is not valid: give one like http://localhost:6800."
+    assert "S3c" not in str(info.value)

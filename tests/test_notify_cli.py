@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 import deploytoken_model as model
+import deploytoken_waiting
 from conftest import PEOPLE, REPO
 from webhook_server import Webhook
 
@@ -54,6 +55,7 @@ def chat_master(salt_factories, tmp_path_factory, url_file):
             "remind_after": f"{REMIND_AFTER}s",
             "remind_every": f"{REMIND_EVERY}s",
         },
+        "ext_pillar": [{"deploytoken": {}}],
         "reactor": [{"deploytoken/*": ["salt://reactor/deploytoken.sls"]}],
         "schedule": {"deploytoken-remind": {"function": "deploytoken.remind", "seconds": 1}},
         "loop_interval": 1,
@@ -173,6 +175,26 @@ def test_a_forged_event_is_not_posted(chat_master, webhook, salt_run):
     assert sent.returncode == 0, sent
     time.sleep(4)
     assert not any("Mallory" in text for text in webhook.texts())
+
+
+def test_a_signed_pillar_resent_as_a_released_event_is_not_posted_and_leaves_the_waiting_list(
+        chat_master, webhook, salt_run):
+    """The master signs pillar data and chat events with one key, but each for its purpose (and an event
+    for its tag): a minion's own signed pillar, fired as deploytoken/released while Alice holds the
+    token, is not posted and empties nobody's wait."""
+    as_user(salt_run, "alice", "deploytoken.acquire", "reason=upgrade postgres")
+    deploytoken_waiting.add(chat_master.config["cachedir"], "bob", "Bob Jones", seconds=600)
+    before = waiting_list(chat_master)
+    shown = salt_run.run("pillar.show_pillar", "collect-1")
+    assert shown.returncode == 0 and shown.data["deploytoken"]["signature"], shown
+    texts = len(chat(webhook, 1))
+    sent = salt_run.run("event.send", "deploytoken/released", f"data={json.dumps(shown.data['deploytoken'])}")
+    assert sent.returncode == 0, sent
+    time.sleep(4)  # the reactor's answer is a post that must not come: nothing to poll for
+    assert len(chat(webhook, 0, timeout=0)) == texts and "Bob Jones" in before
+    assert waiting_list(chat_master) == before
+    log_file = pathlib.Path(chat_master.config["log_file"]).read_text(encoding="utf-8", errors="replace")
+    assert "The event deploytoken/released was not sealed by this master's runner" in log_file
 
 
 def test_the_webhook_url_is_not_in_the_masters_log(chat_master, webhook):

@@ -248,13 +248,16 @@ def master_keys(tmp_path_factory):
     return str(folder / "dt-master.pem"), str(folder / "dt-master.pub")
 
 
+RELEASED = seal.event_purpose("deploytoken/released")
+
+
 def test_a_sealed_event_is_posted_and_names_the_people_waiting(tmp_path, webhook, url_file, master_keys):
     found = config(tmp_path, notify={"kind": "slack", "url_file": url_file})
     waiting.add(str(tmp_path), "bob", "Bob Jones")
     waiting.add(str(tmp_path), "carol", "Carol Díaz", seconds=-1)  # gave up waiting already
     waiting.add(str(tmp_path), "alice", "Alice Smith")  # asked, then took the token herself
     waiting.add(str(tmp_path), "dana", "Dana Lee", seconds=600)
-    data = dict(seal.seal(ROW, master_keys[0]), _stamp="2026-11-27T05:38:00.123456")
+    data = dict(seal.seal(ROW, master_keys[0], RELEASED), _stamp="2026-11-27T05:38:00.123456")
     posted = events.announce(found, "deploytoken/released", data, master_keys[0])
     assert posted["posted"], posted
     assert webhook.texts() == [posted["text"]]
@@ -265,8 +268,10 @@ def test_a_sealed_event_is_posted_and_names_the_people_waiting(tmp_path, webhook
 def test_an_event_without_the_masters_seal_is_not_posted(tmp_path, webhook, url_file, master_keys):
     """Also without a master key (salt-ssh): a digest alone anyone can compute."""
     found = config(tmp_path, notify={"kind": "slack", "url_file": url_file})
-    forged = dict(seal.seal(ROW, master_keys[0]), note="everyone may deploy now")
-    for data in (ROW, forged, dict(seal.seal(ROW), id="collect-1"), "junk"):
+    forged = dict(seal.seal(ROW, master_keys[0], RELEASED), note="everyone may deploy now")
+    as_pillar = seal.seal(ROW, master_keys[0])  # a minion's own signed pillar, re-sent as an event
+    other_tag = seal.seal(ROW, master_keys[0], seal.event_purpose("deploytoken/acquired"))
+    for data in (ROW, forged, dict(seal.seal(ROW), id="collect-1"), "junk", as_pillar, other_tag):
         refused = events.announce(found, "deploytoken/released", data, master_keys[0])
         assert refused == {"posted": False, "message": "The event deploytoken/released was not sealed by this "
                                                        "master's runner; it was not posted."}
@@ -276,7 +281,8 @@ def test_an_event_without_the_masters_seal_is_not_posted(tmp_path, webhook, url_
 
 
 def test_an_acquired_event_without_a_notify_block_is_not_posted(tmp_path, master_keys):
-    taken = seal.seal({"holder": "Bob Jones", "login": "bob", "claim": "1", "since": SINCE}, master_keys[0])
+    taken = seal.seal({"holder": "Bob Jones", "login": "bob", "claim": "1", "since": SINCE}, master_keys[0],
+                      seal.event_purpose("deploytoken/acquired"))
     said = events.announce(config(tmp_path), "deploytoken/acquired", taken, master_keys[0])
     assert said["posted"] is False and said["message"] == "No deploytoken:notify block: the message was not posted."
     assert said["text"].startswith("The deploy token is held by Bob Jones (bob) since ")
