@@ -313,6 +313,8 @@ def make_stale_socket(name):
     directory.mkdir(mode=0o700, exist_ok=True)
     os.chown(directory, uid, gid)
     path = directory / "default"
+    # A run that was killed leaves its users' tmux folders behind, and a new user may get the same uid.
+    path.unlink(missing_ok=True)
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(path))
     os.chown(path, uid, gid)
