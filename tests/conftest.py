@@ -19,6 +19,8 @@ import pytest
 import yaml
 from saltfactories.cli.run import SaltRun
 
+from salt_inprocess import InProcessRun, InProcessSalt
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "_utils"))
 sys.path.insert(0, str(REPO / "tests"))
@@ -26,17 +28,51 @@ sys.path.insert(0, str(REPO / "tests"))
 PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones", "carol": "Carol Díaz"}
 # Fixture modules of the other parts of the suite (real Scrapyd, PostgreSQL, tmux, git, Google fake).
 pytest_plugins = [
-    "kingfisher_fixtures", "git_fixtures", "guard_helpers", "google_fixtures", "ssh_fixtures", "pg_fixtures"
+    "kingfisher_fixtures", "git_fixtures", "guard_helpers", "google_fixtures", "ssh_fixtures", "pg_fixtures",
+    "store_fixtures",
 ]
 
+# What a file root of ours serves: Salt's extension folders and the reactor, never the checkout's .git,
+# .venv or tests (a file root is readable by every minion, and walking a virtualenv costs seconds).
+SERVED = ("_modules", "_states", "_runners", "_utils", "_pillar", "reactor")
 MASTER_ID = "dt-master"
 PILLAR_MAX_AGE = 30
 MINION_ID = "collect-test"
 
 
+# The tiers (README, "Running the tests"), each test's found from the fixtures it uses unless it is marked:
+#   unit: plain Python, as any user, in about a minute;
+#   functional: root, and real services the tests start (PostgreSQL, Scrapyd, tmux servers of real users);
+#   integration: real Salt daemons and CLIs, salt-ssh through a real sshd.
+TIERS = ("unit", "functional", "integration")
+INTEGRATION_FIXTURES = {"salt_master", "salt_minion", "salt_factories", "sshd", "ssh_world"}
+FUNCTIONAL_FIXTURES = {"pg_cluster", "pg_store_cluster", "pg_fault_cluster", "scrapyd_busy", "make_scrapyd",
+                       "tmux_users", "hostile_user"}
+
+
 def pytest_configure(config):
     # Salt sets the root logger to TRACE on import; keep pytest's own capture quiet.
     logging.getLogger().setLevel(logging.WARNING)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            continue
+        used = set(item.fixturenames)
+        tier = "integration" if used & INTEGRATION_FIXTURES else "functional" if used & FUNCTIONAL_FIXTURES else "unit"
+        item.add_marker(tier)
+
+
+def extension_root(parent):
+    """A folder in ``parent`` holding links to this repository's ``SERVED`` folders: the file root to use."""
+    root = pathlib.Path(parent) / "extensions"
+    root.mkdir(exist_ok=True)
+    for name in SERVED:
+        if not (root / name).exists():
+            (root / name).symlink_to(REPO / name)
+    root.chmod(0o755)
+    return str(root)
 
 
 def as_user(cli, login, *args, **kwargs):
@@ -90,7 +126,7 @@ def store_path(session_dir):
 @pytest.fixture(scope="session")
 def master_overrides(sls_dir, store_path, session_dir):
     return {
-        "file_roots": {"base": [str(REPO), str(sls_dir)]},
+        "file_roots": {"base": [extension_root(session_dir), str(sls_dir)]},
         "pillar_roots": {"base": [str(session_dir / "pillar")]},
         # A short bound on the age of token data, so the replay test needs no long wait.
         "deploytoken": {"sqlite": {"path": str(store_path)}, "people": PEOPLE, "pillar_max_age": PILLAR_MAX_AGE},
@@ -131,9 +167,23 @@ def salt_cli(salt_master):
 
 
 @pytest.fixture(scope="session")
-def salt_run_with(salt_master, session_dir):
-    """``salt_run_with(deploytoken={...})``: a salt-run CLI of the shared master whose ``deploytoken:``
-    settings are replaced (same cachedir, sockets and keys, so events still reach the master)."""
+def runner(salt_master):
+    """The runner functions in this process on the shared master's config (``salt_inprocess``): what a
+    ``salt-run`` does, without its seconds of start-up."""
+    return InProcessRun(salt_master.config_file)
+
+
+@pytest.fixture(scope="session")
+def salt_local(salt_master, salt_minion):
+    """``salt`` in this process (``salt_inprocess``): jobs published to the shared master and minion as a
+    person, without the CLI's seconds of start-up. ``.run(fun, *args, minion_tgt=..., env={"SUDO_USER": x})``."""
+    return InProcessSalt(salt_master.config_file)
+
+
+@pytest.fixture(scope="session")
+def master_config_with(salt_master, session_dir):
+    """``master_config_with(deploytoken={...})``: the path of a copy of the shared master's config whose
+    ``deploytoken:`` settings are replaced (same cachedir, sockets and keys, so events still reach the master)."""
     counter = itertools.count()
 
     def make(deploytoken):
@@ -144,15 +194,31 @@ def salt_run_with(salt_master, session_dir):
         config["deploytoken"] = deploytoken
         with open(conf_dir / "master", "w") as handle:
             yaml.safe_dump(config, handle)
+        return conf_dir / "master"
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def salt_run_with(salt_master, master_config_with):
+    """``salt_run_with(deploytoken={...})``: a real salt-run CLI on ``master_config_with(...)``."""
+
+    def make(deploytoken):
         return SaltRun(
             script_name=salt_master.factories_manager.get_salt_script_path("salt-run"),
-            config=dict(salt_master.config, conf_file=str(conf_dir / "master")),
+            config=dict(salt_master.config, conf_file=str(master_config_with(deploytoken))),
             python_executable=salt_master.python_executable,
             system_service=False,
             timeout=120,
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def runner_with(master_config_with):
+    """``runner_with(deploytoken={...})``: the runner in this process on ``master_config_with(...)``."""
+    return lambda deploytoken: InProcessRun(master_config_with(deploytoken))
 
 
 @pytest.fixture

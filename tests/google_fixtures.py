@@ -28,14 +28,17 @@ def free_doc(name="Nobody", before="Deploy token for the collect servers.\n"):
             [{"text": "Please use salt-run deploytoken.acquire.\n"}]]
 
 
-def google_store(config, people=PEOPLE, **extra):
-    """The Google store for ``google_config`` (with ``extra`` keys changed), opened as the runner opens it."""
+def google_settings(config, people=PEOPLE, **extra):
+    """The settings of the Google store for ``google_config`` (with ``extra`` keys changed)."""
     section = dict(config, **extra)
     cachedir = section.pop("cachedir")
-    settings = deploytoken_settings.Settings(
-        cachedir=cachedir, backend="google", sections={"google": section}, people=people
-    )
-    return deploytoken_stores.open_store(settings)
+    return deploytoken_settings.Settings(cachedir=cachedir, backend="google", sections={"google": section},
+                                         people=people)
+
+
+def google_store(config, people=PEOPLE, **extra):
+    """The Google store for ``google_config`` (with ``extra`` keys changed), opened as the runner opens it."""
+    return deploytoken_stores.open_store(google_settings(config, people, **extra))
 
 
 @pytest.fixture(scope="module")

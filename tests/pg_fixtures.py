@@ -13,20 +13,18 @@ Fixtures for the PostgreSQL token store, on real PostgreSQL 15 clusters started 
 ``pg_section`` (function) -> ``dict``
     A ``deploytoken:postgres:`` block on ``pg_store_cluster`` with a schema name of its own; the
     schema is dropped afterwards. ``postgres_store(section, **extra)`` opens it as the runner does;
-    ``take_in_turn(store, login)`` is ``acquire wait=True``, in the store's line; ``start_waiters``
-    starts processes that do so, in a known order.
+    ``waiters(section, logins)`` starts processes that wait in the store's line, in a known order.
 """
 
+import contextlib
 import itertools
-import multiprocessing
 import os
-import time
 
 import pytest
 
 import deploytoken_settings
 import deploytoken_stores
-import deploytoken_token as token
+import racing
 from conftest import PEOPLE
 from kingfisher_fixtures import start_postgres, wait_for
 
@@ -36,48 +34,28 @@ PG_PASSWORD = "dtk-pg-password-not-real"
 _schemas = itertools.count(1)
 
 
-def postgres_store(section, people=PEOPLE, **extra):
-    """The PostgreSQL store for ``section`` (with ``extra`` keys changed), opened as the runner opens it."""
-    settings = deploytoken_settings.Settings(
+def postgres_settings(section, people=PEOPLE, **extra):
+    """The settings of the PostgreSQL store for ``section`` (with ``extra`` keys changed)."""
+    return deploytoken_settings.Settings(
         cachedir="/nonexistent", backend="postgres", sections={"postgres": dict(section, **extra)}, people=people
     )
-    return deploytoken_stores.open_store(settings)
 
 
-def take_in_turn(store, login, timeout=120):
-    """``acquire wait=True`` as the runner does it: in the store's line, woken by each release."""
-    taken = token.acquire(store, login, PEOPLE, wait=True, timeout=timeout, interval=10)
-    if not taken.get("acquired"):
-        raise TimeoutError(f"{login} never got the token: {taken['message']}")
-    return taken
+def postgres_store(section, people=PEOPLE, **extra):
+    """The PostgreSQL store for ``section`` (with ``extra`` keys changed), opened as the runner opens it."""
+    return deploytoken_stores.open_store(postgres_settings(section, people, **extra))
 
 
-def _waiter(section, login, results):
-    store = postgres_store(section)
-    take_in_turn(store, login)
-    results.put((login, time.time()))
-    token.release(store, login, PEOPLE, note="served")
-
-
-def start_waiters(section, logins):
-    """One process per login waiting in line (``take_in_turn``), each started once the previous one stands
-    in it; each puts ``(login, time it got the token)`` on the queue returned, then releases it."""
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    children = []
-    for login in logins:
-        child = context.Process(target=_waiter, args=(section, login, results))
-        child.start()
-        children.append(child)
-        wait_for(lambda: len(postgres_store(section).waiting()) == len(children), what=f"{login} in the line")
-    return children, results
-
-
-def stop_waiters(children):
-    for child in children:
-        child.join(60)
-        if child.is_alive():
-            child.kill()
+@contextlib.contextmanager
+def waiters(section, logins):
+    """One process per login waiting in the line (``racing.take_in_turn``), each started once the one before
+    stands in it; yields the ``racing.Race``, whose outcomes are ``(login, when it held the token)``."""
+    settings = postgres_settings(section)
+    with racing.started(racing.take_in_turn, barrier=False) as race:
+        for login in logins:
+            race.start(racing.take_in_turn, settings, login, PEOPLE)
+            wait_for(lambda: len(postgres_store(section).waiting()) == len(race.processes), what=f"{login} in the line")
+        yield race
 
 
 def store_cluster():

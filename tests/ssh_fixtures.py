@@ -36,6 +36,7 @@ import time
 import pytest
 import yaml
 
+from conftest import extension_root
 from kingfisher_fixtures import RUN, RUNUSER, create_user, free_port, remove_user, wait_for
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -174,7 +175,7 @@ class SshWorld:
             "log_level_logfile": "info",
             "roster_file": str(conf / "roster"),
             "known_hosts_file": str(self.sshd.known_hosts),
-            "file_roots": {"base": [str(REPO), str(self.sls_dir)]},
+            "file_roots": {"base": [extension_root(conf), str(self.sls_dir)]},
             "pillar_roots": {"base": [str(conf / "pillar")]},
             "ext_pillar": [{"deploytoken": {}}],
             "deploytoken": dict(deploytoken, people=self.people()),

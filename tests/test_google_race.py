@@ -1,38 +1,21 @@
 """Many acquirers under injected faults, and many faults in a row: one holder, every history row once."""
 
-import multiprocessing
 import random
 
 import deploytoken_model as model
 import deploytoken_token as token_store
+import racing
+from google_fixtures import google_settings
 from google_fixtures import google_store as _store
 
 RACERS = 50
 
 
-def _race(config, number, results):
-    wanted = model.Holding(holder=f"Racer {number}", login=f"racer{number}", claim=f"claim{number}")
-    try:
-        current = _store(config).acquire(wanted)
-        results.put((number, current.holder, current.claim, current.claim == wanted.claim, None))
-    except model.StoreError as exc:
-        results.put((number, None, None, False, str(exc)))
-
-
 def run_race(config):
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    racers = [context.Process(target=_race, args=(config, number, results)) for number in range(RACERS)]
-    try:
-        for racer in racers:
-            racer.start()
-        answers = [results.get(timeout=120) for _ in racers]
-    finally:
-        for racer in racers:
-            racer.join(timeout=30)
-            if racer.is_alive():
-                racer.kill()
-    return answers
+    """50 racers, each the store's own acquire of a holding of its own: (number, holder seen, claim seen,
+    won) or, for a racer that failed, (None, None, None, False, its sentence)."""
+    outcomes = racing.run(racing.write_holding, [(google_settings(config), number) for number in range(RACERS)])
+    return [(*value, None) if kind == "ok" else (None, None, None, False, value) for kind, value in outcomes]
 
 
 def held_name(fake, config):
@@ -49,7 +32,7 @@ def test_fifty_acquirers_with_faults_end_with_exactly_one_holder(fake_google, go
     winners = [number for number, _, _, won, _ in answers if won]
     assert len(winners) == 1 and holder == f"Racer {winners[0]}"
     failures = [error for *_, error in answers if error]
-    assert all(error.count(". ") == 0 and "\n" not in error for error in failures)
+    assert all(error.endswith(".") and error.count(". ") == 0 and "\n" not in error for error in failures), failures
     # Every loser names the winner and the winner's claim, not a hand-typed guess.
     assert {(seen, claim) for _, seen, claim, _, error in answers if not error} == {(holder, f"claim{winners[0]}")}
 

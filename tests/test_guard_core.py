@@ -1,7 +1,6 @@
 """The guard's decision, the publisher lookup, the ext_pillar data and its cross-process cache, in-process."""
 
 import datetime
-import multiprocessing
 import os
 import pathlib
 import subprocess
@@ -16,6 +15,7 @@ import deploytoken_guard as guard
 import deploytoken_model as model
 import deploytoken_pillar
 import deploytoken_seal as seal
+import racing
 from conftest import PEOPLE
 from deploytoken_sqlite import SqliteStore
 from kingfisher_fixtures import free_port
@@ -228,27 +228,10 @@ def test_pillar_of_a_bad_setting_carries_the_sentence(tmp_path):
 # ---- the cross-process cache ------------------------------------------------------------------
 
 
-def _count_read(counter):
-    with open(counter, "a") as handle:
-        handle.write("x")
-    return {"read": True}
-
-
-def _compile(path, counter, barrier):
-    barrier.wait()
-    assert deploytoken_cache.cached(path, 30, lambda: _count_read(counter)) == {"read": True}
-
-
 def test_twenty_processes_read_the_store_once(tmp_path):
     path, counter = str(tmp_path / "cache.json"), str(tmp_path / "reads")
-    context = multiprocessing.get_context("fork")
-    barrier = context.Barrier(20)
-    workers = [context.Process(target=_compile, args=(path, counter, barrier)) for _ in range(20)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(30)
-    assert [worker.exitcode for worker in workers] == [0] * 20
+    outcomes = racing.run(racing.read_through_cache, [(path, counter)] * 20)
+    assert racing.returned(outcomes) == [{"read": True}] * 20
     assert open(counter).read() == "x"
 
 

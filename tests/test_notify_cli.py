@@ -16,7 +16,7 @@ import yaml
 
 import deploytoken_model as model
 import deploytoken_waiting
-from conftest import PEOPLE, REPO
+from conftest import PEOPLE, extension_root
 from webhook_server import Webhook
 
 pytestmark = pytest.mark.daemons
@@ -47,7 +47,7 @@ def chat_master(salt_factories, tmp_path_factory, url_file):
     """A master configured as the README says: the reactor's two lines and the reminder schedule."""
     folder = tmp_path_factory.mktemp("chat-master")
     overrides = {
-        "file_roots": {"base": [str(REPO)]},
+        "file_roots": {"base": [extension_root(folder)]},
         "deploytoken": {
             "sqlite": {"path": str(folder / "deploytoken.sqlite")},
             "people": PEOPLE,
@@ -216,7 +216,7 @@ def masterless(tmp_path_factory, url_file):
     config = {
         "user": "root", "root_dir": str(root), "cachedir": str(root / "cache"), "pki_dir": str(root / "pki"),
         "sock_dir": str(root / "sock"), "log_file": str(root / "log" / "master"), "log_level_logfile": "info",
-        "file_roots": {"base": [str(REPO)]},
+        "file_roots": {"base": [extension_root(root)]},
         "deploytoken": {"people": PEOPLE, "remind_after": "1s", "remind_every": "1h",
                         "notify": {"kind": "mattermost", "url_file": url_file, "timeout": 2, "retries": 2}},
     }

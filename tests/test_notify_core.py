@@ -337,6 +337,7 @@ def test_no_reminder_before_remind_after_or_when_free_or_off(tmp_path, store, we
     assert webhook.posts == []
 
 
+@pytest.mark.functional  # chown needs root
 def test_a_reminder_note_in_a_folder_others_own_is_one_sentence(tmp_path, store):
     (tmp_path / "deploytoken").mkdir()
     os.chown(tmp_path / "deploytoken", 65534, 65534)

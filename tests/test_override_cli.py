@@ -1,6 +1,7 @@
-"""salt-run deploytoken.override through the real CLI, master and minion: the targeted minion passes
-loudly, others do not, the history keeps who, why, where and until when, cancel and expiry end it, and an
-unreachable store keeps the row on the master until it can be written."""
+"""salt-run deploytoken.override on the real master and minion: the targeted minion passes loudly, others
+do not, the history keeps who, why, where and until when, cancel and expiry end it, and an unreachable
+store keeps the row on the master until it can be written. The first test goes through the real CLIs; the
+others call the runner and publish the state runs from this process (``runner``, ``salt_local``)."""
 
 import sqlite3
 import time
@@ -17,11 +18,11 @@ REASON = "database down, agreed with Alice"
 
 
 @pytest.fixture
-def overrides(salt_run):
+def overrides(runner):
     """Every override is cancelled and every spooled row written after the test."""
     yield
-    salt_run.run("deploytoken.override", "cancel=True", "reason=test over", env={"SUDO_USER": "bob"})
-    salt_run.run("deploytoken.flush")
+    runner.run("deploytoken.override", "cancel=True", "reason=test over", env={"SUDO_USER": "bob"})
+    runner.run("deploytoken.flush")
 
 
 def as_bob(salt_run, *args):
@@ -64,54 +65,54 @@ def test_an_override_lets_the_targeted_minion_through_loudly_and_is_in_the_histo
     assert [entry["id"] for entry in status["overrides"]] == [made.data["id"]]
 
 
-def test_an_override_for_other_minions_does_not_let_this_one_through(salt_run, salt_cli, token, guarded, overrides):
+def test_an_override_for_other_minions_does_not_let_this_one_through(runner, salt_local, token, guarded, overrides):
     sls, marker = guarded
     token.take("alice")
-    assert as_bob(salt_run, "deploytoken.override", f"reason={REASON}", "targets=kingfisher-*,db1").returncode == 0
-    ret = apply_as(salt_cli, "bob", sls)
+    assert as_bob(runner, "deploytoken.override", f"reason={REASON}", "targets=kingfisher-*,db1").returncode == 0
+    ret = apply_as(salt_local, "bob", sls)
     assert ret.returncode == 1
     assert guard_of(ret)["comment"].startswith("Deploy token is held by Alice Smith (alice) since ")
     assert not marker.exists()
 
 
-def test_cancel_and_expiry_end_an_override(salt_run, salt_cli, token, guarded, overrides, store_path):
+def test_cancel_and_expiry_end_an_override(runner, salt_local, token, guarded, overrides, store_path):
     sls, marker = guarded
     token.take("alice")
-    made = as_bob(salt_run, "deploytoken.override", f"reason={REASON}").data
-    cancelled = as_bob(salt_run, "deploytoken.override", "cancel=True", "reason=database back")
+    made = as_bob(runner, "deploytoken.override", f"reason={REASON}").data
+    cancelled = as_bob(runner, "deploytoken.override", "cancel=True", "reason=database back")
     assert cancelled.returncode == 0 and cancelled.data["message"].startswith("Cancelled 1 override(s)")
-    row = history_row(salt_run, f"{made['id']}.cancel")
+    row = history_row(runner, f"{made['id']}.cancel")
     assert (row["forced_by"], row["force_reason"]) == ("Bob Jones", "database back")
-    assert apply_as(salt_cli, "bob", sls).returncode == 1
+    assert apply_as(salt_local, "bob", sls).returncode == 1
 
-    made = as_bob(salt_run, "deploytoken.override", f"reason={REASON}").data
+    made = as_bob(runner, "deploytoken.override", f"reason={REASON}").data
     # Time passes: the override's end moves into the past, as it would after its minutes.
     with sqlite3.connect(store_path) as db:
         db.execute("UPDATE history SET released = '2000-01-01T00:00:00Z' WHERE claim = ?", (made["id"],))
     token.forget()
-    assert apply_as(salt_cli, "bob", sls).returncode == 1
-    assert salt_run.run("deploytoken.status").data["overrides"] == []
+    assert apply_as(salt_local, "bob", sls).returncode == 1
+    assert runner.run("deploytoken.status").data["overrides"] == []
     assert not marker.exists()
 
 
 def test_an_override_works_while_the_store_is_down_and_its_row_is_written_later(
-    salt_run, salt_cli, token, guarded, overrides, store_path
+    runner, salt_local, token, guarded, overrides, store_path
 ):
     sls, marker = guarded
-    salt_run.run("deploytoken.status")  # the master has reached its store: it can name it while it is down
+    runner.run("deploytoken.status")  # the master has reached its store: it can name it while it is down
     with unreadable_store(store_path):
         token.forget()
-        made = as_bob(salt_run, "deploytoken.override", f"reason={REASON}", f"targets={MINION}")
+        made = as_bob(runner, "deploytoken.override", f"reason={REASON}", f"targets={MINION}")
         assert made.returncode == 0, made
         assert made.data["pending"] == 1 and "kept on this machine" in made.data["message"]
-        ret = apply_as(salt_cli, "bob", sls)
+        ret = apply_as(salt_local, "bob", sls)
         assert ret.returncode == 0, guard_of(ret)["comment"]
         assert guard_of(ret)["comment"].startswith("OVERRIDE: ")
         assert "(the token could not be read)" in guard_of(ret)["comment"]
     token.forget()
-    flushed = salt_run.run("deploytoken.flush")
+    flushed = runner.run("deploytoken.flush")
     assert flushed.returncode == 0, flushed
-    assert history_row(salt_run, made.data["id"])["reason"] == REASON
+    assert history_row(runner, made.data["id"])["reason"] == REASON
 
 
 @pytest.mark.parametrize("args, sentence", [
@@ -120,8 +121,8 @@ def test_an_override_works_while_the_store_is_down_and_its_row_is_written_later(
     (("reason=x", "minutes=2000"), "An override lasts at most 1440 minutes (one day); got 2000."),
     (("reason=x", "targets=a b"), "targets must be minion ids or globs separated by commas, got 'a b'."),
 ])
-def test_bad_override_input_is_refused_and_changes_nothing(salt_run, overrides, args, sentence):
-    ret = as_bob(salt_run, "deploytoken.override", *args)
+def test_bad_override_input_is_refused_and_changes_nothing(runner, overrides, args, sentence):
+    ret = as_bob(runner, "deploytoken.override", *args)
     assert ret.returncode == 2
-    assert ret.data == {"error": sentence.replace("salt-run", hint_prefix(salt_run)), "retcode": 2}
-    assert salt_run.run("deploytoken.status").data["overrides"] == []
+    assert ret.data == {"error": sentence.replace("salt-run", hint_prefix(runner)), "retcode": 2}
+    assert runner.run("deploytoken.status").data["overrides"] == []

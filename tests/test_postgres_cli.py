@@ -1,10 +1,9 @@
 """``salt-run deploytoken.*`` end to end with the postgres backend: the real salt-run of the test master,
 with master configs whose deploytoken settings point at a real PostgreSQL cluster."""
 
-import multiprocessing
-
 import pytest
 
+import racing
 from conftest import PEOPLE, as_user, hint_prefix
 from kingfisher_fixtures import free_port
 
@@ -31,24 +30,12 @@ def test_full_cycle_through_the_cli(salt_run_with, postgres_config):
     assert [(row["claim"], row["note"]) for row in history.data] == [(taken.data["claim"], "done")]
 
 
-def _acquire(cli, login, results):
-    ret = as_user(cli, login, "deploytoken.acquire")
-    results.put((ret.returncode, ret.data))
-
-
 def test_two_master_configs_racing_leave_one_holder(salt_run_with, postgres_config):
     masters = [salt_run_with(postgres_config), salt_run_with(postgres_config)]
-    # One process per call: a CLI object runs one salt-run at a time.
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
     logins = ["alice", "bob", "carol", "dave", "erin", "frank"]
-    children = [context.Process(target=_acquire, args=(masters[i % 2], login, results))
-                for i, login in enumerate(logins)]
-    for child in children:
-        child.start()
-    rets = [results.get(timeout=300) for _ in children]
-    for child in children:
-        child.join(30)
+    argument_lists = [(masters[i % 2].cmdline("deploytoken.acquire"), {"SUDO_USER": login})
+                      for i, login in enumerate(logins)]
+    rets = racing.returned(racing.run(racing.command, argument_lists))
     winners = [data for code, data in rets if code == 0]
     assert len(winners) == 1, rets
     losers = [(code, data) for code, data in rets if code != 0]

@@ -7,14 +7,14 @@ doubled history row, every outcome one sentence.
 """
 
 import contextlib
-import multiprocessing
 
 import pytest
 
 import deploytoken_token as token
+import racing
 from conftest import PEOPLE
 from kingfisher_fixtures import wait_for
-from pg_fixtures import drop_schema, postgres_store, section_for, start_waiters, stop_waiters
+from pg_fixtures import drop_schema, postgres_settings, postgres_store, section_for, waiters
 
 # Long enough that the blocked changes are still waiting when the server goes down.
 SLOW = {"lock_timeout": 120, "statement_timeout": 120}
@@ -26,40 +26,6 @@ def section(pg_fault_cluster):
     postgres_store(found).read()  # the schema exists before the fault
     yield found
     drop_schema(pg_fault_cluster, found["schema"])
-
-
-def _acquire(section, login, results):
-    try:
-        ret = token.acquire(postgres_store(section), login, PEOPLE, reason=f"by {login}")
-        results.put(("won" if ret.get("changed") else "refused", login, ret.get("claim"), ret["message"]))
-    except Exception as exc:  # every outcome must reach the parent, errors included
-        results.put(("error", login, None, str(exc)))
-
-
-def _release(section, login, claim, force, results):
-    try:
-        ret = token.release(postgres_store(section), login, PEOPLE, claim=claim, force=force,
-                            reason="fault" if force else "")
-        results.put(("released" if ret.get("released") else "refused", login, claim, ret["message"]))
-    except Exception as exc:
-        results.put(("error", login, None, str(exc)))
-
-
-@contextlib.contextmanager
-def children(target, argument_lists):
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    started = [context.Process(target=target, args=(*args, results)) for args in argument_lists]
-    for child in started:
-        child.start()
-    outcomes = []
-    try:
-        yield lambda: outcomes.extend(results.get(timeout=120) for _ in started) or outcomes
-    finally:
-        for child in started:
-            child.join(60)
-            if child.is_alive():
-                child.kill()
 
 
 def _backends(cluster, section, condition):
@@ -95,34 +61,36 @@ def locked(cluster, section, table):
 
 def test_server_restarted_during_acquires_leaves_exactly_one_holder(pg_fault_cluster, section):
     logins = ["alice", "bob", "carol"]
+    settings = postgres_settings(section)
     with locked(pg_fault_cluster, section, "token"):
-        with children(_acquire, [(section, login) for login in logins]) as outcomes:
+        with racing.started(racing.acquire, [(settings, login, PEOPLE) for login in logins]) as race:
             wait_for(lambda: len(_backends(pg_fault_cluster, section, "wait_event_type = 'Lock'")) == 3,
                      what="the acquires to wait on the lock")
             _restart(pg_fault_cluster)
-    found = outcomes()
+            found = racing.returned(race.collect())
     winners = [o for o in found if o[0] == "won"]
     assert len(winners) == 1, found
     refusals = [o for o in found if o[0] == "refused"]
     assert len(refusals) == 2, found
-    assert all(o[3].startswith(f"Deploy token is held by {PEOPLE[winners[0][1]]}") for o in refusals)
+    assert all(o[4].startswith(f"Deploy token is held by {PEOPLE[winners[0][1]]}") for o in refusals)
     assert _state(pg_fault_cluster, section) == ([winners[0][2]], [])
 
 
 def test_server_restarted_during_releases_writes_one_history_row(pg_fault_cluster, section):
     claim = token.acquire(postgres_store(section), "alice", PEOPLE)["claim"]
-    args = [(section, "alice", claim, False), (section, "bob", claim, True)]
+    settings = postgres_settings(section)
+    args = [(settings, "alice", claim, False, PEOPLE), (settings, "bob", claim, True, PEOPLE)]
     with locked(pg_fault_cluster, section, "history"):
-        with children(_release, args) as outcomes:
+        with racing.started(racing.release, args) as race:
             # Both releases connected and waiting, so the restart cuts both off mid-change.
             wait_for(lambda: len(_backends(pg_fault_cluster, section, "wait_event_type = 'Lock'")) >= 2,
                      what="both releases to wait on a lock")
             _restart(pg_fault_cluster)
-    found = outcomes()
+            found = racing.returned(race.collect())
     released = [o for o in found if o[0] == "released"]
     refused = [o for o in found if o[0] == "refused"]
     assert len(released) == 1 and len(refused) == 1, found
-    assert refused[0][3].startswith(f"Claim {claim} has already ended: nobody holds the deploy token now.")
+    assert refused[0][4].startswith(f"Claim {claim} has already ended: nobody holds the deploy token now.")
     held, rows = _state(pg_fault_cluster, section)
     assert held == [] and [row[0] for row in rows] == [claim]
     assert (rows[0][1] is None) == (released[0][1] == "alice")
@@ -165,9 +133,9 @@ def _committed_but_unanswered(cluster):
 
 def test_acquire_whose_commit_answer_was_lost_finds_its_claim(pg_fault_cluster, section):
     with answers_held_back(pg_fault_cluster):
-        with children(_acquire, [(section, "alice")]) as outcomes:
+        with racing.started(racing.acquire, [(postgres_settings(section), "alice", PEOPLE)]) as race:
             _kill_after_commit(pg_fault_cluster, section)
-    ((outcome, login, claim, message),) = outcomes()
+            ((outcome, login, claim, _, message),) = racing.returned(race.collect())
     assert outcome == "won" and message.startswith(f"You hold the deploy token now (claim {claim})"), message
     assert _state(pg_fault_cluster, section) == ([claim], [])
 
@@ -175,20 +143,20 @@ def test_acquire_whose_commit_answer_was_lost_finds_its_claim(pg_fault_cluster, 
 def test_release_whose_commit_answer_was_lost_reports_the_release_once(pg_fault_cluster, section):
     claim = token.acquire(postgres_store(section), "alice", PEOPLE)["claim"]
     with answers_held_back(pg_fault_cluster):
-        with children(_release, [(section, "alice", claim, False)]) as outcomes:
+        with racing.started(racing.release, [(postgres_settings(section), "alice", claim, False, PEOPLE)]) as race:
             _kill_after_commit(pg_fault_cluster, section)
-    ((outcome, login, _, message),) = outcomes()
+            ((outcome, login, _, _, message),) = racing.returned(race.collect())
     assert outcome == "released" and message.startswith("Released the deploy token held by Alice Smith"), message
     assert _state(pg_fault_cluster, section) == ([], [(claim, None)])
 
 
 def test_server_gone_for_good_during_an_acquire_is_one_sentence(pg_fault_cluster, section):
     with locked(pg_fault_cluster, section, "token"):
-        with children(_acquire, [(section, "alice")]) as outcomes:
+        with racing.started(racing.acquire, [(postgres_settings(section), "alice", PEOPLE)]) as race:
             wait_for(lambda: _backends(pg_fault_cluster, section, "wait_event_type = 'Lock'"), what="the lock wait")
             pg_fault_cluster.pg_ctl("stop", "-m", "fast", "-w")
             try:
-                ((outcome, _, _, message),) = outcomes()
+                ((outcome, message),) = race.collect()
             finally:
                 pg_fault_cluster.pg_ctl("start", "-w", "-l", str(pg_fault_cluster.root / "log"))
     assert outcome == "error"
@@ -201,17 +169,14 @@ def test_server_gone_for_good_during_an_acquire_is_one_sentence(pg_fault_cluster
 
 def test_waiters_keep_their_turn_across_a_restart(pg_fault_cluster, section):
     token.acquire(postgres_store(section), "alice", PEOPLE)
-    children, results = start_waiters(section, ["w0", "w1"])
-    try:
+    with waiters(section, ["w0", "w1"]) as race:
         line = [(entry["who"], entry["ticket"]) for entry in postgres_store(section).waiting()]
         _restart(pg_fault_cluster)
         # Each waiter's session dropped with the server: it reconnects and puts its row back, same ticket.
         wait_for(lambda: [(entry["who"], entry["ticket"]) for entry in postgres_store(section).waiting()] == line,
                  what="the waiters back in the line")
         token.release(postgres_store(section), "alice", PEOPLE)
-        served = [results.get(timeout=120)[0] for _ in line]
-    finally:
-        stop_waiters(children)
+        served = [login for login, _ in racing.returned(race.collect())]
     assert served == ["w0", "w1"]
     held, rows = _state(pg_fault_cluster, section)
     assert held == [] and len(rows) == 3

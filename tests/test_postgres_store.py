@@ -4,7 +4,6 @@ every store shares, and what only it does (the waiting line, LISTEN hand-off, mi
 The faults (restarts, killed backends) are in ``test_postgres_faults.py``.
 """
 
-import multiprocessing
 import os
 import signal
 import socket
@@ -17,9 +16,10 @@ import deploytoken_model as model
 import deploytoken_postgres
 import deploytoken_sqlite
 import deploytoken_token as token
+import racing
 from conftest import PEOPLE
 from kingfisher_fixtures import free_port, wait_for
-from pg_fixtures import PASSWORD_ROLE, PG_PASSWORD, postgres_store, start_waiters, stop_waiters
+from pg_fixtures import PASSWORD_ROLE, PG_PASSWORD, postgres_settings, postgres_store, waiters
 
 
 def holding(login="alice", claim="c1"):
@@ -227,15 +227,12 @@ def test_ten_waiters_are_served_in_arrival_order(pg_section):
     store = postgres_store(pg_section)
     token.acquire(store, "alice", PEOPLE)
     logins = [f"w{i}" for i in range(10)]
-    children, results = start_waiters(pg_section, logins)
-    try:
+    with waiters(pg_section, logins) as race:
         line = store.waiting()
         assert [entry["who"] for entry in line] == logins
         assert all(model.parse_time(entry["since"]) for entry in line)
         token.release(store, "alice", PEOPLE)
-        served = [results.get(timeout=120)[0] for _ in logins]
-    finally:
-        stop_waiters(children)
+        served = [login for login, _ in racing.returned(race.collect())]
     assert served == logins
     assert [r.login for r in store.history(20)][::-1] == ["alice", *logins]
     assert store.waiting() == [] and store.read() is None
@@ -244,25 +241,17 @@ def test_ten_waiters_are_served_in_arrival_order(pg_section):
 def test_a_killed_waiter_leaves_the_line(pg_store_cluster, pg_section):
     store = postgres_store(pg_section)
     token.acquire(store, "alice", PEOPLE)
-    children, results = start_waiters(pg_section, ["w0", "w1", "w2"])
-    try:
-        os.kill(children[0].pid, signal.SIGKILL)
-        children[0].join(10)
+    with waiters(pg_section, ["w0", "w1", "w2"]) as race:
+        os.kill(race.processes[0].pid, signal.SIGKILL)
+        race.processes[0].join(10)
         wait_for(lambda: [entry["who"] for entry in store.waiting()] == ["w1", "w2"], what="w0 to leave the line")
         token.release(store, "alice", PEOPLE)
-        served = [results.get(timeout=120)[0] for _ in range(2)]
-    finally:
-        stop_waiters(children)
+        served = [login for login, _ in racing.returned(race.collect(2))]
     assert served == ["w1", "w2"]
     later = postgres_store(pg_section)
     later.enqueue("later")  # the next waiter to join prunes the dead row
     with pg_store_cluster.connect() as conn:
         assert conn.execute(f"SELECT who FROM {pg_section['schema']}.waiters").fetchall() == [("later",)]
-
-
-def _release_later(section, login, seconds):
-    time.sleep(seconds)
-    token.release(postgres_store(section), login, PEOPLE)
 
 
 def test_a_waiter_that_stops_marking_its_row_loses_its_turn(pg_store_cluster, pg_section):
@@ -296,13 +285,10 @@ def test_a_waiter_marks_its_row_while_it_waits(pg_store_cluster, pg_section):
 def test_wait_returns_at_the_release_not_at_the_timeout(pg_section):
     store = postgres_store(pg_section)
     taken = token.acquire(store, "alice", PEOPLE)
-    context = multiprocessing.get_context("fork")
-    releaser = context.Process(target=_release_later, args=(pg_section, "alice", 1))
-    releaser.start()
-    started = time.monotonic()
-    postgres_store(pg_section).wait(30)
-    assert time.monotonic() - started < 15
-    releaser.join(30)
+    with racing.started(racing.release_later, [(postgres_settings(pg_section), "alice", PEOPLE, 1)], barrier=False):
+        started = time.monotonic()
+        postgres_store(pg_section).wait(30)
+        assert time.monotonic() - started < 15
     assert store.read() is None and store.history(1)[0].claim == taken["claim"]
     started = time.monotonic()
     store.wait(30)  # free already: no wait at all

@@ -1,4 +1,6 @@
-"""``salt-run deploytoken.*`` end to end: the real salt-run CLI against the shared real salt-master."""
+"""``salt-run deploytoken.*`` against the shared real salt-master: through the real salt-run CLI where the
+CLI is the point (exit status, one JSON document, progress, hints that paste, several processes at once),
+and otherwise the runner loaded in this process (``runner``), which does the same work without start-up."""
 
 import concurrent.futures
 import json
@@ -59,14 +61,14 @@ def test_full_cycle_through_the_cli(salt_run):
     assert row["holder"] == "Alice Smith" and row["reason"] == "upgrade postgres" and row["duration"] >= 0
 
 
-def test_force_release_is_recorded(salt_run):
-    taken = as_user(salt_run, "alice", "deploytoken.acquire")
-    forced = as_user(salt_run, "bob", "deploytoken.release", "force=True", "reason=Alice is on holiday")
+def test_force_release_is_recorded(runner):
+    taken = as_user(runner, "alice", "deploytoken.acquire")
+    forced = as_user(runner, "bob", "deploytoken.release", "force=True", "reason=Alice is on holiday")
     assert forced.returncode == 0, forced
-    (row,) = as_user(salt_run, "bob", "deploytoken.history", "limit=1").data
+    (row,) = as_user(runner, "bob", "deploytoken.history", "limit=1").data
     assert row["claim"] == taken.data["claim"]
     assert row["forced_by"] == "Bob Jones (bob)" and row["force_reason"] == "Alice is on holiday"
-    stale = as_user(salt_run, "bob", "deploytoken.release", "force=True", f"claim={taken.data['claim']}", "reason=x")
+    stale = as_user(runner, "bob", "deploytoken.release", "force=True", f"claim={taken.data['claim']}", "reason=x")
     assert stale.returncode == 1 and "has already ended" in stale.data["message"]
 
 
@@ -86,19 +88,19 @@ def test_wait_succeeds_when_released_during_the_wait(salt_run, salt_master, even
     assert taken.data["holder"] == "Bob Jones"
 
 
-def test_wait_times_out_with_exit_status_1(salt_run):
-    as_user(salt_run, "alice", "deploytoken.acquire")
-    refused = as_user(salt_run, "bob", "deploytoken.acquire", "wait=True", "timeout=2", "interval=0.5")
+def test_wait_times_out_with_exit_status_1(runner):
+    as_user(runner, "alice", "deploytoken.acquire")
+    refused = as_user(runner, "bob", "deploytoken.acquire", "wait=True", "timeout=2", "interval=0.5")
     assert refused.returncode == 1
     assert refused.data["message"].startswith("Gave up after waiting 2 s: the deploy token is still held by Alice")
 
 
-def test_events_on_the_master_bus(salt_run, salt_master, event_listener):
+def test_events_on_the_master_bus(runner, salt_master, event_listener):
     start = time.time()
-    taken = as_user(salt_run, "alice", "deploytoken.acquire", "reason=events")
-    as_user(salt_run, "alice", "deploytoken.release", "note=n1")
-    as_user(salt_run, "alice", "deploytoken.acquire")
-    as_user(salt_run, "bob", "deploytoken.release", "force=True", "reason=r2")
+    taken = as_user(runner, "alice", "deploytoken.acquire", "reason=events")
+    as_user(runner, "alice", "deploytoken.release", "note=n1")
+    as_user(runner, "alice", "deploytoken.acquire")
+    as_user(runner, "bob", "deploytoken.release", "force=True", "reason=r2")
     tags = ["deploytoken/acquired", "deploytoken/released", "deploytoken/forced"]
     events = event_listener.wait_for_events([(salt_master.id, tag) for tag in tags], after_time=start)
     assert events.found_all_events, events.missed
@@ -141,10 +143,10 @@ def test_concurrent_cli_acquires_have_one_winner(salt_master):
         (["wait=maybe"], "wait must be True or False, got 'maybe'"),
     ],
 )
-def test_bad_acquire_input_exits_2_and_changes_nothing(salt_run, store_path, args, sentence):
-    as_user(salt_run, "alice", "deploytoken.acquire", "reason=keep")
+def test_bad_acquire_input_exits_2_and_changes_nothing(runner, store_path, args, sentence):
+    as_user(runner, "alice", "deploytoken.acquire", "reason=keep")
     before = store_path.read_bytes()
-    ret = as_user(salt_run, "bob", "deploytoken.acquire", *args)
+    ret = as_user(runner, "bob", "deploytoken.acquire", *args)
     assert ret.returncode == 2, ret
     assert sentence in ret.data["error"]
     assert "Traceback" not in ret.stdout + ret.stderr
@@ -152,8 +154,8 @@ def test_bad_acquire_input_exits_2_and_changes_nothing(salt_run, store_path, arg
 
 
 @pytest.mark.parametrize("limit", ["ten", "-1", "1e300", "100000000000000000000000000000"])
-def test_bad_history_limit_exits_2(salt_run, limit):
-    ret = salt_run.run("deploytoken.history", f"limit={limit}")
+def test_bad_history_limit_exits_2(runner, limit):
+    ret = runner.run("deploytoken.history", f"limit={limit}")
     assert ret.returncode == 2, ret
     assert ret.data["error"].startswith("The limit must be a whole number, at least 1 and at most 10000; got ")
     assert "Traceback" not in ret.stdout + ret.stderr
@@ -174,12 +176,23 @@ def test_bad_history_limit_exits_2(salt_run, limit):
      "deploytoken.acquire got 'reason=two\\nlines', which is name=value with a line break in the value: "
      "values must be single lines."),
 ])
-def test_a_mistyped_argument_exits_2_and_changes_nothing(salt_run, store_path, args, sentence):
-    as_user(salt_run, "alice", "deploytoken.acquire", "reason=keep")
+def test_a_mistyped_argument_exits_2_and_changes_nothing(runner, store_path, args, sentence):
+    as_user(runner, "alice", "deploytoken.acquire", "reason=keep")
     before = store_path.read_bytes()
-    ret = as_user(salt_run, "alice", *args)
+    ret = as_user(runner, "alice", *args)
     assert ret.returncode == 2, ret
     assert ret.data == {"error": sentence, "retcode": 2}
+    assert store_path.read_bytes() == before
+
+
+def test_through_the_cli_a_mistyped_argument_or_a_line_break_exits_2(salt_run, store_path):
+    # The cases above call the runner in this process; salt-run itself turns the answer into exit status 2.
+    as_user(salt_run, "alice", "deploytoken.acquire", "reason=keep")
+    before = store_path.read_bytes()
+    for args in (["resaon=x"], ["reason=two\nlines"]):
+        ret = as_user(salt_run, "alice", "deploytoken.acquire", *args)
+        assert ret.returncode == 2 and ret.data["retcode"] == 2, ret
+        assert "Traceback" not in ret.stdout + ret.stderr
     assert store_path.read_bytes() == before
 
 
@@ -197,18 +210,18 @@ def test_json_output_is_one_document_while_waiting(salt_run):
     assert "Waiting for the deploy token, held by Alice Smith" in ret.stderr
 
 
-def test_a_claim_that_never_existed_is_named_as_such(salt_run):
-    as_user(salt_run, "alice", "deploytoken.acquire")
-    never = as_user(salt_run, "bob", "deploytoken.release", "force=True", "claim=0123456789abcdef", "reason=x")
+def test_a_claim_that_never_existed_is_named_as_such(runner):
+    as_user(runner, "alice", "deploytoken.acquire")
+    never = as_user(runner, "bob", "deploytoken.release", "force=True", "claim=0123456789abcdef", "reason=x")
     assert never.returncode == 1, never
     assert never.data["message"].startswith("There is no claim 0123456789abcdef: it is not the current claim")
-    shapeless = as_user(salt_run, "bob", "deploytoken.release", "force=True", "claim=abc", "reason=x")
+    shapeless = as_user(runner, "bob", "deploytoken.release", "force=True", "claim=abc", "reason=x")
     assert shapeless.returncode == 2, shapeless
     assert shapeless.data["error"].startswith("The claim 'abc' is not a claim id")
 
 
-def test_unknown_backend_exits_2(salt_run_with):
-    ret = salt_run_with({"backend": "etcd"}).run("deploytoken.status")
+def test_unknown_backend_exits_2(runner_with):
+    ret = runner_with({"backend": "etcd"}).run("deploytoken.status")
     assert ret.returncode == 2
     assert ret.data == {
         "error": "Unknown deploytoken:backend 'etcd': use one of sqlite, google, postgres in the master config.",
@@ -216,11 +229,11 @@ def test_unknown_backend_exits_2(salt_run_with):
     }
 
 
-def test_corrupt_store_is_named_and_left_untouched(salt_run_with, session_dir):
+def test_corrupt_store_is_named_and_left_untouched(runner_with, session_dir):
     path = session_dir / "corrupt.sqlite"
     path.write_bytes(b"not a database" * 512)
     path.chmod(0o600)  # a store others could read would be refused for that first
-    ret = salt_run_with({"sqlite": {"path": str(path)}}).run("deploytoken.acquire", env={"SUDO_USER": "alice"})
+    ret = runner_with({"sqlite": {"path": str(path)}}).run("deploytoken.acquire", env={"SUDO_USER": "alice"})
     assert ret.returncode == 2
     assert ret.data["error"].startswith(f"The token store {path} is damaged or not a SQLite file")
     assert path.read_bytes() == b"not a database" * 512

@@ -1,93 +1,27 @@
 """
 What every token store must do, run against each backend: SQLite on a file, Google against the loopback
 fake through the real client, PostgreSQL on a real cluster (a schema of its own per test). A new backend
-gets the whole suite by adding its name to ``BACKENDS`` below and a branch in ``backend``.
+gets the whole suite with one entry in ``tests/store_fixtures.py`` (the fixture ``backend`` fails for a
+backend that has none).
 
 Each test opens stores the way the runner does (``deploytoken_stores.open_store``); the races open one
-store per process, as separate ``salt-run`` processes would.
+store per process (``tests/racing.py``), as separate ``salt-run`` processes would.
 """
 
-import dataclasses
 import datetime
-import multiprocessing
 import os
-import sqlite3
 
 import pytest
 
 import deploytoken_model as model
-import deploytoken_settings
-import deploytoken_stores
+import deploytoken_storebase
 import deploytoken_token as token
+import racing
 from conftest import PEOPLE
-from google_fixtures import google_store
-from pg_fixtures import postgres_store
 
-BACKENDS = ["sqlite", "google", "postgres"]
 PROCESSES = 50
 # A few rounds prove the point in every run; scripts/stress runs 20 rounds of each race.
 ROUNDS = int(os.environ.get("DEPLOYTOKEN_RACE_ROUNDS", "2"))
-
-
-@dataclasses.dataclass
-class Backend:
-    """How the suite opens a backend's store and damages it."""
-
-    open: object  # () -> a new store object on the same token store
-    damage: object  # (store) -> (the name the refusal gives, () -> a snapshot of what was damaged)
-    holder_count: object  # () -> how many holders the backing store shows (never more than one)
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, tmp_path):
-    if request.param == "sqlite":
-        path = tmp_path / "token.sqlite"
-        settings = deploytoken_settings.Settings(cachedir=str(tmp_path), sections={"sqlite": {"path": str(path)}},
-                                                 people=PEOPLE)
-
-        def damage(store):
-            path.write_bytes(b"this is not a database at all, but somebody's notes" * 100)
-            return f"{path} is damaged", path.read_bytes
-
-        def holder_count():
-            with sqlite3.connect(path) as db:
-                assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-                return db.execute("SELECT count(*) FROM token").fetchone()[0]
-
-        return Backend(lambda: deploytoken_stores.open_store(settings), damage, holder_count)
-    if request.param == "postgres":
-        cluster = request.getfixturevalue("pg_store_cluster")
-        section = request.getfixturevalue("pg_section")
-
-        def holder_count():
-            with cluster.connect() as conn:
-                return conn.execute(f"SELECT count(*) FROM {section['schema']}.token").fetchone()[0]
-
-        def damage(store):
-            # The schema's own marker changed: it no longer says it is a deploy token store.
-            with cluster.connect() as conn:
-                conn.execute(f"UPDATE {section['schema']}.meta SET value = 'payroll' WHERE key = 'application'")
-
-            def snapshot():
-                with cluster.connect() as conn:
-                    return conn.execute(f"SELECT key, value FROM {section['schema']}.meta ORDER BY key").fetchall()
-
-            return f"The schema {section['schema']} .* is not a deploy token store", snapshot
-
-        return Backend(lambda: postgres_store(section), damage, holder_count)
-    fake = request.getfixturevalue("fake_google")
-    config = request.getfixturevalue("google_config")
-
-    def damage(store):
-        spool = store.sheet.local.path("spool.json")
-        with open(spool, "w") as handle:
-            handle.write('[{"claim": "lost?", ')
-        return f"{spool} is damaged", lambda: open(spool, "rb").read()
-
-    def holder_count():
-        return 0 if fake.held_text(config["document_id"]) == "Held by: Nobody\n" else 1
-
-    return Backend(lambda: google_store(config), damage, holder_count)
 
 
 def holding(login="alice", claim="c1"):
@@ -225,7 +159,8 @@ def test_a_waiter_in_line_is_listed_and_leaves_it(backend):
     ticket = store.enqueue("Bob Jones")
     assert store.ahead(ticket) == 0
     waiting = [entry["who"] for entry in backend.open().waiting()]
-    assert waiting in ([], ["Bob Jones"])  # a store without a line lists nobody
+    # A store without a line (deploytoken_storebase.NoWaitingLine) lists nobody; every other lists Bob.
+    assert waiting == ([] if isinstance(store, deploytoken_storebase.NoWaitingLine) else ["Bob Jones"])
     store.wait(0.1)
     store.dequeue(ticket)
     assert backend.open().waiting() == []
@@ -234,65 +169,14 @@ def test_a_waiter_in_line_is_listed_and_leaves_it(backend):
 # ---- races through separate processes --------------------------------------------------------
 
 
-def _in_children(target, argument_lists):
-    """Run ``target(*args, barrier, results)`` in one forked process per argument list; their outcomes.
-
-    The racers are forked by one launcher process, which has no threads: forking them straight from the
-    test process (where the fake Google server and Salt's helpers run threads) could copy a lock some
-    thread held at that moment into a racer, which then never reaches the barrier."""
-    context = multiprocessing.get_context("fork")
-    barrier = context.Barrier(len(argument_lists))
-    results = context.Queue()
-    launcher = context.Process(target=_launch, args=(target, argument_lists, barrier, results))
-    launcher.start()
-    try:
-        return [results.get(timeout=180) for _ in argument_lists]
-    finally:
-        launcher.join(60)
-        if launcher.is_alive():
-            launcher.kill()
-
-
-def _launch(target, argument_lists, barrier, results):
-    context = multiprocessing.get_context("fork")
-    children = [context.Process(target=target, args=(*args, barrier, results)) for args in argument_lists]
-    for child in children:
-        child.start()
-    for child in children:
-        child.join(120)
-        if child.is_alive():
-            child.kill()
-
-
-def _acquire(backend, login, barrier, results):
-    store = backend.open()
-    barrier.wait()
-    try:
-        ret = token.acquire(store, login, {}, reason=f"by {login}")
-        results.put(("won" if ret.get("changed") else "refused", login, ret.get("retcode"), ret["message"]))
-    except Exception as exc:  # every outcome must reach the parent, errors included
-        results.put(("error", login, None, repr(exc)))
-
-
-def _release(backend, login, claim, force, barrier, results):
-    store = backend.open()
-    barrier.wait()
-    try:
-        ret = token.release(store, login, {}, claim=claim, force=force, reason="race" if force else "")
-        results.put(("released" if ret.get("released") else "refused", login, ret.get("retcode"), ret["message"]))
-    except Exception as exc:
-        results.put(("error", login, None, repr(exc)))
-
-
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_concurrent_acquires_end_with_exactly_one_holder(backend, round_):
-    outcomes = _in_children(_acquire, [(backend, f"user{i}") for i in range(PROCESSES)])
+    outcomes = racing.returned(racing.run(racing.acquire, [(backend.settings, f"user{i}") for i in range(PROCESSES)]))
     winners = [o for o in outcomes if o[0] == "won"]
     refusals = [o for o in outcomes if o[0] == "refused"]
-    assert len(winners) == 1, outcomes
-    assert len(refusals) == PROCESSES - 1, [o for o in outcomes if o[0] == "error"]
+    assert len(winners) == 1 and len(refusals) == PROCESSES - 1, outcomes
     winner = winners[0][1]
-    assert all(o[2] == 1 and o[3].startswith(f"Deploy token is held by {winner} since") for o in refusals)
+    assert all(o[3] == 1 and o[4].startswith(f"Deploy token is held by {winner} since") for o in refusals)
     status = token.status(backend.open())
     assert status["login"] == winner and status["reason"] == f"by {winner}"
     assert backend.holder_count() == 1 and token.history(backend.open()) == []
@@ -305,13 +189,12 @@ def test_concurrent_stale_releases_never_end_the_newer_claim(backend, round_):
     token.release(store, "alice", {})
     new = token.acquire(store, "bob", {})
     # Half replay alice's old claim as a forced release, half are bob's own duplicated release.
-    args = [(backend, "alice", old["claim"], True) for _ in range(PROCESSES // 2)]
-    args += [(backend, "bob", new["claim"], False) for _ in range(PROCESSES // 2)]
-    outcomes = _in_children(_release, args)
-    assert not [o for o in outcomes if o[0] == "error"], outcomes
+    args = [(backend.settings, "alice", old["claim"], True) for _ in range(PROCESSES // 2)]
+    args += [(backend.settings, "bob", new["claim"], False) for _ in range(PROCESSES // 2)]
+    outcomes = racing.returned(racing.run(racing.release, args))
     released = [o for o in outcomes if o[0] == "released"]
     assert len(released) == 1 and released[0][1] == "bob", outcomes
     stale = [o for o in outcomes if o[1] == "alice"]
-    assert all(o[0] == "refused" and f"Claim {old['claim']} has already ended" in o[3] for o in stale)
+    assert all(o[0] == "refused" and f"Claim {old['claim']} has already ended" in o[4] for o in stale)
     assert backend.holder_count() == 0
     assert [row["claim"] for row in token.history(backend.open())] == [new["claim"], old["claim"]]

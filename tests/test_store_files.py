@@ -21,6 +21,9 @@ import deploytoken_sqlite
 import deploytoken_token as token
 from conftest import PEOPLE
 
+# Other users are played by forked processes switched to nobody: root only.
+pytestmark = pytest.mark.functional
+
 
 def mode(path):
     return stat.S_IMODE(os.stat(path).st_mode)
