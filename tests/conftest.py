@@ -5,6 +5,7 @@ pointing at this repository so ``saltutil.sync_all`` brings our extension module
 Unit tests import the plain-Python core straight from ``_utils/``.
 """
 
+import collections
 import itertools
 import logging
 import os
@@ -53,6 +54,21 @@ FUNCTIONAL_FIXTURES = {"pg_cluster", "pg_store_cluster", "pg_fault_cluster", "sc
 def pytest_configure(config):
     # Salt sets the root logger to TRACE on import; keep pytest's own capture quiet.
     logging.getLogger().setLevel(logging.WARNING)
+
+
+_STRESS_COUNTS = collections.Counter()
+
+
+@pytest.fixture(scope="session")
+def stress_counts():
+    """A counter the races and drills add their rounds, kills and violations to; printed at the end."""
+    return _STRESS_COUNTS
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _STRESS_COUNTS:
+        counts = ", ".join(f"{key}: {value}" for key, value in sorted(_STRESS_COUNTS.items()))
+        terminalreporter.write_line(f"race and drill counts: {counts}")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -157,3 +157,17 @@ def command(argv, env):
         return done.returncode, json.loads(done.stdout)
     except ValueError:
         return done.returncode, done.stdout + done.stderr
+
+
+def cycle(settings, login, turns):
+    """Take and give back the token ``turns`` times as ``login``, as a person running the procedure in a
+    loop would: the claims this racer released (each must be in the history exactly once)."""
+    store = deploytoken_stores.open_store(settings)
+    released = []
+    for _ in range(turns):
+        taken = token.acquire(store, login, {}, reason="drill")
+        if taken.get("changed"):
+            given = token.release(store, login, {}, note="drill")
+            if given.get("released"):
+                released.append(taken["claim"])
+    return released
