@@ -1,4 +1,6 @@
-"""deploytoken.held and the deploytoken ext_pillar, through the real salt, salt-call and salt-run."""
+"""deploytoken.held and the deploytoken ext_pillar on the real master and minion: the first tests through
+the real salt and salt-call, the rest with jobs published from this process (``salt_local``), the same
+job to the same minion without the CLI's start-up."""
 
 
 import pytest
@@ -53,9 +55,9 @@ def test_salt_call_checks_the_caller(salt_minion, token, guarded):
     assert marker.exists()
 
 
-def test_nobody_holding_blocks(salt_cli, token, guarded):
+def test_nobody_holding_blocks(salt_local, token, guarded):
     sls, marker = guarded
-    ret = apply_as(salt_cli, "alice", sls)
+    ret = apply_as(salt_local, "alice", sls)
     assert ret.returncode == 1
     assert guard_of(ret)["comment"] == (
         "Nobody holds the deploy token, so Alice Smith (alice) may not deploy on collect-test. "
@@ -64,12 +66,12 @@ def test_nobody_holding_blocks(salt_cli, token, guarded):
     assert not marker.exists()
 
 
-def test_unreadable_store_blocks(salt_cli, token, guarded, store_path):
+def test_unreadable_store_blocks(salt_local, token, guarded, store_path):
     sls, marker = guarded
     token.take("alice")
     with unreadable_store(store_path):
         token.forget()
-        ret = apply_as(salt_cli, "alice", sls)
+        ret = apply_as(salt_local, "alice", sls)
     token.forget()
     assert ret.returncode == 1
     comment = guard_of(ret)["comment"]
@@ -78,39 +80,39 @@ def test_unreadable_store_blocks(salt_cli, token, guarded, store_path):
     assert not marker.exists()
 
 
-def test_pillar_follows_the_holder_between_two_runs(salt_cli, salt_run, token, guarded):
+def test_pillar_follows_the_holder_between_two_runs(salt_local, runner, token, guarded):
     sls, marker = guarded
     token.take("alice")
-    assert apply_as(salt_cli, "alice", sls).returncode == 0
+    assert apply_as(salt_local, "alice", sls).returncode == 0
     marker.unlink()
 
     # No refresh_pillar and no waiting: the runner drops the ext_pillar's read cache when it changes the holder.
-    released = salt_run.run("deploytoken.release", env={"SUDO_USER": "alice"})
+    released = runner.run("deploytoken.release", env={"SUDO_USER": "alice"})
     assert released.returncode == 0, released
-    taken = salt_run.run("deploytoken.acquire", env={"SUDO_USER": "bob"})
+    taken = runner.run("deploytoken.acquire", env={"SUDO_USER": "bob"})
     assert taken.returncode == 0, taken
 
-    ret = apply_as(salt_cli, "alice", sls)
+    ret = apply_as(salt_local, "alice", sls)
     assert ret.returncode == 1
     assert guard_of(ret)["comment"].startswith("Deploy token is held by Bob Jones (bob) since ")
     assert not marker.exists()
 
 
-def test_test_mode_reports_without_blocking(salt_cli, token, guarded):
+def test_test_mode_reports_without_blocking(salt_local, token, guarded):
     sls, marker = guarded
     token.take("alice")
-    blocked = guard_of(apply_as(salt_cli, "bob", sls, "test=True"))
+    blocked = guard_of(apply_as(salt_local, "bob", sls, "test=True"))
     assert blocked["result"] is None
     assert blocked["comment"].startswith("Deploy token is held by Alice Smith (alice) since ")
-    passing = guard_of(apply_as(salt_cli, "alice", sls, "test=True"))
+    passing = guard_of(apply_as(salt_local, "alice", sls, "test=True"))
     assert passing["result"] is True and passing["comment"].startswith("Alice Smith (alice) holds the deploy token")
     assert not marker.exists()
 
 
-def test_the_old_pillar_override_is_refused_by_name(salt_cli, token, guarded, pillar_sls):
+def test_the_old_pillar_override_is_refused_by_name(salt_local, token, guarded, pillar_sls):
     sls, marker = guarded
     pillar_sls("deploytoken:\n  override: database down, agreed with Alice\n")
-    ret = apply_as(salt_cli, "bob", sls)
+    ret = apply_as(salt_local, "bob", sls)
     assert ret.returncode == 1
     assert guard_of(ret)["comment"] == (
         "The pillar key deploytoken:override is no longer obeyed, so nothing may deploy: remove it, and ask for an "
@@ -119,6 +121,6 @@ def test_the_old_pillar_override_is_refused_by_name(salt_cli, token, guarded, pi
     assert not marker.exists()
 
 
-def test_status_says_the_ext_pillar_is_configured(salt_run):
-    ret = salt_run.run("deploytoken.status")
+def test_status_says_the_ext_pillar_is_configured(runner):
+    ret = runner.run("deploytoken.status")
     assert ret.returncode == 0 and ret.data["ext_pillar"] is True
