@@ -39,7 +39,6 @@ import yaml
 from conftest import extension_root
 from kingfisher_fixtures import RUN, RUNUSER, create_user, free_port, remove_user, wait_for
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 BIN = pathlib.Path(sys.executable).parent
 SSHD = "/usr/sbin/sshd"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

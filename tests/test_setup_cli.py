@@ -1,5 +1,6 @@
-"""``salt-run deploytoken.update_repos / setup / cleanup`` end to end: the real salt-run CLI, the shared
-real master and minion, real git repositories, and a real Scrapyd for the Kingfisher check."""
+"""``salt-run deploytoken.update_repos / setup / cleanup`` on the shared real master and minion, real git
+repositories, and a real Scrapyd for the Kingfisher check: the procedure end to end through the real
+salt-run CLI, its refusals through the runner loaded in this process (``runner``)."""
 
 import json
 
@@ -52,12 +53,12 @@ def test_update_repos_switches_pulls_and_reports(salt_run, behind, git_world):
     assert report["head_after"] == upstream and clone.head.commit.hexsha == upstream
 
 
-def test_update_repos_exits_1_on_a_problem(salt_run, git_world):
+def test_update_repos_exits_1_on_a_problem(runner, git_world):
     good = git_world.clone(git_world.origin())
     lonely = git_world.path("lonely")
     lonely.mkdir()
     git_world.commit(git.Repo.init(lonely), {"a": "a\n"}, "only")
-    ret = as_alice(salt_run, "deploytoken.update_repos", repos_arg(good, lonely))
+    ret = as_alice(runner, "deploytoken.update_repos", repos_arg(good, lonely))
     assert ret.returncode == 1, ret
     assert ret.data["problems"] == [
         f"{lonely}: has no remote named origin, so there is nothing to pull from. Nothing was changed."]
@@ -69,9 +70,9 @@ def test_update_repos_exits_1_on_a_problem(salt_run, git_world):
     ("/nonexistent/dt-deploy", "The repos entry /nonexistent/dt-deploy is not a directory."),
     ("/tmp", "The repos entry /tmp is not a git repository."),
 ])
-def test_update_repos_bad_entry_changes_nothing(salt_run, behind, entry, sentence):
+def test_update_repos_bad_entry_changes_nothing(runner, behind, entry, sentence):
     clone, _ = behind
-    ret = as_alice(salt_run, "deploytoken.update_repos", repos_arg(clone, entry))
+    ret = as_alice(runner, "deploytoken.update_repos", repos_arg(clone, entry))
     assert ret.returncode == 2, ret
     assert ret.data == {"error": sentence, "retcode": 2}
     assert clone.active_branch.name == "feature"
@@ -123,25 +124,25 @@ def test_running_crawl_stops_setup_and_consent_lets_it_through(salt_run, salt_mi
     assert row["reason"] == f"new spider [consent: {CONSENT}]" and row["note"] == "crawl restarted"
 
 
-def test_setup_stops_on_a_repository_problem_before_asking_anyone(salt_run, git_world):
+def test_setup_stops_on_a_repository_problem_before_asking_anyone(runner, git_world):
     origin = git_world.origin()
     clone = git_world.clone(origin)
     git_world.commit(clone, {"README": "local\n"}, "local change")
     git_world.push_from_elsewhere(origin, {"README": "upstream\n"})
-    ret = as_alice(salt_run, "deploytoken.setup", "targets=nobody-matches-this", repos_arg(clone))
+    ret = as_alice(runner, "deploytoken.setup", "targets=nobody-matches-this", repos_arg(clone))
     assert ret.returncode == 1, ret
     assert ret.data["message"].startswith(f"Setup stopped: 1 repository problem(s): {clone.working_tree_dir}: "
                                           "rebasing main onto origin/main conflicts with local commit(s) ")
     assert ret.data["kingfisher"] is None and ret.data["token"] is None
-    assert token_holder(salt_run) is None
+    assert token_holder(runner) is None
 
 
-def test_setup_stops_when_no_minion_matches(salt_run, behind):
+def test_setup_stops_when_no_minion_matches(runner, behind):
     clone, _ = behind
-    ret = as_alice(salt_run, "deploytoken.setup", "targets=nobody-matches-this", repos_arg(clone))
+    ret = as_alice(runner, "deploytoken.setup", "targets=nobody-matches-this", repos_arg(clone))
     assert ret.returncode == 1, ret
     assert ret.data["message"] == "Setup stopped: no minion matches targets 'nobody-matches-this'."
-    assert token_holder(salt_run) is None
+    assert token_holder(runner) is None
 
 
 @pytest.mark.parametrize("arg, sentence", [
@@ -156,13 +157,13 @@ def test_setup_stops_when_no_minion_matches(salt_run, behind):
     ("wait=maybe", "wait must be True or False, got 'maybe'."),
     ("busy_args=always", "busy_args must be a mapping of kingfisher.busy arguments, got 'always'."),
 ])
-def test_setup_bad_input_changes_nothing(salt_run, behind, arg, sentence):
+def test_setup_bad_input_changes_nothing(runner, behind, arg, sentence):
     clone, _ = behind
-    ret = as_alice(salt_run, "deploytoken.setup", "reason=x", repos_arg(clone), arg)
+    ret = as_alice(runner, "deploytoken.setup", "reason=x", repos_arg(clone), arg)
     assert ret.returncode == 2, ret
     assert ret.data == {"error": sentence, "retcode": 2}
     assert clone.active_branch.name == "feature", "the repositories were not touched"
-    assert token_holder(salt_run) is None
+    assert token_holder(runner) is None
 
 
 @pytest.mark.parametrize("arg, sentence", [
@@ -174,10 +175,10 @@ def test_setup_bad_input_changes_nothing(salt_run, behind, arg, sentence):
     ("reasno=typo", "deploytoken.setup has no argument reasno: it takes targets, reason, wait, consent, repos, "
                     "tgt_type, busy_args, timeout, interval, name, ssh."),
 ])
-def test_setup_checks_every_argument_before_the_first_step(salt_run, behind, arg, sentence):
+def test_setup_checks_every_argument_before_the_first_step(runner, behind, arg, sentence):
     clone, _ = behind
-    ret = as_alice(salt_run, "deploytoken.setup", "targets=nobody-matches-this", "reason=x", repos_arg(clone), arg)
+    ret = as_alice(runner, "deploytoken.setup", "targets=nobody-matches-this", "reason=x", repos_arg(clone), arg)
     assert ret.returncode == 2, ret
     assert ret.data == {"error": sentence, "retcode": 2}
     assert clone.active_branch.name == "feature", "the repositories were not touched"
-    assert token_holder(salt_run) is None
+    assert token_holder(runner) is None
