@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import salt.client
 import salt.client.ssh.client
+import salt.pillar
+import salt.roster
 import salt.syspaths
 import salt.utils.event
 import salt.utils.minions
@@ -373,10 +375,29 @@ def _ssh(config, ssh):
 
 def _ssh_busy(targets, tgt_type, busy_args):
     """``kingfisher.busy`` on the matching roster targets through salt-ssh, in ``_kingfisher_busy``'s shape."""
-    client = salt.client.ssh.client.SSHClient(mopts=__opts__)
-    returns = client.cmd(targets, "kingfisher.busy", kwarg=dict(busy_args), tgt_type=tgt_type)
+    returns = _ssh_cmd(targets, tgt_type, "kingfisher.busy", dict(busy_args))
     return {target: {"ret": answer.get("return")} if isinstance(answer, dict) else answer
             for target, answer in returns.items()}
+
+
+def _ssh_cmd(targets, tgt_type, fun, kwarg=None):
+    """``fun`` on each matching roster target through salt-ssh, with that target's ``kingfisher:`` pillar.
+
+    salt-ssh compiles the pillar only for the functions it wraps (state.apply, pillar.get, ...); a plain
+    module call such as kingfisher.busy gets none. So this machine compiles each target's pillar, as salt-ssh
+    does for state.apply, and hands the target its ``kingfisher:`` block as minion options, where
+    ``config.get`` looks first. One salt-ssh call per target.
+    """
+    roster = salt.roster.Roster(__opts__, __opts__.get("roster", "flat")).targets(targets, tgt_type) or {}
+    returns = {}
+    for target in roster:
+        settings = salt.pillar.get_pillar(__opts__, {}, target, saltenv="base").compile_pillar().get("kingfisher")
+        opts = __opts__
+        if isinstance(settings, dict):
+            opts = dict(__opts__, ssh_minion_opts=dict(__opts__.get("ssh_minion_opts") or {}, kingfisher=settings))
+        returns.update(salt.client.ssh.client.SSHClient(mopts=opts).cmd(target, fun, kwarg=kwarg or {},
+                                                                        tgt_type="list"))
+    return returns
 
 
 @_strict
