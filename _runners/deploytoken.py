@@ -18,6 +18,7 @@ Configuration (master config, all optional):
 import dataclasses
 import inspect
 import logging
+import os
 import re
 import sys
 from typing import TYPE_CHECKING
@@ -489,6 +490,103 @@ def flush():
     return _run(lambda config, store: __utils__["deploytoken_token.flush"](
         store, __utils__["deploytoken_override.deliver"](__opts__["cachedir"], store)
     ))
+
+
+@_strict
+def doctor(targets="*", tgt_type="glob", ssh=None):
+    """
+    Check this operator's (or this master's) set-up and say, one line each, what is right and what to
+    fix: the config files (one ``deploytoken:`` block, the ext_pillar on), the token store (readable, and
+    shared by the team when deploying with salt-ssh), you in ``deploytoken:people`` with the key you log
+    in with, and for each server: it answers, its sshd says which key logged in (``ExposeAuthInfo``), the
+    busy check can read each Kingfisher source, and it obeys no other token store. Exit status 0 only when
+    every line is ``ok``.
+
+    targets
+        The servers to check (default every one): roster targets with salt-ssh, else minions.
+
+    tgt_type
+        How ``targets`` is matched (``glob`` by default, ``list``, ...).
+
+    ssh
+        ``True`` to check the salt-ssh roster's servers instead of a master's minions; default
+        ``deploytoken:ssh`` (False).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploytoken.doctor
+        salt-run deploytoken.doctor targets='kingfisher*' ssh=True
+    """
+    checks = "deploytoken_doctor."
+    conf_file = __opts__.get("conf_file")
+    findings = __utils__[checks + "deploytoken_blocks"](__utils__[checks + "config_files"](conf_file))
+    findings.append(__utils__[checks + "ext_pillar"](__opts__.get("ext_pillar"), conf_file))
+    try:
+        config = __utils__["deploytoken_settings.from_opts"](__opts__)
+        ssh = _ssh(config, ssh)
+    except SaltException as exc:
+        findings.append(__utils__[checks + "finding"]("problem", str(exc)))
+        return _doctor_report(findings)
+    store = identity = error = None
+    try:
+        store = __utils__["deploytoken_stores.open_store"](config)
+        identity = store.identity
+        store.read()
+    except SaltException as exc:
+        error = str(exc)
+    roster = ssh or os.path.isfile(salt.roster.get_roster_file(__opts__))
+    findings += __utils__[checks + "store"](config, store.location if store else None, identity, error, roster)
+    login = _caller(config, store) if store and not error else __utils__["deploytoken_model.login_of"](__user__)
+    findings.append(__utils__[checks + "person"](login, config, conf_file))
+    if ssh:
+        home = __utils__[checks + "home_of_this_process"]()
+        sudo = os.geteuid() == 0 and login != "root"  # ssh then reads root's ~/.ssh, not the person's
+        entries = salt.roster.Roster(__opts__, __opts__.get("roster", "flat")).targets(targets, tgt_type) or {}
+        for priv in sorted({str(entry.get("priv") or __opts__.get("ssh_priv") or "") for entry in entries.values()}):
+            keys = __utils__[checks + "key_files"](priv, home)
+            findings.append(__utils__[checks + "login_keys"](login, config, keys, home, sudo))
+        answers = _ssh_facts(targets, tgt_type) if entries else {}
+    else:
+        answers = _minion_facts(targets, tgt_type)
+    if not answers:
+        where = "in the salt-ssh roster" if ssh else "among this master's accepted minions"
+        findings.append(__utils__[checks + "finding"]("problem", f"No server matches {targets!r} {where}."))
+    for name, facts in sorted(answers.items()):
+        findings += __utils__[checks + "target"](name, facts, login, config, identity, ssh)
+    return _doctor_report(findings)
+
+
+def _doctor_report(findings):
+    import deploytoken_hints
+
+    ret = __utils__["deploytoken_doctor.report"](findings)
+    ret["findings"] = [deploytoken_hints.sentence(line, _prefix()) for line in ret["findings"]]
+    return ret
+
+
+def _ssh_facts(targets, tgt_type):
+    """``deploytoken.facts`` of the matching roster targets: ``{target: facts, or what came back instead}``."""
+    return {target: _answer(answer) for target, answer in _ssh_cmd(targets, tgt_type, "deploytoken.facts").items()}
+
+
+def _answer(answer):
+    if isinstance(answer, dict) and "return" in answer:
+        return answer["return"]
+    if isinstance(answer, dict):  # salt-ssh could not run the function: what ssh or the shim said
+        return answer.get("stderr") or answer.get("stdout") or answer
+    return answer
+
+
+def _minion_facts(targets, tgt_type):
+    """``deploytoken.facts`` of the matching minions; a minion that did not answer has None."""
+    client = salt.client.LocalClient(__opts__["conf_file"])
+    expected = salt.utils.minions.CkMinions(client.opts).check_minions(targets, tgt_type)["minions"]
+    if not expected:
+        return {}
+    got = client.cmd(targets, "deploytoken.facts", tgt_type=tgt_type, timeout=__opts__.get("timeout", 5))
+    return {minion: got.get(minion) for minion in expected}
 
 
 # ---- Salt plumbing ----------------------------------------------------------------------------
