@@ -243,7 +243,8 @@ def update_repos(repos=None):
 
     repos
         A list of absolute paths of git checkouts. Default: ``deploytoken: repos:`` from the master
-        config, else the git checkouts among the master's file_roots and pillar_roots.
+        config, else the git checkouts among the master's file_roots and pillar_roots (a relative root:
+        the checkout salt-run runs in).
 
     CLI Example:
 
