@@ -537,8 +537,8 @@ def doctor(targets="*", tgt_type="glob", ssh=None):
         store.read()
     except SaltException as exc:
         error = str(exc)
-    roster = ssh or os.path.isfile(salt.roster.get_roster_file(__opts__))
-    findings += __utils__[checks + "store"](config, store.location if store else None, identity, error, roster)
+    findings += __utils__[checks + "store"](config, store.location if store else None, identity, error,
+                                            ssh or _has_roster())
     login = _caller(config, store) if store and not error else __utils__["deploytoken_model.login_of"](__user__)
     findings.append(__utils__[checks + "person"](login, config, conf_file))
     if ssh:
@@ -548,15 +548,24 @@ def doctor(targets="*", tgt_type="glob", ssh=None):
         for priv in sorted({str(entry.get("priv") or __opts__.get("ssh_priv") or "") for entry in entries.values()}):
             keys = __utils__[checks + "key_files"](priv, home)
             findings.append(__utils__[checks + "login_keys"](login, config, keys, home, sudo))
-        answers = _ssh_facts(targets, tgt_type) if entries else {}
-    else:
-        answers = _minion_facts(targets, tgt_type)
-    if not answers:
+    try:
+        answers = (_ssh_facts(targets, tgt_type) if entries else {}) if ssh else _minion_facts(targets, tgt_type)
+    except (SaltException, OSError) as exc:
+        answers = None
+        findings.append(__utils__[checks + "finding"]("problem", f"The servers could not be asked: {exc}"))
+    if answers == {}:
         where = "in the salt-ssh roster" if ssh else "among this master's accepted minions"
         findings.append(__utils__[checks + "finding"]("problem", f"No server matches {targets!r} {where}."))
-    for name, facts in sorted(answers.items()):
+    for name, facts in sorted((answers or {}).items()):
         findings += __utils__[checks + "target"](name, facts, login, config, identity, ssh)
     return _doctor_report(findings)
+
+
+def _has_roster():
+    try:
+        return bool(salt.roster.get_roster_file(__opts__))
+    except OSError:  # Salt's way of saying there is none
+        return False
 
 
 def _doctor_report(findings):

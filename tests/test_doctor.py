@@ -1,5 +1,5 @@
 """``deploytoken.doctor``: each check on real files, real keys, a real SQLite store and the real facts of
-this machine, then once through the real ``salt-run`` and ``salt-ssh`` of an operator."""
+this machine, then through the real ``salt-run`` and ``salt-ssh`` of an operator, and of a master with its minion."""
 
 import subprocess
 
@@ -9,6 +9,7 @@ import deploytoken_doctor as doctor
 import deploytoken_facts as facts
 import deploytoken_guard as guard
 import deploytoken_settings
+from conftest import MINION_ID, as_user
 from deploytoken_sqlite import SqliteStore
 
 ALL_OFF = {"kingfisher:scrapyd": False, "kingfisher:tmux": False, "kingfisher:postgres": False}
@@ -194,3 +195,16 @@ def test_doctor_through_salt_run_names_the_private_store_and_checks_the_target(
         assert "ok: kf: the busy check reads tmux; turned off: postgres, scrapyd." in lines
     else:  # no master runs for this configuration, so no minion can answer
         assert lines[-1] == "problem: No server matches '*' among this master's accepted minions."
+
+
+def test_doctor_with_a_master_asks_its_minions(salt_run, salt_minion):
+    ran = as_user(salt_run, "alice", "deploytoken.doctor")
+    assert isinstance(ran.data, dict), ran
+    lines = ran.data["findings"]
+    assert "ok: The deploytoken ext_pillar is configured." in lines
+    assert "ok: You (alice) are in deploytoken:people as Alice Smith." in lines
+    assert not any("SQLite file" in line or "sshd" in line or "key you log in with" in line for line in lines), lines
+    assert any(line.startswith(f"ok: {MINION_ID} ") and " token store" in line for line in lines), lines
+    # The shared minion has no Scrapyd of its own at the default address: named with the setting to fix.
+    scrapyd = [line for line in lines if line.startswith(f"problem: {MINION_ID}: the busy check cannot read scrapyd: ")]
+    assert len(scrapyd) == 1 and ran.returncode == 1, lines
