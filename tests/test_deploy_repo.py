@@ -85,6 +85,7 @@ def server_files():
     """The example deploys on this machine (the target): what it writes there is removed afterwards, and a
     store this machine remembered before is put back."""
     saved = MEMORY.read_bytes() if MEMORY.exists() else None
+    made = not MEMORY.parent.exists()
     DEPLOYED.unlink(missing_ok=True)
     MEMORY.unlink(missing_ok=True)
     yield
@@ -92,6 +93,8 @@ def server_files():
     MEMORY.unlink(missing_ok=True)
     if saved is not None:
         MEMORY.write_bytes(saved)
+    elif made:
+        shutil.rmtree(MEMORY.parent, ignore_errors=True)
 
 
 def git(*args, cwd=None, user=None):
