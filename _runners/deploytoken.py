@@ -18,12 +18,15 @@ Configuration (master config, all optional):
 import dataclasses
 import inspect
 import logging
+import os
 import re
 import sys
 from typing import TYPE_CHECKING
 
 import salt.client
 import salt.client.ssh.client
+import salt.pillar
+import salt.roster
 import salt.syspaths
 import salt.utils.event
 import salt.utils.minions
@@ -240,7 +243,8 @@ def update_repos(repos=None):
 
     repos
         A list of absolute paths of git checkouts. Default: ``deploytoken: repos:`` from the master
-        config, else the git checkouts among the master's file_roots and pillar_roots.
+        config, else the git checkouts among the master's file_roots and pillar_roots (a relative root:
+        the checkout salt-run runs in).
 
     CLI Example:
 
@@ -373,10 +377,29 @@ def _ssh(config, ssh):
 
 def _ssh_busy(targets, tgt_type, busy_args):
     """``kingfisher.busy`` on the matching roster targets through salt-ssh, in ``_kingfisher_busy``'s shape."""
-    client = salt.client.ssh.client.SSHClient(mopts=__opts__)
-    returns = client.cmd(targets, "kingfisher.busy", kwarg=dict(busy_args), tgt_type=tgt_type)
+    returns = _ssh_cmd(targets, tgt_type, "kingfisher.busy", dict(busy_args))
     return {target: {"ret": answer.get("return")} if isinstance(answer, dict) else answer
             for target, answer in returns.items()}
+
+
+def _ssh_cmd(targets, tgt_type, fun, kwarg=None):
+    """``fun`` on each matching roster target through salt-ssh, with that target's ``kingfisher:`` pillar.
+
+    salt-ssh compiles the pillar only for the functions it wraps (state.apply, pillar.get, ...); a plain
+    module call such as kingfisher.busy gets none. So this machine compiles each target's pillar, as salt-ssh
+    does for state.apply, and hands the target its ``kingfisher:`` block as minion options, where
+    ``config.get`` looks first. One salt-ssh call per target.
+    """
+    roster = salt.roster.Roster(__opts__, __opts__.get("roster", "flat")).targets(targets, tgt_type) or {}
+    returns = {}
+    for target in roster:
+        settings = salt.pillar.get_pillar(__opts__, {}, target, saltenv="base").compile_pillar().get("kingfisher")
+        opts = __opts__
+        if isinstance(settings, dict):
+            opts = dict(__opts__, ssh_minion_opts=dict(__opts__.get("ssh_minion_opts") or {}, kingfisher=settings))
+        returns.update(salt.client.ssh.client.SSHClient(mopts=opts).cmd(target, fun, kwarg=kwarg or {},
+                                                                        tgt_type="list"))
+    return returns
 
 
 @_strict
@@ -468,6 +491,112 @@ def flush():
     return _run(lambda config, store: __utils__["deploytoken_token.flush"](
         store, __utils__["deploytoken_override.deliver"](__opts__["cachedir"], store)
     ))
+
+
+@_strict
+def doctor(targets="*", tgt_type="glob", ssh=None):
+    """
+    Check this operator's (or this master's) set-up and say, one line each, what is right and what to
+    fix: the config files (one ``deploytoken:`` block, the ext_pillar on), the token store (readable, and
+    shared by the team when deploying with salt-ssh), you in ``deploytoken:people`` with the key you log
+    in with, and for each server: it answers, its sshd says which key logged in (``ExposeAuthInfo``), the
+    busy check can read each Kingfisher source, and it obeys no other token store. Exit status 0 only when
+    every line is ``ok``.
+
+    targets
+        The servers to check (default every one): roster targets with salt-ssh, else minions.
+
+    tgt_type
+        How ``targets`` is matched (``glob`` by default, ``list``, ...).
+
+    ssh
+        ``True`` to check the salt-ssh roster's servers instead of a master's minions; default
+        ``deploytoken:ssh`` (False).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploytoken.doctor
+        salt-run deploytoken.doctor targets='kingfisher*' ssh=True
+    """
+    checks = "deploytoken_doctor."
+    conf_file = __opts__.get("conf_file")
+    findings = __utils__[checks + "deploytoken_blocks"](__utils__[checks + "config_files"](conf_file))
+    findings.append(__utils__[checks + "ext_pillar"](__opts__.get("ext_pillar"), conf_file))
+    try:
+        config = __utils__["deploytoken_settings.from_opts"](__opts__)
+        ssh = _ssh(config, ssh)
+    except SaltException as exc:
+        findings.append(__utils__[checks + "finding"]("problem", str(exc)))
+        return _doctor_report(findings)
+    store = identity = error = None
+    try:
+        store = __utils__["deploytoken_stores.open_store"](config)
+        identity = store.identity
+        store.read()
+    except SaltException as exc:
+        error = str(exc)
+    findings += __utils__[checks + "store"](config, store.location if store else None, identity, error,
+                                            ssh or _has_roster())
+    login = _caller(config, store) if store and not error else __utils__["deploytoken_model.login_of"](__user__)
+    findings.append(__utils__[checks + "person"](login, config, conf_file))
+    if ssh:
+        home = __utils__[checks + "home_of_this_process"]()
+        sudo = os.geteuid() == 0 and login != "root"  # ssh then reads root's ~/.ssh, not the person's
+        entries = salt.roster.Roster(__opts__, __opts__.get("roster", "flat")).targets(targets, tgt_type) or {}
+        for priv in sorted({str(entry.get("priv") or __opts__.get("ssh_priv") or "") for entry in entries.values()}):
+            keys = __utils__[checks + "key_files"](priv, home)
+            findings.append(__utils__[checks + "login_keys"](login, config, keys, home, sudo))
+    try:
+        answers = (_ssh_facts(targets, tgt_type) if entries else {}) if ssh else _minion_facts(targets, tgt_type)
+    except (SaltException, OSError) as exc:
+        answers = None
+        findings.append(__utils__[checks + "finding"]("problem", f"The servers could not be asked: {exc}"))
+    if answers == {}:
+        where = "in the salt-ssh roster" if ssh else "among this master's accepted minions"
+        findings.append(__utils__[checks + "finding"]("problem", f"No server matches {targets!r} {where}."))
+    for name, facts in sorted((answers or {}).items()):
+        findings += __utils__[checks + "target"](name, facts, login, config, identity, ssh)
+    return _doctor_report(findings)
+
+
+def _has_roster():
+    try:
+        return bool(salt.roster.get_roster_file(__opts__))
+    except OSError:  # Salt's way of saying there is none
+        return False
+
+
+def _doctor_report(findings):
+    import deploytoken_hints
+
+    ret = __utils__["deploytoken_doctor.report"](findings)
+    ret["findings"] = [deploytoken_hints.sentence(line, _prefix()) for line in ret["findings"]]
+    return ret
+
+
+def _ssh_facts(targets, tgt_type):
+    """``deploytoken.facts`` of the matching roster targets: ``{target: facts, or what came back instead}``."""
+    return {target: _answer(answer) for target, answer in _ssh_cmd(targets, tgt_type, "deploytoken.facts").items()}
+
+
+def _answer(answer):
+    if isinstance(answer, dict) and "return" in answer:
+        return answer["return"]
+    if isinstance(answer, dict):  # salt-ssh could not run the function: what ssh or the shim said
+        return answer.get("stderr") or answer.get("stdout") or answer
+    return answer
+
+
+def _minion_facts(targets, tgt_type):
+    """``deploytoken.facts`` of the matching minions; a minion that did not answer has None."""
+    client = salt.client.LocalClient(__opts__["conf_file"])
+    expected = salt.utils.minions.CkMinions(client.opts).check_minions(targets, tgt_type)["minions"]
+    if not expected:
+        return {}
+    got = client.cmd(targets, "deploytoken.facts", tgt_type=tgt_type, timeout=__opts__.get("timeout", 5))
+    return {minion: got.get(minion) for minion in expected}
 
 
 # ---- Salt plumbing ----------------------------------------------------------------------------

@@ -53,23 +53,38 @@ def check_paths(paths):
     return checked
 
 
-def default_paths(settings, opts):
+def default_paths(settings, opts, cwd=None):
     """``deploytoken: repos:`` (``settings.repos``), else the git checkouts among the master's
-    file_roots and pillar_roots (from Salt's ``opts``)."""
+    file_roots and pillar_roots (from Salt's ``opts``). A relative root (a deploy repository's
+    ``salt/``, read by salt-ssh run from its top folder) stands for the checkout that holds the current
+    folder ``cwd``: the deploy repository itself."""
     if settings.repos:
         return settings.repos
     found = []
     for option in ("file_roots", "pillar_roots"):
         for roots in (opts.get(option) or {}).values():
             for root in roots or []:
-                if isinstance(root, str) and os.path.isabs(root) and os.path.exists(os.path.join(root, ".git")):
-                    if root not in found:
-                        found.append(root)
+                if not isinstance(root, str):
+                    continue
+                checkout = root if os.path.isabs(root) else _checkout_holding(cwd or os.getcwd())
+                if checkout and os.path.exists(os.path.join(checkout, ".git")) and checkout not in found:
+                    found.append(checkout)
     if not found:
         raise model.InputError(
             "No repositories to update: set deploytoken: repos: in the master config or give repos=."
         )
     return found
+
+
+def _checkout_holding(path):
+    """The top folder of the git checkout ``path`` is in, or None."""
+    path = os.path.abspath(path)
+    while not os.path.exists(os.path.join(path, ".git")):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return path
 
 
 # ---- updating ---------------------------------------------------------------------------------

@@ -1,0 +1,4 @@
+deploy token held:
+  deploytoken.held:
+    - order: 1
+    - failhard: True

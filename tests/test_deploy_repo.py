@@ -1,0 +1,238 @@
+"""
+The team's deploy repository as committed in ``examples/deploy-repo``, cloned by two real operators into
+their own homes and used as the README says, as themselves (no sudo), against a real sshd on 127.0.0.1
+with ``ExposeAuthInfo yes``, a real PostgreSQL store, a real Scrapyd and a real user's tmux session.
+
+The team's repository is the committed example, copied; only the values a team fills in are changed,
+each by an exact replacement of the example's text that must occur exactly once (``fill_in``): the
+target's host and port in the roster (and this machine's PATH, see ``team_repo``), the store's DSN and
+the operators' logins and public keys in the master config, and the server's Scrapyd address and
+credentials and PostgreSQL socket and port in the pillar. This repository's extension folders are
+copied to ``deploytoken/``, where the team's submodule would be. It is committed and pushed to a bare
+origin, and each operator clones it with git as themselves.
+"""
+
+import contextlib
+import json
+import os
+import pathlib
+import pwd
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+import salt
+
+import deploytoken_model as model
+import deploytoken_repos as repos
+import deploytoken_settings as settings
+from kingfisher_fixtures import RUNUSER
+from pg_fixtures import STORE_ROLE, store_cluster
+from ssh_fixtures import REPO, SYSTEM_PATH
+from test_setup_cli import CONSENT
+
+EXAMPLE = REPO / "examples" / "deploy-repo"
+EXTENSION = ("_modules", "_pillar", "_runners", "_states", "_utils")
+TARGET = "kingfisher-main"
+# What the example's kingfisher.sls writes on the server, and the file in which the server remembers its store.
+DEPLOYED = pathlib.Path("/var/lib/kingfisher-deploy/deployed")
+MEMORY = pathlib.Path("/var/lib/deploytoken/store.json")
+# The example's people, whose logins and keys each clone replaces with those of the real operators.
+ALICE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICmGteilzUkK1ja0zpuEw9YVy/nZGvXw6Rk0r7sdw3gj alice@laptop"
+BOB_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIt4GCiwH7px7Gvuwo819WGlVeF3oGCwfI9k4audIqBO bob@laptop"
+
+
+def fill_in(path, values):
+    """Replace each of the example's placeholder texts in ``path`` by the value this machine needs."""
+    text = path.read_text()
+    for placeholder, value in values.items():
+        assert text.count(placeholder) == 1, f"{placeholder!r} should occur once in {path}"
+        text = text.replace(placeholder, value)
+    path.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def team_store():
+    cluster = store_cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def operator_bin():
+    """The operators' own Salt: a venv of the system's Python (the test suite's venv lives where they cannot
+    read it) that sees the packages already installed for the suite, since the tests have no network."""
+    venv = pathlib.Path(tempfile.mkdtemp(prefix="dtkvenv-", dir="/tmp"))
+    try:
+        venv.chmod(0o755)
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+        purelib = subprocess.run([venv / "bin" / "python", "-c", "import site; print(site.getsitepackages()[0])"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        pathlib.Path(purelib, "suite.pth").write_text(f"{pathlib.Path(salt.__file__).parent.parent}\n")
+        for program in ("salt-run", "salt-ssh"):
+            script = venv / "bin" / program
+            script.write_text(f"#!{venv}/bin/python\nimport sys\nimport salt.scripts\n"
+                              f"sys.exit(salt.scripts.{program.replace('-', '_')}())\n")
+            script.chmod(0o755)
+        yield venv / "bin"
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)
+
+
+@pytest.fixture
+def server_files():
+    """The example deploys on this machine (the target): what it writes there is removed afterwards, and a
+    store this machine remembered before is put back."""
+    saved = MEMORY.read_bytes() if MEMORY.exists() else None
+    made = not MEMORY.parent.exists()
+    DEPLOYED.unlink(missing_ok=True)
+    MEMORY.unlink(missing_ok=True)
+    yield
+    shutil.rmtree(DEPLOYED.parent, ignore_errors=True)
+    MEMORY.unlink(missing_ok=True)
+    if saved is not None:
+        MEMORY.write_bytes(saved)
+    elif made:
+        shutil.rmtree(MEMORY.parent, ignore_errors=True)
+
+
+def git(*args, cwd=None, user=None):
+    command = ["git", "-c", "user.name=Team", "-c", "user.email=team@example.org", *args]
+    home = pwd.getpwnam(user).pw_dir if user else "/nonexistent"
+    subprocess.run([RUNUSER, "-u", user, "--", *command] if user else command, cwd=cwd, check=True,
+                   capture_output=True, env={"PATH": SYSTEM_PATH, "HOME": home})
+
+
+@pytest.fixture
+def team_repo(operators, sshd, team_store, make_scrapyd, pg_cluster):
+    """The team's deploy repository: the example with the team's values filled in, committed once and
+    pushed to a bare origin the operators clone from."""
+    ada, ben = operators["ada"], operators["ben"]
+    scrapyd = make_scrapyd(jobs=0)
+    root = pathlib.Path(tempfile.mkdtemp(prefix="dtkteam-", dir="/tmp"))
+    try:
+        work = root / "work"
+        shutil.copytree(EXAMPLE, work)
+        for folder in EXTENSION:  # where the team's submodule of this repository would be
+            shutil.copytree(REPO / folder, work / "deploytoken" / folder, ignore=shutil.ignore_patterns("__pycache__"))
+        fill_in(work / "salt-config" / "roster", {
+            "host: kingfisher.example.org": "host: 127.0.0.1", "port: 22": f"port: {sshd.port}",
+            # This server's own quirk: root's ~/.bashrc puts a pyenv shim first, which salt-ssh's shim cannot
+            # run, so its entry names the system's PATH (as a team with such a server would).
+            "  user: root\n": f"  user: root\n  set_path: {SYSTEM_PATH}\n"})
+        fill_in(work / "salt-config" / "master", {
+            "host=db.example.org port=5432 dbname=deploytoken user=deploytoken sslmode=verify-full":
+                f"host=127.0.0.1 port={team_store.port} dbname=postgres user={STORE_ROLE}",
+            "    alice:\n": f"    {ada.login}:\n", ALICE_KEY: ada.public,
+            "    bob:\n": f"    {ben.login}:\n", BOB_KEY: ben.public,
+        })
+        fill_in(work / "pillar" / "kingfisher.sls", {
+            "url: http://localhost:6800": f"url: {scrapyd.url}",
+            "username: kingfisher": f"username: {scrapyd.username}",
+            "password: change-me": f"password: {scrapyd.password}",
+            "socket_dir: /var/run/postgresql": f"socket_dir: {pg_cluster.socket_dir}",
+            "port: 5432": f"port: {pg_cluster.port}",
+        })
+        git("init", "-q", "-b", "main", cwd=work)
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", "Our deploy repository", cwd=work)
+        git("clone", "-q", "--bare", str(work), str(root / "origin.git"))
+        subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+        yield root / "origin.git"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def clones(operators, sshd, team_repo, server_files):
+    """ada's and ben's own clones of the team's repository, in their homes: ``{role: folder}``."""
+    made = {}
+    try:
+        for op in (operators["ada"], operators["ben"]):
+            home = pathlib.Path(pwd.getpwnam(op.login).pw_dir)
+            # The origin stands for the team's remote; here it is a folder of another user, which git
+            # reads only once the person says it may.
+            git("config", "--global", "--add", "safe.directory", str(team_repo), user=op.login)
+            git("clone", "-q", str(team_repo), str(home / "deploy"), user=op.login)
+            made[op.role] = home / "deploy"
+            # As after the person's first ssh to the server: its host key is known. The key is theirs (the
+            # fixture made it as root).
+            (home / ".ssh" / "known_hosts").write_text(sshd.known_hosts.read_text())
+            subprocess.run(["chown", "-R", f"{op.login}:", str(home / ".ssh")], check=True)
+        yield made
+    finally:
+        for clone in made.values():
+            shutil.rmtree(clone, ignore_errors=True)
+
+
+def run(operator_bin, op, clone, program, *args):
+    """``program`` as ``op`` (no sudo), from the top folder of their clone, as the README says."""
+    done = subprocess.run(
+        [RUNUSER, "-u", op.login, "--", str(operator_bin / program), "--out=json", "--log-level=quiet", *args],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, cwd=clone,
+        env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8", "HOME": pwd.getpwnam(op.login).pw_dir},
+    )
+    with contextlib.suppress(ValueError):
+        return done.returncode, json.loads(done.stdout), done
+    return done.returncode, None, done
+
+
+def guard_of(data):
+    (found,) = [value for key, value in data[TARGET].items() if key.startswith("deploytoken_|")]
+    return found
+
+
+def test_relative_roots_stand_for_the_deploy_repository_salt_run_runs_in(git_world, tmp_path):
+    top = git_world.clone(git_world.origin()).working_tree_dir
+    opts = {"file_roots": {"base": ["salt/", "deploytoken/"]}, "pillar_roots": {"base": ["pillar/"]}}
+    assert repos.default_paths(settings.from_opts(opts), opts, cwd=top) == [top]
+    assert repos.default_paths(settings.from_opts(opts), opts, cwd=os.path.join(top, "salt")) == [top]
+    with pytest.raises(model.InputError, match="^No repositories to update: set deploytoken: repos:"):
+        repos.default_paths(settings.from_opts(opts), opts, cwd=str(tmp_path))
+
+
+def test_the_example_repository_takes_two_operators_through_the_procedure(
+    operator_bin, operators, clones, tmux_users
+):
+    ada, ben = operators["ada"], operators["ben"]
+
+    def as_(op, program, *args):
+        return run(operator_bin, op, clones[op.role], program, *args)
+
+    for op in (ada, ben):
+        code, data, done = as_(op, "salt-run", "saltutil.sync_all")
+        assert code == 0, done.stdout + done.stderr[-2000:]
+        code, data, done = as_(op, "salt-run", "deploytoken.doctor")
+        assert code == 0, "\n".join(data["findings"]) if data else done
+        assert all(line.startswith("ok: ") for line in data["findings"])
+
+    sleeper, session = tmux_users["sleep"]
+    code, stopped, done = as_(ada, "salt-run", "deploytoken.setup", f"targets={TARGET}", "reason=new spider")
+    assert code == 1, done.stdout
+    assert stopped["token"] is None
+    assert stopped["message"].startswith("Setup stopped: Kingfisher is busy. ")
+    assert f"tmux session '{session}' of {sleeper} runs 'sleep 3600' (for " in stopped["message"]
+
+    code, agreed, done = as_(ada, "salt-run", "deploytoken.setup", f"targets={TARGET}", "reason=new spider",
+                             f"consent={CONSENT}")
+    assert code == 0, done.stdout + done.stderr[-2000:]
+    assert agreed["token"]["holder"] == "Alice Smith"
+
+    code, blocked, done = as_(ben, "salt-ssh", TARGET, "state.apply")
+    assert code != 0, done.stdout
+    assert guard_of(blocked)["comment"].startswith(f"Deploy token is held by Alice Smith ({ada.login}) since ")
+    assert f"so Bob Jones ({ben.login}) may not deploy on {TARGET}." in guard_of(blocked)["comment"]
+    assert not DEPLOYED.exists()
+
+    code, deployed, done = as_(ada, "salt-ssh", TARGET, "state.apply")
+    assert code == 0, done.stdout + done.stderr[-2000:]
+    assert guard_of(deployed)["comment"].startswith(f"Alice Smith ({ada.login}) holds the deploy token, since ")
+    assert DEPLOYED.read_text().strip() == "deployed"
+
+    code, released, done = as_(ada, "salt-run", "deploytoken.cleanup", "note=deployed the new spider")
+    assert code == 0, done.stdout + done.stderr[-2000:]
+    code, rows, done = as_(ben, "salt-run", "deploytoken.history", "limit=10")
+    assert code == 0, done.stdout + done.stderr[-2000:]
+    assert [(row["holder"], row["reason"], row["note"]) for row in rows] == [
+        ("Alice Smith", f"new spider [consent: {CONSENT}]", "deployed the new spider")]

@@ -1,0 +1,210 @@
+"""``deploytoken.doctor``: each check on real files, real keys, a real SQLite store and the real facts of
+this machine, then through the real ``salt-run`` and ``salt-ssh`` of an operator, and of a master with its minion."""
+
+import subprocess
+
+import pytest
+
+import deploytoken_doctor as doctor
+import deploytoken_facts as facts
+import deploytoken_guard as guard
+import deploytoken_settings
+from conftest import MINION_ID, as_user
+from deploytoken_sqlite import SqliteStore
+
+ALL_OFF = {"kingfisher:scrapyd": False, "kingfisher:tmux": False, "kingfisher:postgres": False}
+
+
+def settings_of(tmp_path, **deploytoken):
+    return deploytoken_settings.from_opts({"cachedir": str(tmp_path), "deploytoken": deploytoken})
+
+
+def lookup_in(values):
+    """Salt's ``config.get`` over ``values`` (what the server's config and pillar say)."""
+    return lambda key, default=None: values.get(key, default)
+
+
+def make_key(tmp_path, name="id_ed25519"):
+    path = tmp_path / ".ssh" / name
+    path.parent.mkdir(exist_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ada@laptop", "-f", str(path)], check=True)
+    return path, path.with_suffix(".pub").read_text().strip()
+
+
+def only(findings):
+    (found,) = findings
+    return found
+
+
+def test_a_deploytoken_block_given_twice_in_one_file_or_in_two_files_is_a_problem(tmp_path):
+    master = tmp_path / "master"
+    master.write_text("deploytoken:\n  backend: postgres\next_pillar:\n  - deploytoken: {}\n"
+                      "deploytoken:\n  people: {ada: Ada}\n")
+    found = only(doctor.deploytoken_blocks([str(master)]))
+    assert found == doctor.finding("problem", (
+        f"{master} defines deploytoken: more than once, so Salt skips the whole file (and the ext_pillar with "
+        "it): merge them into one block."))
+
+    master.write_text("deploytoken:\n  backend: postgres\n")
+    (tmp_path / "master.d").mkdir()
+    (tmp_path / "master.d" / "deploytoken.conf").write_text("deploytoken:\n  people: {ada: Ada}\n")
+    paths = doctor.config_files(str(master))
+    assert paths == [str(master), str(tmp_path / "master.d" / "deploytoken.conf")]
+    assert only(doctor.deploytoken_blocks(paths))["text"] == (
+        f"deploytoken: is defined in {master} and {tmp_path / 'master.d' / 'deploytoken.conf'}; Salt keeps only one "
+        "of them: keep one deploytoken: block, in one file.")
+
+    (tmp_path / "master.d" / "deploytoken.conf").write_text("other: 1\n")
+    assert doctor.deploytoken_blocks(paths) == [doctor.finding("ok", f"One deploytoken: block, in {master}.")]
+    (tmp_path / "master.d" / "deploytoken.conf").write_text("other: [1\n")
+    assert only(doctor.deploytoken_blocks(paths))["text"] == (
+        f"{tmp_path / 'master.d' / 'deploytoken.conf'} is not valid YAML (line 2), so Salt skips the whole file: "
+        "fix it.")
+
+
+def test_without_the_ext_pillar_the_fix_is_named():
+    assert doctor.ext_pillar([{"git": "x"}], "/srv/salt-config/master") == doctor.finding("problem", (
+        "The deploytoken ext_pillar is not configured, so deploytoken.held blocks every run: add "
+        "ext_pillar: [{deploytoken: {}}] to /srv/salt-config/master."))
+    assert doctor.ext_pillar([{"deploytoken": {}}], "m")["level"] == "ok"
+
+
+def test_a_private_sqlite_store_with_salt_ssh_is_a_warning_naming_the_risk(tmp_path):
+    store = SqliteStore(str(tmp_path / "token.sqlite"))
+    settings = settings_of(tmp_path, sqlite={"path": store.path})
+    readable, warning = doctor.store(settings, store.location, store.identity, None, ssh=True)
+    assert readable == doctor.finding("ok", f"The token store {store.identity['name']} can be read.")
+    assert warning == doctor.finding("warning", (
+        f"The token store is the SQLite file {store.path} on this machine: every operator who runs salt-ssh from "
+        "their own machine has a token of their own there, and the first to deploy claims the servers for it. Use "
+        "a store the team shares (deploytoken:backend postgres or google) unless everyone runs salt-ssh with this "
+        "one configuration on this machine."))
+    assert doctor.report([readable, warning])["retcode"] == 1
+    assert doctor.store(settings, store.location, store.identity, None, ssh=False) == [readable]
+    assert doctor.report([readable]) == {"findings": [f"ok: {readable['text']}"], "warnings": 0, "problems": 0,
+                                         "retcode": 0}
+
+
+def test_a_person_missing_from_people_is_told_what_to_add(tmp_path):
+    settings = settings_of(tmp_path, people={"ada": "Ada Lovelace"})
+    assert doctor.person("ada", settings, "salt-config/master")["level"] == "ok"
+    assert doctor.person("zed", settings, "salt-config/master") == doctor.finding("problem", (
+        "You (zed) are not in deploytoken:people, so the guard names you by your login only and no key is yours: "
+        "add zed: {name: ..., email: ..., ssh_keys: [...]} under deploytoken: people: in salt-config/master."))
+
+
+def test_the_key_this_person_logs_in_with_must_be_listed_for_them(tmp_path):
+    key, public = make_key(tmp_path)
+    mine = settings_of(tmp_path, people={"ada": {"name": "Ada", "ssh_keys": [public]}})
+    assert doctor.key_files("agent-forwarding", str(tmp_path)) == [str(key)]  # where ssh chooses: its defaults
+    assert doctor.key_files("~/.ssh/id_ed25519", str(tmp_path)) == [str(key)]
+    listed = doctor.login_keys("ada", mine, [str(key)], str(tmp_path), sudo=False)
+    assert listed["level"] == "ok" and listed["text"].startswith(f"The key you log in with, {key} (SHA256:")
+
+    others = settings_of(tmp_path, people={"ada": "Ada", "ben": {"name": "Ben", "ssh_keys": [public]}})
+    found = doctor.login_keys("ada", others, [str(key)], str(tmp_path), sudo=True)
+    assert found["level"] == "problem"
+    assert found["text"].startswith(f"The key you log in with (under sudo, ~ is {tmp_path}), {key} (SHA256:")
+    assert found["text"].endswith(", listed for ben), is not listed for ada, so the guard blocks your runs: add the "
+                                  "line of its .pub file under deploytoken: people: ada: ssh_keys, or log in with a "
+                                  "key listed there.")
+    assert doctor.login_keys("ada", mine, [], "/nowhere", sudo=False)["text"] == (
+        "No SSH key was found in /nowhere/.ssh, so salt-ssh has no key of yours to log in with: make one with "
+        "ssh-keygen -t ed25519 and list its .pub line under deploytoken: people: ada: ssh_keys.")
+
+
+def test_a_target_whose_sshd_does_not_expose_the_key_is_a_problem(tmp_path):
+    settings = settings_of(tmp_path, people={"ada": "Ada"})
+    opts = {"deploytoken": {"store_memory": str(tmp_path / "store.json")}}
+    found = facts.gather(opts, {}, lookup_in(ALL_OFF))  # no SSH_USER_AUTH: sshd without ExposeAuthInfo
+    assert found["ssh_auth"] is None and found["remembered"] is None
+    exposed, remembered, sources = doctor.target("kf", found, "ada", settings, None, ssh=True)
+    assert exposed == doctor.finding("problem", (
+        "sshd on kf does not say which key logged in, so the guard cannot tell whose key it was: add "
+        "ExposeAuthInfo yes to kf's /etc/ssh/sshd_config and reload sshd."))
+    assert remembered["level"] == "ok" and sources == doctor.finding(
+        "ok", "kf: the busy check reads no source; turned off: postgres, scrapyd, tmux.")
+
+
+def test_a_target_that_remembers_another_store_is_a_problem(tmp_path):
+    store = SqliteStore(str(tmp_path / "token.sqlite"))
+    memory = tmp_path / "memory" / "store.json"
+    guard.remember_store(str(memory), {"id": "postgres:0123", "name": "PostgreSQL deploytoken@db:5432/deploy"}, "ada")
+    found = facts.gather({"deploytoken": {"store_memory": str(memory)}}, {}, lookup_in(ALL_OFF))
+    _, remembered, _ = doctor.target("kf", found, "ada", settings_of(tmp_path), store.identity, ssh=True)
+    assert remembered == doctor.finding("problem", (
+        f"kf obeys the token store PostgreSQL deploytoken@db:5432/deploy, not this one ({store.identity['name']}), so "
+        "the guard blocks every run from here: use the store the team shares, or, if the team moved to "
+        f"{store.identity['name']} on purpose, remove {memory} on kf."))
+    guard.remember_store(str(memory), store.identity, "ada")
+    found = facts.gather({"deploytoken": {"store_memory": str(memory)}}, {}, lookup_in(ALL_OFF))
+    assert doctor.target("kf", found, "ada", settings_of(tmp_path), store.identity, ssh=False)[0] == doctor.finding(
+        "ok", f"kf obeys the token store {store.identity['name']}.")
+
+
+def test_a_source_the_busy_check_cannot_read_names_the_setting_to_fix(tmp_path):
+    lookup = lookup_in(dict(ALL_OFF, **{"kingfisher:scrapyd": None, "kingfisher:scrapyd:url": "ftp://x"}))
+    found = facts.gather({"deploytoken": {"store_memory": str(tmp_path / "m.json")}}, {}, lookup)
+    assert found["sources"]["scrapyd"]["status"] == "unreadable"
+    problem = doctor.target("kf", found, "ada", settings_of(tmp_path), None, ssh=False)[-1]
+    assert problem["level"] == "problem"
+    assert problem["text"].startswith(f"kf: the busy check cannot read scrapyd: {found['sources']['scrapyd']['error']}")
+    assert problem["text"].endswith("Fix kingfisher:scrapyd: in kf's pillar, or turn the source off there "
+                                    "(kingfisher: {scrapyd: false}) if kf has none.")
+
+
+def test_a_server_that_does_not_answer_is_a_problem(tmp_path):
+    assert doctor.target("kf", "ssh: connect to host 127.0.0.1 port 1: Connection refused", "ada",
+                         settings_of(tmp_path), None, ssh=True) == [doctor.finding("problem", (
+                             "kf did not answer deploytoken.facts (ssh: connect to host 127.0.0.1 port 1: Connection "
+                             "refused): check that it is up, that you can log in to it, and that its modules are "
+                             "synced."))]
+
+
+@pytest.fixture
+def private_ada(ssh_world, operators, tmp_path):
+    """ada on a private SQLite store, her pillar turning off the Kingfisher sources kf lacks (its tmux is
+    read), kf remembering no store: the store's path."""
+    private = tmp_path / "private.sqlite"
+    ssh_world.configure(operators["ada"], {"sqlite": {"path": str(private)}})
+    pillar = ssh_world.confdir(operators["ada"]) / "pillar"
+    (pillar / "top.sls").write_text("base:\n  kf:\n    - kf\n")
+    (pillar / "kf.sls").write_text("kingfisher: {scrapyd: false, postgres: false}\n")
+    ssh_world.forget_memory()
+    yield private
+    for name in ("top.sls", "kf.sls"):
+        (pillar / name).unlink()
+    ssh_world.forget_memory()
+
+
+@pytest.mark.parametrize("ssh", [False, True])
+def test_doctor_through_salt_run_names_the_private_store_and_checks_the_target(
+    ssh_world, operators, private_ada, ssh
+):
+    ada = operators["ada"]
+    ran = ssh_world.salt_run(ada, "deploytoken.doctor", f"ssh={ssh}")
+    assert ran.returncode == 1, ran
+    lines = ran.data["findings"]
+    assert any(line.startswith(f"warning: The token store is the SQLite file {private_ada} on this "
+                               "machine: ") for line in lines), lines
+    assert f"ok: You ({ada.login}) are in deploytoken:people as Ada Lovelace." in lines
+    if ssh:
+        assert ran.data["warnings"] == 1 and ran.data["problems"] == 0, "\n".join(lines)
+        assert any(line.startswith(f"ok: The key you log in with, {ada.key} (SHA256:") for line in lines), lines
+        assert "ok: kf: sshd exposes the key that logged in, and it is yours." in lines
+        assert "ok: kf: the busy check reads tmux; turned off: postgres, scrapyd." in lines
+    else:  # no master runs for this configuration, so no minion can answer
+        assert lines[-1] == "problem: No server matches '*' among this master's accepted minions."
+
+
+def test_doctor_with_a_master_asks_its_minions(salt_run, salt_minion):
+    ran = as_user(salt_run, "alice", "deploytoken.doctor")
+    assert isinstance(ran.data, dict), ran
+    lines = ran.data["findings"]
+    assert "ok: The deploytoken ext_pillar is configured." in lines
+    assert "ok: You (alice) are in deploytoken:people as Alice Smith." in lines
+    assert not any("SQLite file" in line or "sshd" in line or "key you log in with" in line for line in lines), lines
+    assert any(line.startswith(f"ok: {MINION_ID} ") and " token store" in line for line in lines), lines
+    # The shared minion has no Scrapyd of its own at the default address: named with the setting to fix.
+    scrapyd = [line for line in lines if line.startswith(f"problem: {MINION_ID}: the busy check cannot read scrapyd: ")]
+    assert len(scrapyd) == 1 and ran.returncode == 1, lines
