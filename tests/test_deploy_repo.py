@@ -27,9 +27,10 @@ import salt
 import deploytoken_model as model
 import deploytoken_repos as repos
 import deploytoken_settings as settings
+from conftest import REPO
 from kingfisher_fixtures import RUNUSER
 from pg_fixtures import STORE_ROLE, store_cluster
-from ssh_fixtures import REPO, SYSTEM_PATH
+from ssh_fixtures import SYSTEM_PATH
 from test_setup_cli import CONSENT
 
 EXAMPLE = REPO / "examples" / "deploy-repo"
