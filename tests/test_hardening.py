@@ -1,0 +1,98 @@
+"""
+What a person typing odd input, or a local user on a shared server, could still reach: each attack or
+slip of the second adversarial review, against the real component (salt-run and salt-call on
+configurations of their own, real files and users, a real PostgreSQL cluster, real tmux).
+"""
+
+import json
+import os
+import pathlib
+import pwd
+import stat
+import subprocess
+import sys
+
+import pytest
+
+import deploytoken_sqlite
+from conftest import PEOPLE, REPO
+
+BIN = pathlib.Path(sys.executable).parent
+NOBODY = pwd.getpwnam("nobody")
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+# ---- salt-run: what its own parsing hid -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runner_conf(tmp_path_factory):
+    """A master configuration of its own, no daemon, synced from a file root that holds only our runner
+    and _utils, with a SQLite store in its cachedir."""
+    root = tmp_path_factory.mktemp("runner")
+    for folder in ("cache/proc", "conf", "roots"):
+        (root / folder).mkdir(parents=True)
+    for folder in ("_runners", "_utils"):
+        (root / "roots" / folder).symlink_to(REPO / folder)
+    config = {
+        "root_dir": str(root), "cachedir": str(root / "cache"), "pki_dir": str(root / "pki"),
+        "sock_dir": str(root / "sock"), "log_file": str(root / "master.log"),
+        "file_roots": {"base": [str(root / "roots")]}, "pillar_roots": {"base": []},
+        "deploytoken": {"people": PEOPLE},
+    }
+    (root / "conf" / "master").write_text(json.dumps(config))
+    status, _, stderr = salt_run(root, "saltutil.sync_all")
+    assert status == 0, stderr
+    return root
+
+
+def salt_run(root, *args):
+    done = subprocess.run([str(BIN / "salt-run"), "-c", str(root / "conf"), "--out=json", *args],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, SUDO_USER="alice"))
+    return done.returncode, json.loads(done.stdout) if done.stdout.strip() else None, done.stderr
+
+
+def holder(root):
+    return deploytoken_sqlite.SqliteStore(str(root / "cache" / "deploytoken.sqlite")).read()
+
+
+@pytest.mark.parametrize("args, sentence", [
+    (["reason=a", "reason=b"], "deploytoken.acquire got reason more than once: give each argument once."),
+    (["reason=x\n"], "deploytoken.acquire got 'reason=x\\n', which is name=value with a line break in the value: "
+                     "values must be single lines."),
+])
+def test_acquire_refuses_what_salt_run_would_hide(runner_conf, args, sentence):
+    status, answer, _ = salt_run(runner_conf, "deploytoken.acquire", *args)
+    assert (status, answer) == (2, {"error": sentence, "retcode": 2})
+    assert holder(runner_conf) is None
+
+
+def test_setup_refuses_busy_args_without_targets(runner_conf, git_world):
+    clone = git_world.clone(git_world.origin())
+    status, answer, _ = salt_run(runner_conf, "deploytoken.setup", "reason=x", 'busy_args={"postgres": "always"}',
+                                 f"repos={json.dumps([clone.working_dir])}")
+    assert (status, answer["error"]) == (2, "busy_args are passed to kingfisher.busy on the targets, but no targets "
+                                            "were given: add targets='collect*', or leave busy_args out.")
+    assert holder(runner_conf) is None
+
+
+def test_setup_checks_busy_args_before_fetching_anything(runner_conf, git_world):
+    clone = git_world.clone(git_world.origin())
+    fetched = pathlib.Path(clone.git_dir) / "FETCH_HEAD"
+    status, answer, stderr = salt_run(runner_conf, "deploytoken.setup", "targets=collect-test", "reason=x",
+                                      'busy_args={"postgres": "sometimes"}', f"repos={json.dumps([clone.working_dir])}")
+    assert (status, answer["error"]) == (2, "busy_args: postgres must be one of auto, always or never; got "
+                                            "'sometimes'.")
+    assert "Step 1" not in stderr and not fetched.exists()
+
+
+def test_an_override_of_1e300_minutes_is_not_echoed_in_full_and_cancel_takes_no_minutes(runner_conf):
+    status, answer, _ = salt_run(runner_conf, "deploytoken.override", "reason=db down", "minutes=1e300")
+    assert status == 2 and len(answer["error"]) < 120 and answer["error"].startswith(
+        "An override lasts at most 1440 minutes (one day); got 1000000000")
+    status, answer, _ = salt_run(runner_conf, "deploytoken.override", "cancel=True", "reason=db back", "minutes=0")
+    assert (status, answer["error"]) == (2, "cancel=True ends every running override (or the one id= names): "
+                                            "targets and minutes are for a new override, so leave them out.")
