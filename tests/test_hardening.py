@@ -96,3 +96,22 @@ def test_an_override_of_1e300_minutes_is_not_echoed_in_full_and_cancel_takes_no_
     status, answer, _ = salt_run(runner_conf, "deploytoken.override", "cancel=True", "reason=db back", "minutes=0")
     assert (status, answer["error"]) == (2, "cancel=True ends every running override (or the one id= names): "
                                             "targets and minutes are for a new override, so leave them out.")
+
+
+# ---- salt-call: one sentence, no usage text --------------------------------------------------
+
+
+def test_a_kingfisher_error_is_one_sentence_on_stderr_and_nothing_on_stdout(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "minion").write_text(json.dumps({
+        "id": "dt-hardening", "root_dir": str(tmp_path), "cachedir": str(tmp_path / "cache"),
+        "pki_dir": str(tmp_path / "pki"), "sock_dir": str(tmp_path / "sock"), "log_file": str(tmp_path / "log"),
+        "file_client": "local", "module_dirs": [str(REPO / "_modules")], "utils_dirs": [str(REPO / "_utils")],
+        "file_roots": {"base": []}, "pillar_roots": {"base": []},
+    }))
+    done = subprocess.run([str(BIN / "salt-call"), "-c", str(tmp_path / "conf"), "--out=json", "kingfisher.busy",
+                           "postgres=sometimes"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stdout == ""
+    assert "Error running 'kingfisher.busy': postgres must be one of auto, always or never; got 'sometimes'.\n" in (
+        done.stderr)
+    assert "Usage" not in done.stderr and "'sometimes'.." not in done.stderr
