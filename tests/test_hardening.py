@@ -5,9 +5,11 @@ configurations of their own, real files and users, a real PostgreSQL cluster, re
 """
 
 import json
+import multiprocessing
 import os
 import pathlib
 import pwd
+import shutil
 import stat
 import subprocess
 import sys
@@ -115,3 +117,39 @@ def test_a_kingfisher_error_is_one_sentence_on_stderr_and_nothing_on_stdout(tmp_
     assert "Error running 'kingfisher.busy': postgres must be one of auto, always or never; got 'sometimes'.\n" in (
         done.stderr)
     assert "Usage" not in done.stderr and "'sometimes'.." not in done.stderr
+
+
+def as_nobody(action, *args):
+    """``action(*args)`` in a forked process switched to the user nobody; what it returned or raised."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+
+    def child():
+        os.setgid(NOBODY.pw_gid)
+        os.setuid(NOBODY.pw_uid)
+        try:
+            queue.put(action(*args))
+        except Exception as exc:  # the parent checks what went wrong
+            queue.put(f"{type(exc).__name__}: {exc}")
+
+    process = context.Process(target=child)
+    process.start()
+    process.join(30)
+    return queue.get(timeout=5)
+
+
+# ---- the quick start -------------------------------------------------------------------------
+
+
+def test_quickstart_keeps_salts_job_cache_private(tmp_path):
+    copy = tmp_path / "checkout"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".git", ".local", "__pycache__"))
+    # The requirements are already in this virtualenv, so the script's pip install has nothing to do.
+    (copy / ".venv").symlink_to(BIN.parent)
+    done = subprocess.run(["bash", "scripts/quickstart"], cwd=copy, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    local = copy / ".local"
+    for folder in (local, local / "cache", local / "conf", local / "pki"):
+        assert mode(folder) == 0o700, folder
+    assert mode(local / "conf" / "master") == 0o600
+    assert as_nobody(os.listdir, str(local / "cache")).startswith("PermissionError")
