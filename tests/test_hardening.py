@@ -16,8 +16,11 @@ import sys
 
 import pytest
 
+import deploytoken_model as model
 import deploytoken_sqlite
+import deploytoken_token as token
 from conftest import PEOPLE, REPO
+from pg_fixtures import PASSWORD_ROLE, STORE_ROLE, postgres_store
 
 BIN = pathlib.Path(sys.executable).parent
 NOBODY = pwd.getpwnam("nobody")
@@ -119,6 +122,26 @@ def test_a_kingfisher_error_is_one_sentence_on_stderr_and_nothing_on_stdout(tmp_
     assert "Usage" not in done.stderr and "'sometimes'.." not in done.stderr
 
 
+# ---- the quick start -------------------------------------------------------------------------
+
+
+def test_quickstart_keeps_salts_job_cache_private(tmp_path):
+    copy = tmp_path / "checkout"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".git", ".local", "__pycache__"))
+    # The requirements are already in this virtualenv, so the script's pip install has nothing to do.
+    (copy / ".venv").symlink_to(BIN.parent)
+    done = subprocess.run(["bash", "scripts/quickstart"], cwd=copy, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    local = copy / ".local"
+    for folder in (local, local / "cache", local / "conf", local / "pki"):
+        assert mode(folder) == 0o700, folder
+    assert mode(local / "conf" / "master") == 0o600
+    assert as_nobody(os.listdir, str(local / "cache")).startswith("PermissionError")
+
+
+# ---- ownership, not only modes ---------------------------------------------------------------
+
+
 def as_nobody(action, *args):
     """``action(*args)`` in a forked process switched to the user nobody; what it returned or raised."""
     context = multiprocessing.get_context("fork")
@@ -138,18 +161,55 @@ def as_nobody(action, *args):
     return queue.get(timeout=5)
 
 
-# ---- the quick start -------------------------------------------------------------------------
+def test_a_store_in_another_users_folder_is_refused(tmp_path):
+    folder = tmp_path / "theirs"
+    folder.mkdir(mode=0o755)
+    os.chown(folder, NOBODY.pw_uid, NOBODY.pw_gid)
+    with pytest.raises(model.StoreError) as caught:
+        deploytoken_sqlite.SqliteStore(str(folder / "token.sqlite")).read()
+    assert str(caught.value) == (
+        f"The token store's folder {folder} belongs to nobody, not to the master's user (root) or root, so its owner "
+        f"could rewrite the token: run chown root {folder}, or set deploytoken:sqlite:path to a file in a folder of "
+        "the master's user.")
+    assert os.listdir(folder) == []
 
 
-def test_quickstart_keeps_salts_job_cache_private(tmp_path):
-    copy = tmp_path / "checkout"
-    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".git", ".local", "__pycache__"))
-    # The requirements are already in this virtualenv, so the script's pip install has nothing to do.
-    (copy / ".venv").symlink_to(BIN.parent)
-    done = subprocess.run(["bash", "scripts/quickstart"], cwd=copy, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    local = copy / ".local"
-    for folder in (local, local / "cache", local / "conf", local / "pki"):
-        assert mode(folder) == 0o700, folder
-    assert mode(local / "conf" / "master") == 0o600
-    assert as_nobody(os.listdir, str(local / "cache")).startswith("PermissionError")
+def test_a_store_or_journal_planted_by_another_user_is_refused_and_left_alone(tmp_path):
+    path = tmp_path / "token.sqlite"
+    token.acquire(deploytoken_sqlite.SqliteStore(str(path)), "alice", PEOPLE)
+    for planted, what in ((path, "The token store"), (pathlib.Path(f"{path}-journal"), "The token store's journal")):
+        planted.touch()
+        os.chown(planted, NOBODY.pw_uid, -1)
+        before = planted.read_bytes()
+        with pytest.raises(model.StoreError, match=f"^{what} {planted} belongs to nobody, not to the master's user"):
+            deploytoken_sqlite.SqliteStore(str(path)).read()
+        assert planted.read_bytes() == before
+        os.chown(planted, 0, -1)
+        if planted != path:
+            planted.unlink()
+    assert deploytoken_sqlite.SqliteStore(str(path)).read().holder == "Alice Smith"
+
+
+def test_a_postgres_schema_of_another_role_is_refused(pg_store_cluster, pg_section):
+    schema = pg_section["schema"]
+    with pg_store_cluster.connect(autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema} AUTHORIZATION {PASSWORD_ROLE}")
+        conn.execute(f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {STORE_ROLE}")
+    with pytest.raises(model.StoreError) as caught:
+        postgres_store(pg_section).read()
+    assert f"The schema {schema} in database postgres at " in str(caught.value)
+    assert str(caught.value).endswith(
+        f" belongs to the role {PASSWORD_ROLE}, not to the store's role {STORE_ROLE}, who alone may own the token; it "
+        f"was left untouched: ask its owner to run ALTER SCHEMA {schema} OWNER TO {STORE_ROLE}.")
+    with pg_store_cluster.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,)).fetchone() == (0,)
+
+
+def test_a_postgres_table_of_another_role_is_refused(pg_store_cluster, pg_section):
+    schema = pg_section["schema"]
+    postgres_store(pg_section).read()
+    with pg_store_cluster.connect(autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE {schema}.token OWNER TO {PASSWORD_ROLE}")
+    with pytest.raises(model.StoreError, match=f"^The table {schema}.token in database postgres at .* belongs to the "
+                                               f"role {PASSWORD_ROLE}, not to the store's role {STORE_ROLE}"):
+        postgres_store(pg_section).read()
