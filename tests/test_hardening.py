@@ -4,6 +4,7 @@ slip of the second adversarial review, against the real component (salt-run and 
 configurations of their own, real files and users, a real PostgreSQL cluster, real tmux).
 """
 
+import fcntl
 import json
 import multiprocessing
 import os
@@ -13,9 +14,12 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+import time
 
 import pytest
 
+import deploytoken_cache as cache
 import deploytoken_model as model
 import deploytoken_sqlite
 import deploytoken_token as token
@@ -213,3 +217,39 @@ def test_a_postgres_table_of_another_role_is_refused(pg_store_cluster, pg_sectio
     with pytest.raises(model.StoreError, match=f"^The table {schema}.token in database postgres at .* belongs to the "
                                                f"role {PASSWORD_ROLE}, not to the store's role {STORE_ROLE}"):
         postgres_store(pg_section).read()
+
+
+# ---- the read cache's lock -------------------------------------------------------------------
+
+
+def _hold_open(path, ready, done):
+    os.setgid(NOBODY.pw_gid)
+    os.setuid(NOBODY.pw_uid)
+    with open(path) as handle:  # readable, as an older version left it
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        ready.set()
+        done.wait(60)
+
+
+def test_a_leftover_readable_lock_held_by_a_local_user_is_replaced_not_waited_for():
+    folder = tempfile.mkdtemp(prefix="dt-cache-", dir="/tmp")
+    os.chmod(folder, 0o755)
+    path = os.path.join(folder, "pillar.json")
+    with open(path + ".lock", "w"):
+        pass
+    os.chmod(path + ".lock", 0o644)
+    old = os.stat(path + ".lock").st_ino
+    context = multiprocessing.get_context("fork")
+    ready, done = context.Event(), context.Event()
+    holder = context.Process(target=_hold_open, args=(path + ".lock", ready, done))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        start = time.monotonic()
+        assert cache.cached(path, 30, lambda: {"held": False}) == {"held": False}
+        assert time.monotonic() - start < 2
+        assert os.stat(path + ".lock").st_ino != old and mode(path + ".lock") == 0o600
+    finally:
+        done.set()
+        holder.join(10)
+        shutil.rmtree(folder)
