@@ -11,6 +11,7 @@ import os
 import pathlib
 import pwd
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -23,7 +24,9 @@ import deploytoken_cache as cache
 import deploytoken_model as model
 import deploytoken_sqlite
 import deploytoken_token as token
+import kingfisher_tmux
 from conftest import PEOPLE, REPO
+from kingfisher_fixtures import listen_as, run_as
 from pg_fixtures import PASSWORD_ROLE, STORE_ROLE, postgres_store
 
 BIN = pathlib.Path(sys.executable).parent
@@ -253,3 +256,41 @@ def test_a_leftover_readable_lock_held_by_a_local_user_is_replaced_not_waited_fo
         done.set()
         holder.join(10)
         shutil.rmtree(folder)
+
+
+# ---- tmux: forged lines and linked folders ---------------------------------------------------
+
+
+def test_a_forged_proc_net_unix_line_leaves_another_users_stale_socket_stale(tmux_users, hostile_user):
+    stale_user, _ = tmux_users["stale"]
+    stale = f"/tmp/tmux-{pwd.getpwnam(stale_user).pw_uid}/default"
+    base = pathlib.Path(tempfile.mkdtemp(prefix="dtke-", dir="/tmp"))
+    base.chmod(0o755)
+    # A path holding a line break writes a second line into /proc/net/unix: a "listening" stale socket.
+    folder = base / f"a\n0000: 00000002 00000000 00010000 0001 01 1 {os.path.dirname(stale)}"
+    try:
+        os.chown(base, pwd.getpwnam(hostile_user).pw_uid, -1)
+        run_as(hostile_user, "mkdir", "-p", str(folder))
+        with listen_as(hostile_user, str(folder / "default")):
+            assert stale in kingfisher_tmux.listening_sockets()
+            report = kingfisher_tmux.sessions(kingfisher_tmux.Settings.parse({"users": stale_user}))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert report["errors"] == [] and report["stale"] == [{"socket": stale, "owner": stale_user}]
+    assert kingfisher_tmux.reasons(report) == []
+
+
+def test_a_tmux_folder_linked_to_roots_private_folder_is_not_listed(hostile_user):
+    private = pathlib.Path(tempfile.mkdtemp(prefix="dt-root-"))
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(private / "root-secret-name"))
+    link = pathlib.Path(f"/tmp/tmux-{pwd.getpwnam(hostile_user).pw_uid}")
+    shutil.rmtree(link, ignore_errors=True)
+    try:
+        run_as(hostile_user, "ln", "-s", str(private), str(link))
+        assert stat.S_ISLNK(os.lstat(link).st_mode)
+        report = kingfisher_tmux.sessions(kingfisher_tmux.Settings.parse({}))
+    finally:
+        link.unlink(missing_ok=True)
+        shutil.rmtree(private, ignore_errors=True)
+    assert "root-secret-name" not in json.dumps(report)
