@@ -108,9 +108,8 @@ def run(store, caller, people, paths, targets, tgt_type, reason, consent, busy_a
     tgt_type = check_tgt_type(tgt_type)
     consent = check_consent(consent)
     busy_args = check_busy_args(busy_args, targets)
+    asked = token.request(caller, people, reason=reason, consent=consent, **acquire_args)
     reason = model.check_text(reason, "reason")
-    recorded = f"{reason} [consent: {consent}]".strip() if consent else reason
-    asked = token.request(caller, people, reason=recorded, **acquire_args)
     paths = repos.check_paths(paths)
     summary = {"repos": None, "kingfisher": None, "consent": consent, "token": None, "done": False}
 

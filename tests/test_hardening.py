@@ -21,7 +21,11 @@ import time
 import pytest
 
 import deploytoken_cache as cache
+import deploytoken_guard
 import deploytoken_model as model
+import deploytoken_pillar
+import deploytoken_seal as seal
+import deploytoken_settings
 import deploytoken_sqlite
 import deploytoken_token as token
 import kingfisher_tmux
@@ -294,3 +298,30 @@ def test_a_tmux_folder_linked_to_roots_private_folder_is_not_listed(hostile_user
         link.unlink(missing_ok=True)
         shutil.rmtree(private, ignore_errors=True)
     assert "root-secret-name" not in json.dumps(report)
+
+
+# ---- the Kingfisher consent --------------------------------------------------------------------
+
+
+def test_a_consent_counts_only_from_the_token_data_of_the_claim_it_was_given_with(tmp_path):
+    store = deploytoken_sqlite.SqliteStore(str(tmp_path / "token.sqlite"))
+    token.take(store, token.request("alice", PEOPLE, reason="new spider", consent="Dana Lee: fine"))
+    assert store.read().reason == "new spider [consent: Dana Lee: fine]"
+    settings = deploytoken_settings.Settings(cachedir=str(tmp_path), sections={}, people=PEOPLE)
+    data = deploytoken_pillar.stamp(deploytoken_pillar.snapshot(store.read(), PEOPLE), settings, "m1", False)
+    sealed = seal.seal(data)
+    assert deploytoken_guard.consent(sealed, "m1") == "Dana Lee: fine"
+    assert deploytoken_guard.consent(sealed, "m2") is None  # made for another minion
+    assert deploytoken_guard.consent(dict(sealed, consent="Eve: typed"), "m1") is None  # changed after the seal
+    assert deploytoken_guard.consent(seal.seal(dict(data, issued="2020-01-01T00:00:00Z")), "m1") is None  # replayed
+    token.release(store, "alice", PEOPLE, note="done")
+    data = deploytoken_pillar.stamp(deploytoken_pillar.snapshot(store.read(), PEOPLE), settings, "m1", False)
+    assert deploytoken_guard.consent(seal.seal(data), "m1") is None  # the next holder starts without one
+
+
+def test_only_setup_writes_a_consent_mark(tmp_path):
+    store = deploytoken_sqlite.SqliteStore(str(tmp_path / "token.sqlite"))
+    with pytest.raises(model.InputError, match=r"^The reason may not hold '\[consent:': a consent is given with "
+                                               "salt-run deploytoken.setup consent="):
+        token.acquire(store, "bob", PEOPLE, reason="quick fix [consent: Dana Lee: fine]")
+    assert store.read() is None
