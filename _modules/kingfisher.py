@@ -18,8 +18,8 @@ arguments, which win over the configuration. Prefer configuration for the Scrapy
 logs a job's arguments. Each source is an entry of the registry in ``_utils/kingfisher_sources.py``;
 ``kingfisher.report`` reads any of them by name.
 
-Errors of the core are Salt's own exception types (``SaltInvocationError`` for a bad argument or
-setting, ``CommandExecutionError`` for a source that cannot be read), so they pass through unchanged.
+Errors of the core are Salt's own exception types (``CommandExecutionError``: a bad argument or
+setting, or a source that cannot be read), so they pass through unchanged as one sentence.
 """
 
 import logging

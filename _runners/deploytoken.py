@@ -67,7 +67,7 @@ def _strict(func):
 
     def checked(*args, **kwargs):
         kwargs = {key: value for key, value in kwargs.items() if not key.startswith("__pub_")}  # Salt's own
-        problem = _argument_problem(func.__name__, valid, args, kwargs)
+        problem = _argument_problem(func.__name__, valid, args, kwargs) or _typed_problem(func.__name__)
         if problem is None:
             try:
                 signature.bind(*args, **kwargs)
@@ -96,6 +96,30 @@ def _argument_problem(function, valid, args, kwargs):
     if len(args) > len(valid):
         extra = ", ".join(repr(arg) for arg in args[len(valid):])
         return f"deploytoken.{function} got more arguments than it takes ({extra}): {takes}, as name=value."
+    return None
+
+
+def _typed_problem(function):
+    """One sentence about what salt-run's own parsing hides, or None: a name given twice (the last one
+    would win silently) and a value ending in a line break (which Salt drops). Only salt-run's command
+    line keeps what was typed, in ``__opts__["arg"]``, for the function it runs."""
+    typed = __opts__.get("arg")
+    if __opts__.get("fun") != f"deploytoken.{function}" or not isinstance(typed, list):
+        return None
+    seen = set()
+    for arg in typed:
+        match = KEYWORD_LOOK.match(arg) if isinstance(arg, str) else None
+        if match is None:
+            continue
+        if "\n" in arg or "\r" in arg:
+            return (
+                f"deploytoken.{function} got {arg!r}, which is name=value with a line break in the value: "
+                "values must be single lines."
+            )
+        key = match.group()[:-1]
+        if key in seen:
+            return f"deploytoken.{function} got {key} more than once: give each argument once."
+        seen.add(key)
     return None
 
 
@@ -403,7 +427,7 @@ def _ssh_cmd(targets, tgt_type, fun, kwarg=None):
 
 
 @_strict
-def override(reason="", targets=None, minutes=60, cancel=False, id=None):
+def override(reason="", targets=None, minutes=None, cancel=False, id=None):
     """
     Let ``deploytoken.held`` pass on ``targets`` for ``minutes`` whoever holds the token, loudly: every
     guarded run there says ``OVERRIDE:``, the event ``deploytoken/override`` is fired, and the override is

@@ -19,7 +19,6 @@ import re
 import threading
 from typing import TYPE_CHECKING
 
-import salt.pillar
 from salt.exceptions import SaltException
 
 if TYPE_CHECKING:
@@ -78,10 +77,7 @@ def held(name):
     guard = "deploytoken_guard."
     memory = __utils__[guard + "store_memory"](__opts__)
     try:
-        master_key = _master_key()
-        # A minion asks its master; a salt-ssh target (no master key) has the data its operator's machine
-        # compiled for this very run.
-        pillar = __pillar__.get("deploytoken") if master_key is None else _fresh_token_data()
+        pillar, master_key = __utils__[guard + "token_data"](__opts__, __grains__, __pillar__)
         ssh = __utils__[guard + "operator_login"](pillar) is not None
         decision = __utils__[guard + "decide"](
             pillar,
@@ -102,22 +98,6 @@ def held(name):
     if decision["override"] and not __opts__.get("test"):
         ret["changes"] = {"override": decision["override"]}
     return ret
-
-
-def _fresh_token_data():
-    """This minion's ``deploytoken`` pillar, compiled by its master now, without the job's overrides."""
-    if __opts__.get("file_client") == "local":
-        raise SaltException("this run has no master to ask who holds the deploy token (salt-call --local?); "
-                            "run it through the master, or with salt-call without --local.")
-    fresh = salt.pillar.get_pillar(__opts__, dict(__grains__), __opts__["id"], saltenv=__opts__.get("saltenv"),
-                                   pillarenv=__opts__.get("pillarenv")).compile_pillar()
-    return fresh.get("deploytoken")
-
-
-def _master_key():
-    """The master's public key on a minion of a master; None on a salt-ssh target, which has none."""
-    path = os.path.join(__opts__.get("pki_dir") or "", "minion_master.pub")
-    return path if os.path.isfile(path) else None
 
 
 def _login():

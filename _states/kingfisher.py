@@ -9,8 +9,9 @@ Guards that stop a deployment from interrupting work on the Kingfisher server, m
         - prereq:
           - service: scrapyd
 
-Each guard fails naming whose work would be interrupted. A consent recorded in pillar,
-``kingfisher: consent: "<data support manager>: <why>"``, lets them pass with a loud comment.
+Each guard fails naming whose work would be interrupted. The data support manager's consent, given
+when the token is taken (``salt-run deploytoken.setup ... consent="<manager>: <why>"``), recorded in the
+history and carried in the master-signed token data, lets them pass with a loud comment.
 
 ``kingfisher.not_interrupted`` guards any source of the registry by name; the named guards are
 that one guard for Scrapyd, PostgreSQL and tmux.
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 from salt.exceptions import SaltException
 
 if TYPE_CHECKING:
+    __grains__: dict
     __opts__: dict
     __salt__: dict
     __utils__: dict
@@ -30,7 +32,7 @@ __virtualname__ = "kingfisher"
 
 
 def __virtual__():
-    if "kingfisher_guard.decide" not in __utils__ or "kingfisher_sources.get" not in __utils__:
+    if "kingfisher_guard.decide" not in __utils__ or "deploytoken_guard.consent" not in __utils__:
         return (False, "kingfisher: the _utils modules are not synced; run saltutil.sync_all")
     return __virtualname__
 
@@ -63,7 +65,6 @@ def not_interrupted(name, source, **settings):
         ret["comment"] = str(exc)
         return ret
     try:
-        consent = __utils__["kingfisher_guard.check_consent"]((__pillar__.get("kingfisher") or {}).get("consent"))
         report = __salt__["kingfisher.report"](source, **given)
         reasons = found.reasons(report)
     except SaltException as exc:
@@ -74,8 +75,25 @@ def not_interrupted(name, source, **settings):
     if report.get("status") == "skipped":
         ret.update(result=True, comment=f"No {found.what} is checked: {source} is {report['why']}.")
         return ret
-    ret.update(__utils__["kingfisher_guard.decide"](reasons, consent, found.what, test=bool(__opts__.get("test"))))
+    consent, unchecked = None, ""
+    if reasons:
+        try:
+            consent = _consent()
+        except SaltException as exc:
+            unchecked = f" The consent recorded with the deploy token cannot be checked, so none counts: {exc}"
+    kingfisher = __pillar__.get("kingfisher")
+    typed = kingfisher.get("consent") if isinstance(kingfisher, dict) else None
+    decision = __utils__["kingfisher_guard.decide"](reasons, consent, found.what, test=bool(__opts__.get("test")),
+                                                    typed=typed)
+    ret.update(result=decision["result"], comment=decision["comment"] + unchecked)
     return ret
+
+
+def _consent():
+    """The consent recorded with the claim that holds the token, from token data the master signed."""
+    data, master_key = __utils__["deploytoken_guard.token_data"](__opts__, __grains__, __pillar__)
+    consent = __utils__["deploytoken_guard.consent"](data, __opts__["id"], master_key=master_key)
+    return __utils__["kingfisher_guard.check_consent"](consent)
 
 
 def no_running_jobs(name, url=None, username=None, password=None):

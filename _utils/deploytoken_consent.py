@@ -1,6 +1,11 @@
 """
 The data support manager's consent, ``"<manager>: <why>"`` on one line, as both the Setup and the
 Kingfisher guards read it. Each caller words its own refusal, with an example of where it is written.
+
+A consent is given with ``salt-run deploytoken.setup consent=`` and written with the claim it was given
+for, at the end of the claim's reason (``new spider [consent: Dana Lee: fine]``), so the history keeps it
+and the ext_pillar hands it, signed, to the Kingfisher guards. Only setup writes that mark: a reason
+holding it is refused.
 """
 
 import deploytoken_model as model
@@ -26,3 +31,22 @@ def parse(consent):
     if not colon or not manager.strip() or not why.strip():
         raise Incomplete(text)
     return f"{manager.strip()}: {why.strip()}"
+
+
+MARK = "[consent:"
+
+
+def recorded(reason, consent):
+    """The reason written with the claim: ``reason``, then the consent when there is one."""
+    return f"{reason} {MARK} {consent}]".strip() if consent else reason
+
+
+def of_reason(reason):
+    """The consent ``recorded`` wrote into a claim's ``reason``, or None."""
+    if not isinstance(reason, str) or not reason.endswith("]"):
+        return None
+    _, mark, consent = reason.rpartition(f"{MARK} ")
+    try:
+        return parse(consent[:-1]) if mark else None
+    except ValueError:
+        return None

@@ -65,10 +65,8 @@ def locked(path, timeout=None):
 
     With ``timeout`` (seconds), LockTimeout is raised once the lock stayed taken that long.
     """
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    descriptor = _open_lock(path)
     try:
-        if os.fstat(descriptor).st_uid == os.geteuid():
-            os.fchmod(descriptor, 0o600)  # a lock file left readable by an older version
         if timeout is None:
             fcntl.flock(descriptor, fcntl.LOCK_EX)
         else:
@@ -84,3 +82,29 @@ def locked(path, timeout=None):
         yield
     finally:
         os.close(descriptor)
+
+
+def _open_lock(path):
+    """A descriptor on the lock file ``path`` that is this user's and private.
+
+    A lock file left readable by an older version (or not this user's) is replaced by a new one, not
+    chmod-ed: whoever opened it while it was readable keeps their handle, and could hold its lock for
+    ever. Only such a file is ever replaced, and it is checked to be still in place just before.
+    """
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        info = os.fstat(descriptor)
+        if info.st_uid == os.geteuid() and not info.st_mode & 0o077:
+            return descriptor
+        os.close(descriptor)
+        handle, fresh = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".deploytoken-lock-")
+        os.close(handle)
+        try:
+            now = os.lstat(path)
+            if (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
+                os.replace(fresh, path)
+        except FileNotFoundError:
+            pass  # removed meanwhile: the next open creates it
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(fresh)

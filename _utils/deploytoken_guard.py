@@ -184,6 +184,35 @@ def decide(pillar, login, minion, test=False, now=None, ssh_auth=None, remembere
                 "to run salt-run deploytoken.release.")
 
 
+def consent(pillar, minion, now=None, master_key=None):
+    """The data support manager's consent recorded with the claim that holds the token (``salt-run
+    deploytoken.setup consent=``), from token data the guard believes; None otherwise."""
+    pillar = pillar if isinstance(pillar, dict) else {}
+    if not pillar.get("held") or _trust_problem(pillar, minion, now or model.utcnow(), master_key):
+        return None
+    return pillar.get("consent") if isinstance(pillar.get("consent"), str) else None
+
+
+def token_data(opts, grains, pillar):
+    """``(data, master_key)``: the ``deploytoken`` token data to decide on and the master's public key
+    to check it with. A minion asks its master for a fresh compile of its pillar (neither a ``pillar=`` of
+    the job nor a saved snapshot counts); a salt-ssh target (no master key) has the data its operator's
+    machine compiled for this very run, in ``pillar``."""
+    path = os.path.join(opts.get("pki_dir") or "", "minion_master.pub")
+    if not os.path.isfile(path):
+        return (pillar or {}).get("deploytoken"), None
+    if opts.get("file_client") == "local":
+        raise model.DeploytokenError(
+            "this run has no master to ask who holds the deploy token (salt-call --local?); run it through the "
+            "master, or with salt-call without --local.")
+    # Imported here: a salt-ssh target never needs it.
+    import salt.pillar
+
+    fresh = salt.pillar.get_pillar(opts, dict(grains), opts["id"], saltenv=opts.get("saltenv"),
+                                   pillarenv=opts.get("pillarenv")).compile_pillar()
+    return fresh.get("deploytoken"), path
+
+
 def _trust_problem(pillar, minion, now, master_key):
     """Why the token data cannot be believed (changed, unsigned, for another minion, too old), or None."""
     if master_key and not pillar.get("signature"):

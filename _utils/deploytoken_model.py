@@ -276,21 +276,22 @@ def check_seconds(value, what, minimum=0, maximum=None):
     """A number of seconds in range (Salt may hand us a string or a number)."""
     number = _number(value)
     if number is None or number < minimum or (maximum is not None and number > maximum):
-        raise InputError(f"The {what} must be a number of seconds, {_range(minimum, maximum)}; got {_shown(value)}.")
+        raise InputError(f"The {what} must be a number of seconds, {_range(minimum, maximum)}; got {shown(value)}.")
     return number
 
 
 def check_count(value, what, minimum=1, maximum=None):
     number = _number(value)
     if number is None or number != int(number) or number < minimum or (maximum is not None and number > maximum):
-        raise InputError(f"The {what} must be a whole number, {_range(minimum, maximum)}; got {_shown(value)}.")
+        raise InputError(f"The {what} must be a whole number, {_range(minimum, maximum)}; got {shown(value)}.")
     return int(number)
 
 
-def _shown(value, most=40):
+def shown(value, most=40):
     """``repr(value)``, cut short: a refusal should not echo a thousand digits."""
     text = repr(value)
-    return text if len(text) <= most else text[:most] + "..."
+    # One ellipsis character: a sentence ending on the cut value must not end in "....".
+    return text if len(text) <= most else text[:most] + "\u2026"
 
 
 def _range(minimum, maximum):

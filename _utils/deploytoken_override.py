@@ -24,6 +24,7 @@ import deploytoken_model as model
 import deploytoken_token as token
 
 MAX_MINUTES = 24 * 60
+DEFAULT_MINUTES = 60
 NOTE = "Override of the deploy token guard on "
 PUBLIC = ("id", "by", "login", "reason", "targets", "since", "until", "store")
 
@@ -50,9 +51,11 @@ def check(reason, targets, minutes):
     targets = model.check_text("*" if targets in (None, "") else targets, "targets")
     if any(char.isspace() for char in targets):
         raise model.InputError(f"targets must be minion ids or globs separated by commas, got {targets!r}.")
-    minutes = model.check_count(minutes, "minutes")
+    minutes = model.check_count(DEFAULT_MINUTES if minutes is None else minutes, "minutes")
     if minutes > MAX_MINUTES:
-        raise model.InputError(f"An override lasts at most {MAX_MINUTES} minutes (one day); got {minutes}.")
+        # shown: 1e300 is a whole number too, and 301 digits are no help.
+        raise model.InputError(f"An override lasts at most {MAX_MINUTES} minutes (one day); got "
+                               f"{model.shown(minutes, most=12)}.")
     return reason, targets, minutes
 
 
@@ -229,13 +232,19 @@ def current(store, cachedir, now=None):
     return combine(from_store, rows, now)
 
 
-def run(store, cachedir, caller, people, reason="", targets=None, minutes=60, cancel_all=False, notify=None,
+def run(store, cachedir, caller, people, reason="", targets=None, minutes=None, cancel_all=False, notify=None,
         override_id=None):
     """``salt-run deploytoken.override``: start an override in the store (or, with ``cancel_all``, end the
-    running ones, or only ``override_id``), and tell ``notify(tag, data)``. Returns the runner's answer."""
+    running ones, or only ``override_id``), and tell ``notify(tag, data)``. Returns the runner's answer.
+    ``minutes`` None is the default, DEFAULT_MINUTES."""
     cancel_all = model.check_flag(cancel_all, "cancel")
     login, shown = token.who(caller, None, people)
     if cancel_all:
+        if targets is not None or minutes is not None:
+            raise model.InputError(
+                "cancel=True ends every running override (or the one id= names): targets and minutes are for a "
+                "new override, so leave them out."
+            )
         return _cancel(store, cachedir, caller, shown, reason, override_id, notify)
     if override_id is not None:
         raise model.InputError("id= names the override to cancel: add cancel=True.")

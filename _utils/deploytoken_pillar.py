@@ -16,6 +16,7 @@ import socket
 import salt.utils.user
 
 import deploytoken_cache
+import deploytoken_consent as consents
 import deploytoken_model as model
 import deploytoken_override as override
 import deploytoken_seal as seal
@@ -114,6 +115,8 @@ def snapshot(holding, people):
     data = {"held": holding is not None, "people": dict(people or {}), "error": None, "store": None}
     fields = holding.to_dict() if holding else dict.fromkeys(HOLDING_KEYS)
     data.update((key, fields[key]) for key in HOLDING_KEYS)
+    # The data support manager's consent given with this claim, for the Kingfisher guards.
+    data["consent"] = consents.of_reason(fields["reason"])
     return data
 
 

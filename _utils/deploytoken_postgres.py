@@ -463,6 +463,7 @@ class PostgresStore:
 
     def _prepare(self, conn):
         """Create the tables on first use; refuse a schema that is not ours, or newer, untouched."""
+        self._check_owner(conn, "schema")
         meta = self._meta(conn)
         if meta is None:
             # Several masters may find an empty database at once: create the tables once, under a lock
@@ -490,6 +491,28 @@ class PostgresStore:
                 f"{where} has deploy token schema version {meta.get('schema_version')!r}, this code knows "
                 f"{SCHEMA_VERSION!r}; it was left untouched: upgrade deploytoken on this master."
             )
+        self._check_owner(conn, "tables")
+
+    def _check_owner(self, conn, what):
+        """The schema (``what="schema"``, when it exists) or each of its tables must belong to the store's own
+        role: the owner of either can rewrite the token or hand it around, whatever was granted."""
+        if what == "schema":
+            rows = conn.execute(
+                "SELECT n.nspname, pg_get_userbyid(n.nspowner), current_user FROM pg_namespace n"
+                " WHERE n.nspname = %s", (self.schema,)).fetchall()
+        else:
+            rows = conn.execute(
+                "SELECT n.nspname || '.' || c.relname, pg_get_userbyid(c.relowner), current_user FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s"
+                " AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') ORDER BY 1", (self.schema,)).fetchall()
+        for name, owner, role in rows:
+            if owner != role:
+                kind, alter = ("schema", "SCHEMA") if what == "schema" else ("table", "TABLE")
+                raise model.StoreError(
+                    f"The {kind} {name} in database {self.dbname} at {self.address} belongs to the role {owner}, not "
+                    f"to the store's role {role}, who alone may own the token; it was left untouched: ask its "
+                    f"owner to run ALTER {alter} {name} OWNER TO {role}."
+                )
 
     def _meta(self, conn):
         """None for a missing or empty schema, else its meta rows and ``tables`` (the names of its tables)."""

@@ -9,6 +9,8 @@ import deploytoken_consent as consents
 import deploytoken_model as model
 import deploytoken_repos as repos
 import deploytoken_token as token
+import kingfisher_busy
+import kingfisher_errors
 
 REFUSED = 1
 # Salt's target types (salt.utils.minions.CkMinions): an unknown one would match no minion, which
@@ -38,13 +40,23 @@ def check_tgt_type(tgt_type):
     return tgt_type
 
 
-def check_busy_args(busy_args):
-    """``None`` or a mapping of arguments for ``kingfisher.busy``."""
+def check_busy_args(busy_args, targets):
+    """``None`` or a mapping of arguments that ``kingfisher.busy`` takes, given with ``targets``."""
     if busy_args is None:
         return {}
     if not isinstance(busy_args, dict):
-        raise model.InputError(f"busy_args must be a mapping of kingfisher.busy arguments, got {busy_args!r}.")
-    return busy_args
+        raise model.InputError(
+            f"busy_args must be a mapping of kingfisher.busy arguments, got {model.shown(busy_args)}."
+        )
+    if targets is None:
+        raise model.InputError(
+            "busy_args are passed to kingfisher.busy on the targets, but no targets were given: add "
+            "targets='collect*', or leave busy_args out."
+        )
+    try:
+        return kingfisher_busy.check_arguments(busy_args)
+    except kingfisher_errors.InputError as exc:
+        raise model.InputError(f"busy_args: {exc}") from None
 
 
 def check_consent(consent):
@@ -95,10 +107,9 @@ def run(store, caller, people, paths, targets, tgt_type, reason, consent, busy_a
     targets = check_targets(targets)
     tgt_type = check_tgt_type(tgt_type)
     consent = check_consent(consent)
-    busy_args = check_busy_args(busy_args)
+    busy_args = check_busy_args(busy_args, targets)
+    asked = token.request(caller, people, reason=reason, consent=consent, **acquire_args)
     reason = model.check_text(reason, "reason")
-    recorded = f"{reason} [consent: {consent}]".strip() if consent else reason
-    asked = token.request(caller, people, reason=recorded, **acquire_args)
     paths = repos.check_paths(paths)
     summary = {"repos": None, "kingfisher": None, "consent": consent, "token": None, "done": False}
 

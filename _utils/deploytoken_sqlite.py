@@ -7,6 +7,7 @@ serialised by SQLite's own lock, and a release commits together with its history
 
 import dataclasses
 import os
+import pwd
 import secrets
 import socket
 import sqlite3
@@ -200,7 +201,15 @@ class SqliteStore(NoWaitingLine):
 def _check_private(path, directory):
     """Only the master's user may read or write the store: it holds every reason and note, and a reader
     holding a transaction open would stall every acquire and release. SQLite gives its journal and WAL
-    files the mode of the store, so a new store is created 0600."""
+    files the mode of the store, so a new store is created 0600. Whoever owns the folder, the store or its
+    journal could swap or rewrite them whatever their modes (a planted hot journal is rolled back into the
+    store), so each must be this user's or root's."""
+    me = _login(os.geteuid())
+    _check_owner(directory, "The token store's folder", f"chown {me} {directory}")
+    for companion in ("", "-journal", "-wal", "-shm"):
+        if os.path.lexists(path + companion):
+            _check_owner(path + companion, "The token store" if not companion else "The token store's journal",
+                         f"chown {me} {path + companion}", follow=not companion)
     if os.stat(directory).st_mode & 0o022:
         raise model.StoreError(
             f"The token store's folder {directory} can be written by other users, who could replace the store "
@@ -220,6 +229,23 @@ def _check_private(path, directory):
             f"The token store {path} can be read by other users (mode {mode:04o}), who could read every "
             f"reason and note or stall the store: run chmod 600 {path}."
         )
+
+
+def _check_owner(path, what, fix, follow=True):
+    info = os.stat(path) if follow else os.lstat(path)
+    if info.st_uid not in (os.geteuid(), 0):
+        raise model.StoreError(
+            f"{what} {path} belongs to {_login(info.st_uid)}, not to the master's user ({_login(os.geteuid())}) or "
+            f"root, so its owner could rewrite the token: run {fix}, or set deploytoken:sqlite:path to a file in "
+            "a folder of the master's user."
+        )
+
+
+def _login(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _store_id(db):

@@ -11,6 +11,7 @@ import dataclasses
 import secrets
 import time
 
+import deploytoken_consent as consents
 import deploytoken_model as model
 from deploytoken_model import describe, since_text
 
@@ -87,11 +88,17 @@ class Request:
     interval: float
 
 
-def request(caller, people, reason="", name=None, wait=False, timeout=600, interval=10):
+def request(caller, people, reason="", name=None, wait=False, timeout=600, interval=10, consent=None):
     """Check an acquire's arguments, so that a caller with several steps (setup) can refuse bad input
-    before its first step does anything."""
+    before its first step does anything. ``consent`` (setup's, checked) is written after the reason."""
     wait = model.check_flag(wait, "wait")
     reason = model.check_text(reason, "reason")
+    if consents.MARK in reason.casefold():
+        raise model.InputError(
+            f"The reason may not hold {consents.MARK!r}: a consent is given with salt-run deploytoken.setup "
+            "consent='<manager>: <why>', which records it with the claim."
+        )
+    reason = model.check_text(consents.recorded(reason, consent), "reason")
     timeout = model.check_seconds(timeout, "timeout", maximum=model.MAX_TIMEOUT)
     interval = model.check_seconds(interval, "interval", minimum=0.1, maximum=model.MAX_INTERVAL)
     login, shown = who(caller, name, people)

@@ -11,12 +11,34 @@ from kingfisher_errors import InputError, SourceError
 from kingfisher_sources import SOURCES
 
 POSTGRES_MODES = ("auto", "always", "never")
+# kingfisher.busy's arguments, by the source whose settings they are (postgres is the mode).
+ARGUMENTS = {
+    "scrapyd": ("url", "username", "password"),
+    "tmux": ("users",),
+    "postgres": ("threshold", "socket_dir", "port", "user", "runas"),
+}
 
 
 def check_mode(mode):
     if mode not in POSTGRES_MODES:
         raise InputError(f"postgres must be one of auto, always or never; got {mode!r}.")
     return mode
+
+
+def check_arguments(arguments):
+    """InputError for anything ``kingfisher.busy`` would refuse in ``arguments`` (a mapping), checked
+    where it is given (``deploytoken.setup busy_args=``) rather than on each minion after the first steps."""
+    valid = ["postgres", *(key for keys in ARGUMENTS.values() for key in keys)]
+    unknown = sorted(str(key) for key in arguments if key not in valid)
+    if unknown:
+        raise InputError(f"kingfisher.busy has no argument {unknown[0]!r}; it takes {', '.join(valid)}.")
+    if arguments.get("postgres") is not None:
+        check_mode(arguments["postgres"])
+    for name, keys in ARGUMENTS.items():
+        given = {key: arguments[key] for key in keys if arguments.get(key) is not None}
+        if given:
+            SOURCES[name].settings.parse({**SOURCES[name].defaults(), **given})
+    return arguments
 
 
 def read(name, settings):

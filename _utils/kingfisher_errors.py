@@ -2,19 +2,21 @@
 Errors of the Kingfisher busy checks; each message is one sentence a person can act on.
 
 They are Salt's own exception types too, so the execution module and the states let them through
-unchanged: Salt prints an InputError as invalid arguments and a SourceError as a failed command.
+unchanged, and Salt prints either as a failed command with its sentence. An InputError is deliberately
+not a SaltInvocationError: that one is a TypeError too, for which salt-call prints the function's whole
+docstring as usage text to stdout, even with --out=json.
 """
 
 import sys
 
-from salt.exceptions import CommandExecutionError, SaltException, SaltInvocationError
+from salt.exceptions import CommandExecutionError, SaltException
 
 
 class KingfisherError(SaltException):
     """Base of the Kingfisher errors."""
 
 
-class InputError(KingfisherError, SaltInvocationError):
+class InputError(KingfisherError, CommandExecutionError):
     """An argument or a setting is not acceptable; nothing was read or run."""
 
 

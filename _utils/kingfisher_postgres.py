@@ -67,7 +67,8 @@ def check_threshold(threshold):
     try:
         return model.check_seconds(threshold, "threshold")
     except model.InputError:
-        raise InputError(f"The threshold must be a number of seconds, 0 or more; got {threshold!r}.") from None
+        raise InputError(
+            f"The threshold must be a number of seconds, 0 or more; got {model.shown(threshold)}.") from None
 
 
 def check_port(port):
@@ -76,7 +77,7 @@ def check_port(port):
     except (TypeError, ValueError):
         value = 0
     if isinstance(port, bool) or not 0 < value < 65536 or str(value) != str(port).strip():
-        raise InputError(f"The PostgreSQL port must be a number from 1 to 65535; got {port!r}.")
+        raise InputError(f"The PostgreSQL port must be a number from 1 to 65535; got {model.shown(port)}.")
     return value
 
 
@@ -86,8 +87,8 @@ def check_runas(runas):
     if runas and os.geteuid() == 0:
         try:
             pwd.getpwnam(runas)
-        except KeyError:
-            raise InputError(f"There is no system user {runas!r} to connect to PostgreSQL as.") from None
+        except (KeyError, ValueError):  # ValueError: a NUL in the name
+            raise InputError(f"There is no system user {model.shown(runas)} to connect to PostgreSQL as.") from None
     return runas
 
 

@@ -31,7 +31,7 @@ import kingfisher_proc as proc
 from deploytoken_model import human_duration as duration
 from kingfisher_errors import InputError, SourceError
 
-TMUX_DIR = re.compile(r"^tmux-\d+$")
+TMUX_DIR = re.compile(r"\Atmux-[0-9]+\Z")
 # A POSIX-portable user name (what useradd accepts by default), so nothing odd reaches a command.
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
 SHELLS = {"bash", "sh", "dash", "zsh", "fish", "ksh", "tcsh", "csh", "mksh"}
@@ -41,6 +41,8 @@ FIELDS = (
     "window_index", "window_name", "pane_index", "pane_pid", "pane_current_command",
 )
 TIMEOUT = 10
+# What tmux's client says when nothing accepts on the socket (ECONNREFUSED or ENOENT).
+NO_SERVER = "no server running on"
 # Listening stream sockets in /proc/net/unix: flag __SO_ACCEPTCON, type SOCK_STREAM, state unconnected.
 ACCEPTING = 0x10000
 # An entry's fixed fields (Num, RefCount, Protocol, Flags, Type, St, Inode) before its path.
@@ -105,18 +107,33 @@ def listening_sockets(net_unix="/proc/net/unix"):
 
 
 def socket_files(tmpdirs):
-    """Socket files inside ``tmux-<uid>`` directories of ``tmpdirs``; creates nothing."""
+    """Socket files inside ``tmux-<uid>`` directories of ``tmpdirs``; creates nothing.
+
+    Only a real directory owned by the uid in its name counts, read through one handle opened without
+    following a symbolic link: a ``tmux-1001`` link to another folder must not make root list it.
+    """
     found = set()
     for tmpdir in tmpdirs:
         try:
-            directories = [entry for entry in pathlib.Path(tmpdir).iterdir() if TMUX_DIR.match(entry.name)]
+            names = [name for name in os.listdir(tmpdir) if TMUX_DIR.match(name)]
         except OSError:
             continue
-        for directory in directories:
+        for name in names:
+            directory = os.path.join(tmpdir, name)
             try:
-                found.update(str(path) for path in directory.iterdir() if stat.S_ISSOCK(path.lstat().st_mode))
+                dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError:
                 continue
+            try:
+                if os.fstat(dir_fd).st_uid != int(name[len("tmux-"):]):
+                    continue
+                for entry in os.listdir(dir_fd):
+                    if stat.S_ISSOCK(os.stat(entry, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                        found.add(os.path.join(directory, entry))
+            except OSError:
+                continue
+            finally:
+                os.close(dir_fd)
     return found
 
 
@@ -285,8 +302,11 @@ def _read_server(path, users, tmux, now):
     try:
         return "sessions", parse_panes(query(server, tmux), server.owner, path, now)
     except subprocess.CalledProcessError as exc:
+        if NO_SERVER in (exc.stderr or ""):
+            # Nothing accepts on it: a stale socket, listed as live only by a forged /proc/net/unix line.
+            return "stale", [{"socket": path, "owner": server.owner}]
         reason = (exc.stderr or "").strip().replace(server.reachable_path, path) or f"exit status {exc.returncode}"
-        error = f"tmux failed: {reason}."
+        error = f"tmux failed: {reason.rstrip('.')}."
     except (OSError, subprocess.TimeoutExpired) as exc:
         error = f"tmux failed: {exc}."
     finally:

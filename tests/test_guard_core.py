@@ -199,7 +199,8 @@ def test_pillar_reads_the_store_like_the_runner(tmp_path):
     assert data == {"held": True, "people": PEOPLE, "error": None, "holder": "Alice Smith", "login": "alice",
                     "claim": "c1", "since": "2026-11-26T14:02:00Z", "reason": "pg", "store": store.identity,
                     "minion": "m1", "issued": "2026-11-26T14:40:00Z", "max_age": 300, "ssh_keys": {},
-                    "operator": None, "override": None, "signature": None, "digest": data["digest"]}
+                    "operator": None, "override": None, "signature": None, "digest": data["digest"],
+                    "consent": None}
     assert seal.intact(data)
 
 

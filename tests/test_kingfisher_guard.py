@@ -17,7 +17,7 @@ def test_kingfisher_guard_blocks_passes_with_consent_and_reports_none_in_test_mo
     consent = kingfisher_guard.check_consent(" Dana Lee: restartable ")
     passed = kingfisher_guard.decide(reasons, consent, "Scrapyd job")
     assert passed == {"result": True, "comment": f"CONSENT: PASSED although {reasons[0]} "
-                      "Consent recorded in pillar: 'Dana Lee: restartable'."}
+                      "Consent recorded with the deploy token: 'Dana Lee: restartable'."}
     assert kingfisher_guard.decide([], None, "long query") == {"result": True,
                                                                "comment": "No long query would be interrupted."}
 
@@ -28,7 +28,7 @@ def test_kingfisher_consent_needs_a_manager_and_a_reason(consent):
         kingfisher_guard.check_consent(consent)
     assert str(info.value) == (
         f"The kingfisher consent {consent!r} must name the data support manager and why, on one line, "
-        "e.g. kingfisher: consent: 'Dana Lee: the crawl can be restarted'."
+        "as given with salt-run deploytoken.setup consent='Dana Lee: the crawl can be restarted'."
     )
 
 

@@ -6,7 +6,7 @@ import json
 import sys
 
 import pytest
-from salt.exceptions import CommandExecutionError, SaltInvocationError
+from salt.exceptions import CommandExecutionError
 
 import kingfisher_busy
 import kingfisher_scrapyd
@@ -41,7 +41,7 @@ def test_settings_take_arguments_first_then_config_by_key():
 
 
 def test_unknown_source_and_unknown_setting_are_one_sentence():
-    with pytest.raises(SaltInvocationError) as info:
+    with pytest.raises(InputError) as info:
         kingfisher_sources.get("celery")
     assert str(info.value) == "There is no Kingfisher source 'celery'; the sources are scrapyd, tmux, postgres."
     with pytest.raises(InputError) as info:

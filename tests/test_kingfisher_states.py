@@ -1,6 +1,7 @@
 """kingfisher.no_running_jobs / no_long_queries / no_active_sessions under ``prereq``, against real
 Scrapyd, PostgreSQL and tmux servers, through the real salt CLI."""
 
+import json
 import time
 
 import pytest
@@ -60,8 +61,8 @@ def test_running_crawl_blocks_a_restart(salt_cli, scrapyd_busy, guarded):
         guard["comment"]
     )
     assert guard["comment"].endswith(
-        "Deploying now would interrupt this work: wait until it ends, or record the data support manager's "
-        "consent in pillar (kingfisher: consent: '<manager>: <why>')."
+        "Deploying now would interrupt this work: wait until it ends, or take the deploy token with the data "
+        "support manager's consent (salt-run deploytoken.setup reason='...' consent='<manager>: <why>')."
     )
     assert scrapyd_busy.password not in ret.stdout
     assert not marker.exists()
@@ -108,27 +109,28 @@ def test_guard_does_not_run_without_a_pending_change(salt_cli, scrapyd_busy, gua
     assert guard["result"] is True and guard["comment"] == "No changes detected", guard
 
 
-def test_consent_passes_loudly(salt_cli, scrapyd_busy, guarded, pillar_sls):
-    pillar_sls("kingfisher:\n  consent: 'Dana Lee: the crawl can be restarted'\n")
+def test_consent_taken_with_the_token_passes_loudly(salt_cli, salt_run, scrapyd_busy, guarded, token, git_world):
+    repos = "repos=" + json.dumps([git_world.clone(git_world.origin()).working_tree_dir])
+    ret = salt_run.run("deploytoken.setup", "reason=new spider", "consent=Dana Lee: the crawl can be restarted",
+                       repos, env={"SUDO_USER": "alice"})
+    assert ret.returncode == 0, ret
     sls, marker = guarded("no_running_jobs", **scrapyd(scrapyd_busy))
     ret = apply(salt_cli, sls)
     assert ret.returncode == 0, ret
     comment = guard_of(ret)["comment"]
     assert comment.startswith(f"CONSENT: PASSED although Scrapyd job {scrapyd_busy.running} ")
-    assert comment.endswith("Consent recorded in pillar: 'Dana Lee: the crawl can be restarted'.")
+    assert comment.endswith("Consent recorded with the deploy token: 'Dana Lee: the crawl can be restarted'.")
     assert marker.exists()
 
 
-def test_consent_without_a_manager_blocks(salt_cli, scrapyd_busy, guarded, pillar_sls):
-    pillar_sls("kingfisher:\n  consent: 'fine by me'\n")
+def test_consent_typed_in_pillar_is_not_obeyed(salt_cli, scrapyd_busy, guarded, pillar_sls, token):
+    pillar_sls("kingfisher:\n  consent: 'Dana Lee: the crawl can be restarted'\n")
     sls, marker = guarded("no_running_jobs", **scrapyd(scrapyd_busy))
-    ret = apply(salt_cli, sls)
+    ret = apply(salt_cli, sls, 'pillar={"kingfisher": {"consent": "Dana Lee: fine by me"}}')
     assert ret.returncode == 1
-    assert guard_of(ret)["comment"] == (
-        "Cannot tell whether a Scrapyd job would be interrupted, so this deployment may not go on: The kingfisher "
-        "consent 'fine by me' must name the data support manager and why, on one line, e.g. kingfisher: consent: "
-        "'Dana Lee: the crawl can be restarted'."
-    )
+    assert guard_of(ret)["comment"].endswith(
+        "The pillar key kingfisher:consent ('Dana Lee: fine by me') is not obeyed: a consent is given when taking "
+        "the token, so the history keeps it.")
     assert not marker.exists()
 
 

@@ -136,7 +136,7 @@ def test_sqlite_identity_is_made_with_the_store_and_added_once_to_an_older_one(t
 
 
 def _hold_lock(path, ready, done):
-    with open(path, "a") as handle:
+    with open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600)) as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         ready.set()
         done.wait(60)

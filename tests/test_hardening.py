@@ -1,0 +1,327 @@
+"""
+What a person typing odd input, or a local user on a shared server, could still reach: each attack or
+slip of the second adversarial review, against the real component (salt-run and salt-call on
+configurations of their own, real files and users, a real PostgreSQL cluster, real tmux).
+"""
+
+import fcntl
+import json
+import multiprocessing
+import os
+import pathlib
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+import deploytoken_cache as cache
+import deploytoken_guard
+import deploytoken_model as model
+import deploytoken_pillar
+import deploytoken_seal as seal
+import deploytoken_settings
+import deploytoken_sqlite
+import deploytoken_token as token
+import kingfisher_tmux
+from conftest import PEOPLE, REPO
+from kingfisher_fixtures import listen_as, run_as
+from pg_fixtures import PASSWORD_ROLE, STORE_ROLE, postgres_store
+
+BIN = pathlib.Path(sys.executable).parent
+NOBODY = pwd.getpwnam("nobody")
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+# ---- salt-run: what its own parsing hid -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runner_conf(tmp_path_factory):
+    """A master configuration of its own, no daemon, synced from a file root that holds only our runner
+    and _utils, with a SQLite store in its cachedir."""
+    root = tmp_path_factory.mktemp("runner")
+    for folder in ("cache/proc", "conf", "roots"):
+        (root / folder).mkdir(parents=True)
+    for folder in ("_runners", "_utils"):
+        (root / "roots" / folder).symlink_to(REPO / folder)
+    config = {
+        "root_dir": str(root), "cachedir": str(root / "cache"), "pki_dir": str(root / "pki"),
+        "sock_dir": str(root / "sock"), "log_file": str(root / "master.log"),
+        "file_roots": {"base": [str(root / "roots")]}, "pillar_roots": {"base": []},
+        "deploytoken": {"people": PEOPLE},
+    }
+    (root / "conf" / "master").write_text(json.dumps(config))
+    status, _, stderr = salt_run(root, "saltutil.sync_all")
+    assert status == 0, stderr
+    return root
+
+
+def salt_run(root, *args):
+    done = subprocess.run([str(BIN / "salt-run"), "-c", str(root / "conf"), "--out=json", *args],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, SUDO_USER="alice"))
+    return done.returncode, json.loads(done.stdout) if done.stdout.strip() else None, done.stderr
+
+
+def holder(root):
+    return deploytoken_sqlite.SqliteStore(str(root / "cache" / "deploytoken.sqlite")).read()
+
+
+@pytest.mark.parametrize("args, sentence", [
+    (["reason=a", "reason=b"], "deploytoken.acquire got reason more than once: give each argument once."),
+    (["reason=x\n"], "deploytoken.acquire got 'reason=x\\n', which is name=value with a line break in the value: "
+                     "values must be single lines."),
+])
+def test_acquire_refuses_what_salt_run_would_hide(runner_conf, args, sentence):
+    status, answer, _ = salt_run(runner_conf, "deploytoken.acquire", *args)
+    assert (status, answer) == (2, {"error": sentence, "retcode": 2})
+    assert holder(runner_conf) is None
+
+
+def test_setup_refuses_busy_args_without_targets(runner_conf, git_world):
+    clone = git_world.clone(git_world.origin())
+    status, answer, _ = salt_run(runner_conf, "deploytoken.setup", "reason=x", 'busy_args={"postgres": "always"}',
+                                 f"repos={json.dumps([clone.working_dir])}")
+    assert (status, answer["error"]) == (2, "busy_args are passed to kingfisher.busy on the targets, but no targets "
+                                            "were given: add targets='collect*', or leave busy_args out.")
+    assert holder(runner_conf) is None
+
+
+def test_setup_checks_busy_args_before_fetching_anything(runner_conf, git_world):
+    clone = git_world.clone(git_world.origin())
+    fetched = pathlib.Path(clone.git_dir) / "FETCH_HEAD"
+    status, answer, stderr = salt_run(runner_conf, "deploytoken.setup", "targets=collect-test", "reason=x",
+                                      'busy_args={"postgres": "sometimes"}', f"repos={json.dumps([clone.working_dir])}")
+    assert (status, answer["error"]) == (2, "busy_args: postgres must be one of auto, always or never; got "
+                                            "'sometimes'.")
+    assert "Step 1" not in stderr and not fetched.exists()
+
+
+def test_an_override_of_1e300_minutes_is_not_echoed_in_full_and_cancel_takes_no_minutes(runner_conf):
+    status, answer, _ = salt_run(runner_conf, "deploytoken.override", "reason=db down", "minutes=1e300")
+    assert status == 2 and len(answer["error"]) < 120 and answer["error"].startswith(
+        "An override lasts at most 1440 minutes (one day); got 1000000000")
+    status, answer, _ = salt_run(runner_conf, "deploytoken.override", "cancel=True", "reason=db back", "minutes=0")
+    assert (status, answer["error"]) == (2, "cancel=True ends every running override (or the one id= names): "
+                                            "targets and minutes are for a new override, so leave them out.")
+
+
+# ---- salt-call: one sentence, no usage text --------------------------------------------------
+
+
+def test_a_kingfisher_error_is_one_sentence_on_stderr_and_nothing_on_stdout(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "minion").write_text(json.dumps({
+        "id": "dt-hardening", "root_dir": str(tmp_path), "cachedir": str(tmp_path / "cache"),
+        "pki_dir": str(tmp_path / "pki"), "sock_dir": str(tmp_path / "sock"), "log_file": str(tmp_path / "log"),
+        "file_client": "local", "module_dirs": [str(REPO / "_modules")], "utils_dirs": [str(REPO / "_utils")],
+        "file_roots": {"base": []}, "pillar_roots": {"base": []},
+    }))
+    done = subprocess.run([str(BIN / "salt-call"), "-c", str(tmp_path / "conf"), "--out=json", "kingfisher.busy",
+                           "postgres=sometimes"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stdout == ""
+    assert "Error running 'kingfisher.busy': postgres must be one of auto, always or never; got 'sometimes'.\n" in (
+        done.stderr)
+    assert "Usage" not in done.stderr and "'sometimes'.." not in done.stderr
+
+
+# ---- the quick start -------------------------------------------------------------------------
+
+
+def test_quickstart_keeps_salts_job_cache_private(tmp_path):
+    copy = tmp_path / "checkout"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".git", ".local", "__pycache__"))
+    # The requirements are already in this virtualenv, so the script's pip install has nothing to do.
+    (copy / ".venv").symlink_to(BIN.parent)
+    done = subprocess.run(["bash", "scripts/quickstart"], cwd=copy, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    local = copy / ".local"
+    for folder in (local, local / "cache", local / "conf", local / "pki"):
+        assert mode(folder) == 0o700, folder
+    assert mode(local / "conf" / "master") == 0o600
+    assert as_nobody(os.listdir, str(local / "cache")).startswith("PermissionError")
+
+
+# ---- ownership, not only modes ---------------------------------------------------------------
+
+
+def as_nobody(action, *args):
+    """``action(*args)`` in a forked process switched to the user nobody; what it returned or raised."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+
+    def child():
+        os.setgid(NOBODY.pw_gid)
+        os.setuid(NOBODY.pw_uid)
+        try:
+            queue.put(action(*args))
+        except Exception as exc:  # the parent checks what went wrong
+            queue.put(f"{type(exc).__name__}: {exc}")
+
+    process = context.Process(target=child)
+    process.start()
+    process.join(30)
+    return queue.get(timeout=5)
+
+
+def test_a_store_in_another_users_folder_is_refused(tmp_path):
+    folder = tmp_path / "theirs"
+    folder.mkdir(mode=0o755)
+    os.chown(folder, NOBODY.pw_uid, NOBODY.pw_gid)
+    with pytest.raises(model.StoreError) as caught:
+        deploytoken_sqlite.SqliteStore(str(folder / "token.sqlite")).read()
+    assert str(caught.value) == (
+        f"The token store's folder {folder} belongs to nobody, not to the master's user (root) or root, so its owner "
+        f"could rewrite the token: run chown root {folder}, or set deploytoken:sqlite:path to a file in a folder of "
+        "the master's user.")
+    assert os.listdir(folder) == []
+
+
+def test_a_store_or_journal_planted_by_another_user_is_refused_and_left_alone(tmp_path):
+    path = tmp_path / "token.sqlite"
+    token.acquire(deploytoken_sqlite.SqliteStore(str(path)), "alice", PEOPLE)
+    for planted, what in ((path, "The token store"), (pathlib.Path(f"{path}-journal"), "The token store's journal")):
+        planted.touch()
+        os.chown(planted, NOBODY.pw_uid, -1)
+        before = planted.read_bytes()
+        with pytest.raises(model.StoreError, match=f"^{what} {planted} belongs to nobody, not to the master's user"):
+            deploytoken_sqlite.SqliteStore(str(path)).read()
+        assert planted.read_bytes() == before
+        os.chown(planted, 0, -1)
+        if planted != path:
+            planted.unlink()
+    assert deploytoken_sqlite.SqliteStore(str(path)).read().holder == "Alice Smith"
+
+
+def test_a_postgres_schema_of_another_role_is_refused(pg_store_cluster, pg_section):
+    schema = pg_section["schema"]
+    with pg_store_cluster.connect(autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema} AUTHORIZATION {PASSWORD_ROLE}")
+        conn.execute(f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {STORE_ROLE}")
+    with pytest.raises(model.StoreError) as caught:
+        postgres_store(pg_section).read()
+    assert f"The schema {schema} in database postgres at " in str(caught.value)
+    assert str(caught.value).endswith(
+        f" belongs to the role {PASSWORD_ROLE}, not to the store's role {STORE_ROLE}, who alone may own the token; it "
+        f"was left untouched: ask its owner to run ALTER SCHEMA {schema} OWNER TO {STORE_ROLE}.")
+    with pg_store_cluster.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,)).fetchone() == (0,)
+
+
+def test_a_postgres_table_of_another_role_is_refused(pg_store_cluster, pg_section):
+    schema = pg_section["schema"]
+    postgres_store(pg_section).read()
+    with pg_store_cluster.connect(autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE {schema}.token OWNER TO {PASSWORD_ROLE}")
+    with pytest.raises(model.StoreError, match=f"^The table {schema}.token in database postgres at .* belongs to the "
+                                               f"role {PASSWORD_ROLE}, not to the store's role {STORE_ROLE}"):
+        postgres_store(pg_section).read()
+
+
+# ---- the read cache's lock -------------------------------------------------------------------
+
+
+def _hold_open(path, ready, done):
+    os.setgid(NOBODY.pw_gid)
+    os.setuid(NOBODY.pw_uid)
+    with open(path) as handle:  # readable, as an older version left it
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        ready.set()
+        done.wait(60)
+
+
+def test_a_leftover_readable_lock_held_by_a_local_user_is_replaced_not_waited_for():
+    folder = tempfile.mkdtemp(prefix="dt-cache-", dir="/tmp")
+    os.chmod(folder, 0o755)
+    path = os.path.join(folder, "pillar.json")
+    with open(path + ".lock", "w"):
+        pass
+    os.chmod(path + ".lock", 0o644)
+    old = os.stat(path + ".lock").st_ino
+    context = multiprocessing.get_context("fork")
+    ready, done = context.Event(), context.Event()
+    holder = context.Process(target=_hold_open, args=(path + ".lock", ready, done))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        start = time.monotonic()
+        assert cache.cached(path, 30, lambda: {"held": False}) == {"held": False}
+        assert time.monotonic() - start < 2
+        assert os.stat(path + ".lock").st_ino != old and mode(path + ".lock") == 0o600
+    finally:
+        done.set()
+        holder.join(10)
+        shutil.rmtree(folder)
+
+
+# ---- tmux: forged lines and linked folders ---------------------------------------------------
+
+
+def test_a_forged_proc_net_unix_line_leaves_another_users_stale_socket_stale(tmux_users, hostile_user):
+    stale_user, _ = tmux_users["stale"]
+    stale = f"/tmp/tmux-{pwd.getpwnam(stale_user).pw_uid}/default"
+    base = pathlib.Path(tempfile.mkdtemp(prefix="dtke-", dir="/tmp"))
+    base.chmod(0o755)
+    # A path holding a line break writes a second line into /proc/net/unix: a "listening" stale socket.
+    folder = base / f"a\n0000: 00000002 00000000 00010000 0001 01 1 {os.path.dirname(stale)}"
+    try:
+        os.chown(base, pwd.getpwnam(hostile_user).pw_uid, -1)
+        run_as(hostile_user, "mkdir", "-p", str(folder))
+        with listen_as(hostile_user, str(folder / "default")):
+            assert stale in kingfisher_tmux.listening_sockets()
+            report = kingfisher_tmux.sessions(kingfisher_tmux.Settings.parse({"users": stale_user}))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert report["errors"] == [] and report["stale"] == [{"socket": stale, "owner": stale_user}]
+    assert kingfisher_tmux.reasons(report) == []
+
+
+def test_a_tmux_folder_linked_to_roots_private_folder_is_not_listed(hostile_user):
+    private = pathlib.Path(tempfile.mkdtemp(prefix="dt-root-"))
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(private / "root-secret-name"))
+    link = pathlib.Path(f"/tmp/tmux-{pwd.getpwnam(hostile_user).pw_uid}")
+    shutil.rmtree(link, ignore_errors=True)
+    try:
+        run_as(hostile_user, "ln", "-s", str(private), str(link))
+        assert stat.S_ISLNK(os.lstat(link).st_mode)
+        report = kingfisher_tmux.sessions(kingfisher_tmux.Settings.parse({}))
+    finally:
+        link.unlink(missing_ok=True)
+        shutil.rmtree(private, ignore_errors=True)
+    assert "root-secret-name" not in json.dumps(report)
+
+
+# ---- the Kingfisher consent --------------------------------------------------------------------
+
+
+def test_a_consent_counts_only_from_the_token_data_of_the_claim_it_was_given_with(tmp_path):
+    store = deploytoken_sqlite.SqliteStore(str(tmp_path / "token.sqlite"))
+    token.take(store, token.request("alice", PEOPLE, reason="new spider", consent="Dana Lee: fine"))
+    assert store.read().reason == "new spider [consent: Dana Lee: fine]"
+    settings = deploytoken_settings.Settings(cachedir=str(tmp_path), sections={}, people=PEOPLE)
+    data = deploytoken_pillar.stamp(deploytoken_pillar.snapshot(store.read(), PEOPLE), settings, "m1", False)
+    sealed = seal.seal(data)
+    assert deploytoken_guard.consent(sealed, "m1") == "Dana Lee: fine"
+    assert deploytoken_guard.consent(sealed, "m2") is None  # made for another minion
+    assert deploytoken_guard.consent(dict(sealed, consent="Eve: typed"), "m1") is None  # changed after the seal
+    assert deploytoken_guard.consent(seal.seal(dict(data, issued="2020-01-01T00:00:00Z")), "m1") is None  # replayed
+    token.release(store, "alice", PEOPLE, note="done")
+    data = deploytoken_pillar.stamp(deploytoken_pillar.snapshot(store.read(), PEOPLE), settings, "m1", False)
+    assert deploytoken_guard.consent(seal.seal(data), "m1") is None  # the next holder starts without one
+
+
+def test_only_setup_writes_a_consent_mark(tmp_path):
+    store = deploytoken_sqlite.SqliteStore(str(tmp_path / "token.sqlite"))
+    with pytest.raises(model.InputError, match=r"^The reason may not hold '\[consent:': a consent is given with "
+                                               "salt-run deploytoken.setup consent="):
+        token.acquire(store, "bob", PEOPLE, reason="quick fix [consent: Dana Lee: fine]")
+    assert store.read() is None
