@@ -73,11 +73,12 @@ def pytest_terminal_summary(terminalreporter):
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if any(item.get_closest_marker(tier) for tier in TIERS):
-            continue
         used = set(item.fixturenames)
-        tier = "integration" if used & INTEGRATION_FIXTURES else "functional" if used & FUNCTIONAL_FIXTURES else "unit"
-        item.add_marker(tier)
+        found = "integration" if used & INTEGRATION_FIXTURES else "functional" if used & FUNCTIONAL_FIXTURES else "unit"
+        # A test marked with a tier (e.g. functional: it needs root) is at least in that tier.
+        tier = max([found] + [tier for tier in TIERS if item.get_closest_marker(tier)], key=TIERS.index)
+        if not item.get_closest_marker(tier):
+            item.add_marker(tier)
 
 
 def extension_root(parent):

@@ -32,9 +32,12 @@ import kingfisher_tmux
 from conftest import PEOPLE, REPO
 from kingfisher_fixtures import listen_as, run_as
 from pg_fixtures import PASSWORD_ROLE, STORE_ROLE, postgres_store
+from test_store_files import as_nobody
 
 BIN = pathlib.Path(sys.executable).parent
 NOBODY = pwd.getpwnam("nobody")
+# Other users, folders of others and real tmux servers: root only.
+pytestmark = pytest.mark.functional
 
 
 def mode(path):
@@ -151,25 +154,6 @@ def test_quickstart_keeps_salts_job_cache_private(tmp_path):
 
 
 # ---- ownership, not only modes ---------------------------------------------------------------
-
-
-def as_nobody(action, *args):
-    """``action(*args)`` in a forked process switched to the user nobody; what it returned or raised."""
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-
-    def child():
-        os.setgid(NOBODY.pw_gid)
-        os.setuid(NOBODY.pw_uid)
-        try:
-            queue.put(action(*args))
-        except Exception as exc:  # the parent checks what went wrong
-            queue.put(f"{type(exc).__name__}: {exc}")
-
-    process = context.Process(target=child)
-    process.start()
-    process.join(30)
-    return queue.get(timeout=5)
 
 
 def test_a_store_in_another_users_folder_is_refused(tmp_path):
