@@ -22,17 +22,18 @@ Errors of the core are Salt's own exception types (``CommandExecutionError``: a 
 setting, or a source that cannot be read), so they pass through unchanged as one sentence.
 """
 
-import logging
+import contextvars
+import functools
+import os
 from typing import TYPE_CHECKING
 
 from salt.exceptions import CommandExecutionError, SaltException
 
 if TYPE_CHECKING:
+    __opts__: dict
     __salt__: dict
     __utils__: dict
     __context__: dict
-
-log = logging.getLogger(__name__)
 
 __virtualname__ = "kingfisher"
 
@@ -171,6 +172,12 @@ def postgres_restart_pending(state_test=None):
     package upgrades (from the package cache, without refreshing it), and, with ``state_test``,
     a ``state.apply test=True`` (slow) reporting a postgresql service "set to be restarted".
 
+    On a Debian-family system only the installed ``postgresql*`` packages are asked about
+    (``dpkg-query`` and ``apt-cache policy``), and the answer is kept in the minion's cachedir until
+    the package lists, dpkg's status or apt's configuration change (at most an hour); ``packages``
+    says when it was found (``checked``, ``age`` in seconds) and how. Elsewhere ``pkg.list_upgrades``
+    is asked.
+
     state_test
         ``True``: also test the highstate; an sls name (or comma-separated names): test those;
         default ``kingfisher:postgres:state_test`` or False.
@@ -183,10 +190,7 @@ def postgres_restart_pending(state_test=None):
         salt 'collect*' kingfisher.postgres_restart_pending state_test=True
         salt 'collect*' kingfisher.postgres_restart_pending state_test=postgres,kingfisher
     """
-    try:
-        upgrades = __salt__["pkg.list_upgrades"](refresh=False) if "pkg.list_upgrades" in __salt__ else {}
-    except SaltException as exc:
-        raise CommandExecutionError(f"Pending package upgrades cannot be listed: {exc}") from None
+    packages = _postgres_upgrades()
     state_return = None
     state_test = _setting("postgres:state_test", state_test)
     if state_test:
@@ -197,7 +201,22 @@ def postgres_restart_pending(state_test=None):
             # A list of strings: the highstate could not even be compiled (no top file, a render error).
             errors = "; ".join(str(error) for error in state_return or ["no result"])
             raise CommandExecutionError(f"state.apply test=True could not run: {errors}")
-    return __utils__["kingfisher_busy.restart_reasons"](upgrades, state_return)
+    found = __utils__["kingfisher_busy.restart_reasons"](packages.pop("upgrades"), state_return)
+    found["packages"] = packages
+    return found
+
+
+def _postgres_upgrades():
+    """``{"upgrades", "how", ...}``: the pending upgrades of the ``postgresql*`` packages."""
+    tools = __utils__["kingfisher_packages.tools"]()
+    if tools is not None:
+        cache = os.path.join(__opts__["cachedir"], "kingfisher", "postgres_upgrades.json")
+        return __utils__["kingfisher_packages.pending"](tools, "postgresql*", cache)
+    try:
+        upgrades = __salt__["pkg.list_upgrades"](refresh=False) if "pkg.list_upgrades" in __salt__ else {}
+    except SaltException as exc:
+        raise CommandExecutionError(f"Pending package upgrades cannot be listed: {exc}") from None
+    return {"upgrades": upgrades, "how": "pkg.list_upgrades"}
 
 
 def busy(postgres=None, url=None, username=None, password=None, users=None, threshold=None, socket_dir=None,
@@ -206,7 +225,8 @@ def busy(postgres=None, url=None, username=None, password=None, users=None, thre
     Is the server busy? ``busy: true/false``, one sentence per reason naming the owner where known
     (spider and job, tmux session and user, PostgreSQL usename and query comment), and each
     source's detail under ``sources``. A source that cannot be read (Scrapyd down, a tmux error,
-    PostgreSQL down) is reported as ``unknown`` and counts as busy.
+    PostgreSQL down) is reported as ``unknown`` and counts as busy. The sources are read side by
+    side, together with the restart question of ``postgres=auto``.
 
     Exit status: 1 when busy (or an argument is wrong), 0 when not, so scripts can gate on it:
     ``salt 'collect*' kingfisher.busy && deploy``.
@@ -242,13 +262,9 @@ def busy(postgres=None, url=None, username=None, password=None, users=None, thre
     settings = {name: _settings(name, given.get(name, {})) for name in __utils__["kingfisher_sources.names"]()}
     restart = None
     if mode == "auto" and settings.get("postgres") is not None:
-        try:
-            restart = postgres_restart_pending()
-        except CommandExecutionError as exc:
-            log.warning("kingfisher.busy: %s; checking PostgreSQL anyway", exc)
+        # Asked from a reader thread: Salt's dunders resolve through the context of this job.
+        restart = functools.partial(contextvars.copy_context().run, postgres_restart_pending)
     found = __utils__["kingfisher_busy.busy"](settings, postgres_mode=mode, restart=restart)
-    if restart is not None:
-        found["sources"]["postgres"]["restart"] = restart
     if found["busy"]:
         # The minion takes the job's exit status from here; a top-level "result" key is not wanted.
         __context__["retcode"] = 1

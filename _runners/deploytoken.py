@@ -153,10 +153,11 @@ def status():
 
 
 @_strict
-def acquire(reason="", wait=False, timeout=600, interval=10, name=None):
+def acquire(reason="", wait=False, timeout=600, interval=10, name=None, force=False):
     """
-    Take the deploy token. Refused (exit status 1) while someone else holds it; taking it again
-    while you hold it changes nothing.
+    Take the deploy token. Refused (exit status 1) while someone else holds it, or while people wait
+    for it in line (the refusal names the first); taking it again while you hold it changes nothing.
+    Waiters are served in the order they joined the line.
 
     reason
         Why you deploy; shown to everyone who asks for the token.
@@ -173,12 +174,17 @@ def acquire(reason="", wait=False, timeout=600, interval=10, name=None):
     name
         Write this name in the token instead of yours (your login is recorded as the caller).
 
+    force
+        ``True`` to take a free token at once, ahead of the people waiting in line; needs ``reason``
+        (shown to them in the token). It never takes a token someone holds (``release force=True`` does).
+
     CLI Example:
 
     .. code-block:: bash
 
         salt-run deploytoken.acquire reason="upgrade postgres"
         salt-run deploytoken.acquire reason="upgrade postgres" wait=True timeout=1800
+        salt-run deploytoken.acquire force=True reason="hotfix, agreed with Bob in chat"
     """
     return _run(
         lambda config, store: __utils__["deploytoken_token.acquire"](
@@ -190,6 +196,7 @@ def acquire(reason="", wait=False, timeout=600, interval=10, name=None):
             wait=wait,
             timeout=timeout,
             interval=interval,
+            force=force,
             progress=_waiter(config, store, name, timeout),
             notify=_fire,
         ),

@@ -3,23 +3,39 @@ The embedded token store: one SQLite file on the master.
 
 Every change runs in one ``BEGIN IMMEDIATE`` transaction, so concurrent ``salt-run`` processes are
 serialised by SQLite's own lock, and a release commits together with its history row.
+
+Waiters stand in line in the ``waiters`` table, in the order they joined. Each row names a lock file
+in the folder ``<store>.line`` that its waiter holds (``flock``) for as long as it waits: the kernel
+lets go of it when the waiter dies, however it dies, so a row whose lock is free no longer counts
+(and the next waiter to join removes it). Waiters wake when the store file or the line's folder
+changes (``deploytoken_filewatch``), so the first in line takes the token as soon as it is released.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 import pwd
+import re
 import secrets
 import socket
 import sqlite3
 import stat
+import time
 
+import deploytoken_files as files
+import deploytoken_filewatch as filewatch
 import deploytoken_model as model
-from deploytoken_storebase import NoWaitingLine
 
 SCHEMA_VERSION = "1"
 APPLICATION = "deploytoken"
 BUSY_TIMEOUT = 30
 
+# A store made before the line gets this table when it is first used (older code ignores it).
+_WAITERS = """
+CREATE TABLE IF NOT EXISTS waiters (
+    ticket INTEGER PRIMARY KEY AUTOINCREMENT, who TEXT NOT NULL, since TEXT NOT NULL, lock TEXT NOT NULL
+)"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS token (
@@ -33,7 +49,8 @@ CREATE TABLE IF NOT EXISTS history (
     released TEXT NOT NULL, duration INTEGER, reason TEXT NOT NULL DEFAULT '',
     note TEXT NOT NULL DEFAULT '', forced_by TEXT, force_reason TEXT
 );
-"""
+""" + _WAITERS
+_LOCK_NAME = re.compile(r"[0-9a-f]{16}")
 
 # Times are written by model.isoformat, so comparing them as text compares them as times.
 _ACTIVE_OVERRIDES = (
@@ -44,7 +61,7 @@ _ACTIVE_OVERRIDES = (
 _HOLDING_FIELDS = tuple(field.name for field in dataclasses.fields(model.Holding))
 
 
-class SqliteStore(NoWaitingLine):
+class SqliteStore:
     backend = "sqlite"
 
     def __init__(self, path):
@@ -54,6 +71,9 @@ class SqliteStore(NoWaitingLine):
             )
         self.path = str(path)
         self.location = self.path
+        self.line_folder = self.path + ".line"
+        self._place = None  # (ticket, descriptor of the held lock file, its name) while in the line
+        self._watch = None  # while in the line: changes to the store or the line's folder
 
     @classmethod
     def from_settings(cls, settings):
@@ -128,6 +148,117 @@ class SqliteStore(NoWaitingLine):
                               (model.isoformat(now),)).fetchall()
         return [model.HistoryRow(**dict(row)) for row in rows]
 
+    # -- the waiting line ------------------------------------------------------------------
+
+    def enqueue(self, who):
+        """Join the line of waiters as ``who``; return the ticket. The place lasts while this store object
+        holds its lock file: until ``dequeue``, or the waiting process's end."""
+        if self._place is not None:
+            return self._place[0]
+        self._connect().close()  # the store's own sentences for a folder that is missing or open to others
+        name = secrets.token_hex(8)
+        try:
+            files.private_dir(self.line_folder)
+            descriptor = os.open(os.path.join(self.line_folder, name),
+                                 os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except (OSError, files.ForeignFolder) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc).rstrip(".")
+            raise model.StoreError(f"The waiting line's folder {self.line_folder} cannot be used: {reason}.") from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            # Watching before joining: any change from now on, a release included, ends the next wait.
+            self._watch = filewatch.watch([(self.path, filewatch.CHANGED),
+                                           (self.line_folder, filewatch.IN_CLOSE_WRITE | filewatch.IN_DELETE)])
+            with self._transaction("IMMEDIATE") as db:
+                dead = [(ticket, lock) for ticket, lock in db.execute("SELECT ticket, lock FROM waiters")
+                        if not self._alive(lock)]
+                db.executemany("DELETE FROM waiters WHERE ticket = ?", [(ticket,) for ticket, _ in dead])
+                ticket = db.execute("INSERT INTO waiters (who, since, lock) VALUES (?, ?, ?)",
+                                    (str(who), model.isoformat(model.utcnow()), name)).lastrowid
+        except BaseException:
+            self._leave(descriptor, name)
+            raise
+        for _, lock in dead:
+            self._remove_lock(lock)
+        self._place = (ticket, descriptor, name)
+        return ticket
+
+    def ahead(self, ticket):
+        """How many live waiters joined the line before ``ticket``: 0 means it is this waiter's turn."""
+        if self._place is None:
+            raise model.InputError("ahead() needs a ticket from enqueue() of this store.")
+        with self._transaction("DEFERRED") as db:
+            locks = [lock for (lock,) in db.execute("SELECT lock FROM waiters WHERE ticket < ?", (ticket,))]
+        return sum(1 for lock in locks if self._alive(lock))
+
+    def dequeue(self, ticket):
+        """Leave the line (after taking the token or giving up); the change wakes the next waiter."""
+        place, self._place = self._place, None
+        if place is None:
+            return
+        try:
+            with self._transaction("IMMEDIATE") as db:
+                db.execute("DELETE FROM waiters WHERE ticket = ?", (place[0],))
+        except model.StoreError:
+            pass  # the row no longer counts once its lock is let go below: the next waiter removes it
+        finally:
+            self._leave(place[1], place[2])
+
+    def waiting(self):
+        """The live waiters in arrival order: ``[{"who", "since", "ticket"}]``."""
+        with self._transaction("DEFERRED") as db:
+            rows = db.execute("SELECT who, since, ticket, lock FROM waiters ORDER BY ticket").fetchall()
+        return [{"who": who, "since": since, "ticket": ticket} for who, since, ticket, lock in rows
+                if self._alive(lock)]
+
+    def wait(self, seconds):
+        """Return as soon as the token may have changed hands (the store or the line changed), or after
+        ``seconds``. In the line the watch has been on since joining, so no release is missed between two
+        calls; outside it, a watch is opened for this call only. Without inotify: after ``seconds``."""
+        if self._place is not None:
+            if self._watch is None:
+                time.sleep(seconds)
+            else:
+                self._watch.wait(seconds)
+            return
+        watch = filewatch.watch([(self.path, filewatch.CHANGED)])
+        if watch is None:
+            time.sleep(seconds)
+            return
+        try:
+            # A release just before the watch began woke nobody here: wait only while the token is still held.
+            if self.read() is not None:
+                watch.wait(seconds)
+        finally:
+            watch.close()
+
+    def _alive(self, lock):
+        """Whether the waiter of lock file ``lock`` still holds it (a shared lock cannot be had)."""
+        if not isinstance(lock, str) or not _LOCK_NAME.fullmatch(lock):
+            return False
+        try:
+            descriptor = os.open(os.path.join(self.line_folder, lock), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(descriptor)
+
+    def _remove_lock(self, lock):
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.line_folder, lock))
+
+    def _leave(self, descriptor, lock):
+        self._remove_lock(lock)
+        os.close(descriptor)
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
     # -- plumbing --------------------------------------------------------------------------
 
     def _current(self, db):
@@ -196,6 +327,14 @@ class SqliteStore(NoWaitingLine):
                 f"The token store {self.path} has schema version {meta.get('schema')!r}, this code "
                 f"knows {SCHEMA_VERSION!r}: upgrade deploytoken on the master."
             )
+        if "waiters" not in tables:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(_WAITERS)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
 
 def _check_private(path, directory):

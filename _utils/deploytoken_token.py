@@ -77,7 +77,8 @@ def flush(store, overrides=0):
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    """An acquire's arguments, checked: who asks, the name to write, why, and how long to wait."""
+    """An acquire's arguments, checked: who asks, the name to write, why, how long to wait, and whether
+    to take a free token ahead of the people waiting in line."""
 
     caller: str
     login: str | None
@@ -86,12 +87,15 @@ class Request:
     wait: bool
     timeout: float
     interval: float
+    force: bool = False
 
 
-def request(caller, people, reason="", name=None, wait=False, timeout=600, interval=10, consent=None):
+def request(caller, people, reason="", name=None, wait=False, timeout=600, interval=10, force=False,
+            consent=None):
     """Check an acquire's arguments, so that a caller with several steps (setup) can refuse bad input
     before its first step does anything. ``consent`` (setup's, checked) is written after the reason."""
     wait = model.check_flag(wait, "wait")
+    force = model.check_flag(force, "force")
     reason = model.check_text(reason, "reason")
     if consents.MARK in reason.casefold():
         raise model.InputError(
@@ -101,22 +105,33 @@ def request(caller, people, reason="", name=None, wait=False, timeout=600, inter
     reason = model.check_text(consents.recorded(reason, consent), "reason")
     timeout = model.check_seconds(timeout, "timeout", maximum=model.MAX_TIMEOUT)
     interval = model.check_seconds(interval, "interval", minimum=0.1, maximum=model.MAX_INTERVAL)
+    if force and wait:
+        raise model.InputError(
+            "force=True takes a free token at once, ahead of the people waiting; it cannot be combined with wait=True."
+        )
+    if force and not reason:
+        raise model.InputError(
+            "Taking the token ahead of the people waiting needs a reason, e.g. force=True reason='hotfix, "
+            "agreed with Bob in chat'."
+        )
     login, shown = who(caller, name, people)
-    return Request(caller, login, shown, reason, wait, timeout, interval)
+    return Request(caller, login, shown, reason, wait, timeout, interval, force)
 
 
-def acquire(store, caller, people, reason="", name=None, wait=False, timeout=600, interval=10, **how):
+def acquire(store, caller, people, reason="", name=None, wait=False, timeout=600, interval=10, force=False, **how):
     """Take the token for ``caller`` (a login), or say who holds it; ``how`` as for ``take``."""
-    return take(store, request(caller, people, reason, name, wait, timeout, interval), **how)
+    return take(store, request(caller, people, reason, name, wait, timeout, interval, force), **how)
 
 
 def take(store, asked, progress=None, notify=None, sleep=None, clock=time.monotonic):
     """Take the token as ``asked`` (a ``Request``), or say who holds it.
 
-    With ``asked.wait``, wait in the store's line of waiters (served in the order they came; a store
-    without a line lets every waiter try) and try again when the store says the token may have changed
-    hands (``store.wait``, at most every ``asked.interval`` seconds) until ``asked.timeout``, telling
-    ``progress``. ``notify(tag, data)`` is called once the token is taken.
+    The store's line of waiters is served in the order they came: while anyone stands in it, a free
+    token is only taken from the line (by its first) or with ``asked.force``; a plain acquire is refused,
+    naming who is first. With ``asked.wait``, join the line and try again when the store says the token
+    may have changed hands (``store.wait``, at most every ``asked.interval`` seconds) until
+    ``asked.timeout``, telling ``progress``. A store without a line lets every waiter try.
+    ``notify(tag, data)`` is called once the token is taken.
     """
     ticket = None
     try:
@@ -131,13 +146,17 @@ def take(store, asked, progress=None, notify=None, sleep=None, clock=time.monoto
                 reason=asked.reason,
             )
             # While others wait ahead of us, only look: the token is theirs first.
-            current = store.acquire(wanted) if ticket is None or store.ahead(ticket) == 0 else store.read()
+            line = [] if ticket is not None or asked.force else store.waiting()
+            if line or (ticket is not None and store.ahead(ticket) > 0):
+                current = store.read()
+            else:
+                current = store.acquire(wanted)
             done = _taken(store, asked, wanted, current, notify)
             if done:
                 return done
             waited = clock() - start
             if not asked.wait or waited >= asked.timeout:
-                return _refused(asked, current, waited)
+                return _refused(asked, current, waited, line)
             if ticket is None:
                 ticket = store.enqueue(asked.shown)
             if progress:
@@ -179,7 +198,13 @@ def _taken(store, asked, wanted, current, notify):
     return None
 
 
-def _refused(asked, current, waited):
+def _refused(asked, current, waited, line=()):
+    """The refusal: held by someone else, or free but others stand in ``line`` (or were ahead of us)."""
+    if current is None and line:
+        return {"acquired": False, "changed": False, "holder": None, "waiting": line, "retcode": REFUSED,
+                "message": f"The deploy token is free, but {_line_text(line)}. Join the line with salt-run "
+                "deploytoken.acquire wait=True, or take it ahead of the line with salt-run deploytoken.acquire "
+                "force=True reason='...'"}
     if current is None:  # free, but the waiters ahead of us took their turn first
         return {"acquired": False, "changed": False, "holder": None, "waited_seconds": int(waited), "retcode": REFUSED,
                 "message": f"Gave up after waiting {model.human_duration(waited)}: others were waiting for the "
@@ -195,6 +220,8 @@ def _refused(asked, current, waited):
             f"Deploy token is held by {describe(current)}. Wait with salt-run "
             f"deploytoken.acquire wait=True, or ask {current.holder} to run salt-run deploytoken.release."
         )
+        if line:
+            message += f" In line already: {_line_text(line)}."
     return dict(
         current.to_dict(),
         acquired=False,
@@ -204,6 +231,14 @@ def _refused(asked, current, waited):
         message=message,
         retcode=REFUSED,
     )
+
+
+def _line_text(line):
+    """``Bob Jones has waited for it since ...``, or ``3 people wait for it, first Bob Jones (since ...)``."""
+    first, since = line[0]["who"], since_text(line[0]["since"])
+    if len(line) == 1:
+        return f"{first} has waited for it since {since}"
+    return f"{len(line)} people wait for it, first {first} (since {since})"
 
 
 # ---- release ----------------------------------------------------------------------------------

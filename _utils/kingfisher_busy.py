@@ -6,6 +6,8 @@ Also decides whether the next deployment would restart PostgreSQL, from data the
 gathers (pending package upgrades, a ``state.apply test=True`` return).
 """
 
+import concurrent.futures
+
 import kingfisher_sources as sources
 from kingfisher_errors import InputError, SourceError
 from kingfisher_sources import SOURCES
@@ -82,18 +84,40 @@ def decide(reports):
     return {"busy": bool(reasons), "reasons": reasons, "summary": summary(bool(reasons), reports), "sources": reports}
 
 
+def _restart_answer(restart):
+    """``restart()``, or, when it fails, an answer that checks PostgreSQL anyway (fail closed)."""
+    try:
+        return restart()
+    except Exception as exc:  # noqa: BLE001 - an unknown answer must not skip the check
+        return {"restart": None, "reasons": [], "error": f"{exc}; PostgreSQL is checked anyway."}
+
+
 def busy(settings, postgres_mode="auto", restart=None):
     """
-    Read every source (``settings``: its parsed settings by source name) and decide. ``restart`` is
-    ``postgres_restart_pending``'s answer, needed only with ``postgres_mode="auto"``: PostgreSQL is
-    then checked only when it would restart.
+    Read every source (``settings``: its parsed settings by source name) and decide. ``restart`` is a
+    function answering ``postgres_restart_pending``, needed only with ``postgres_mode="auto"``:
+    PostgreSQL is then checked only when it would restart.
+
+    The sources are read side by side in threads, ``restart`` with them; a source that forks is read
+    after them, once no thread is left (it takes milliseconds; the others wait on sockets and programs).
     """
     skipped = {}
     if postgres_mode == "never":
         skipped["postgres"] = {"status": "skipped", "why": "postgres=never"}
-    elif postgres_mode == "auto" and restart is not None and not restart["restart"]:
+    threaded = [name for name in SOURCES if name not in skipped and not SOURCES[name].forks]
+    asking = postgres_mode == "auto" and restart is not None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(threaded) + 1) as pool:
+        answer = pool.submit(_restart_answer, restart) if asking else None
+        futures = {name: pool.submit(read, name, settings[name]) for name in threaded}
+    # Leaving the block joined every thread of the pool.
+    reports = {name: future.result() for name, future in futures.items()}
+    answer = answer.result() if answer else None
+    if answer is not None and answer["restart"] is False:
         skipped["postgres"] = {"status": "skipped", "why": "the next deployment would not restart PostgreSQL"}
-    return decide({name: skipped.get(name) or read(name, settings[name]) for name in SOURCES})
+    found = decide({name: reports.get(name) or skipped.get(name) or read(name, settings[name]) for name in SOURCES})
+    if answer is not None:
+        found["sources"]["postgres"]["restart"] = answer
+    return found
 
 
 # Would the next deployment restart PostgreSQL?

@@ -29,6 +29,9 @@ class Source:
     reasons: Callable
     # What the guard names: "No {what} would be interrupted."
     what: str
+    # The reader may fork a child that runs Python code (not only exec a program): busy then reads it
+    # once no reader thread is alive, since a fork copies the locks other threads hold at that moment.
+    forks: bool = False
 
     def defaults(self):
         return {field.name: field.default for field in dataclasses.fields(self.settings)}
@@ -39,7 +42,7 @@ SOURCES = {
     for source in (
         Source("scrapyd", scrapyd.Settings, scrapyd.read, scrapyd.reasons, "Scrapyd job"),
         Source("tmux", tmux.Settings, tmux.read, tmux.reasons, "tmux session"),
-        Source("postgres", postgres.Settings, postgres.long_queries, postgres.reasons, "long query"),
+        Source("postgres", postgres.Settings, postgres.long_queries, postgres.reasons, "long query", forks=True),
     )
 }
 

@@ -1,12 +1,16 @@
 """The busy decision and the restart decision: pure functions, no daemon."""
 
+import os
+import subprocess
+
 import pytest
 
 import kingfisher_busy
+import kingfisher_packages
 import kingfisher_sources
 import kingfisher_tmux
 from deploytoken_model import human_duration
-from kingfisher_errors import InputError
+from kingfisher_errors import InputError, SourceError
 
 SESSION = {
     "owner": "alice", "socket": "/tmp/tmux-1000/default", "name": "crawl",
@@ -100,10 +104,89 @@ def test_auto_mode_skips_postgres_when_no_restart_is_pending(tmp_path):
              "postgres": {"threshold": 3600, "socket_dir": str(tmp_path), "port": 1}}
     settings = {name: kingfisher_sources.settings(name, given[name], lambda key, default: default)
                 for name in kingfisher_sources.names()}
-    report = kingfisher_busy.busy(settings, postgres_mode="auto", restart={"restart": False, "reasons": []})
-    assert report["sources"]["postgres"] == {
-        "status": "skipped", "why": "the next deployment would not restart PostgreSQL"}
+    report = kingfisher_busy.busy(settings, postgres_mode="auto", restart=lambda: {"restart": False, "reasons": []})
+    assert report["sources"]["postgres"] == {"status": "skipped", "why": "the next deployment would not restart "
+                                             "PostgreSQL", "restart": {"restart": False, "reasons": []}}
     assert report["sources"]["scrapyd"]["status"] == "busy", "Scrapyd at port 1 cannot be read"
+
+
+def test_auto_mode_checks_postgres_when_the_restart_question_fails(tmp_path):
+    given = {"scrapyd": {"url": "http://127.0.0.1:1"}, "tmux": {"users": "root"},
+             "postgres": {"threshold": 3600, "socket_dir": str(tmp_path), "port": 1, "runas": ""}}
+    settings = {name: kingfisher_sources.settings(name, given[name], lambda key, default: default)
+                for name in kingfisher_sources.names()}
+
+    def restart():
+        raise SourceError("Pending package upgrades cannot be listed: apt-cache failed: exit status 100.")
+
+    postgres = kingfisher_busy.busy(settings, postgres_mode="auto", restart=restart)["sources"]["postgres"]
+    assert postgres["status"] == "busy" and postgres["error"].startswith(f"PostgreSQL at {tmp_path} port 1 ")
+    assert postgres["restart"] == {"restart": None, "reasons": [], "error": "Pending package upgrades cannot be "
+                                   "listed: apt-cache failed: exit status 100.; PostgreSQL is checked anyway."}
+
+
+POLICY = """\
+postgresql-15:
+  Installed: 15.18-0+deb12u1
+  Candidate: 15.20-0+deb12u1
+  Version table:
+     15.20-0+deb12u1 500
+        500 http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
+ *** 15.18-0+deb12u1 500
+        100 /var/lib/dpkg/status
+postgresql-common:
+  Installed: 248+deb12u1
+  Candidate: 248+deb12u1
+postgresql-doc-15:
+  Installed: (none)
+  Candidate: 15.20-0+deb12u1
+"""
+
+
+def test_apt_policy_gives_the_packages_that_would_change():
+    assert kingfisher_packages.parse_policy(POLICY) == {"postgresql-15": "15.20-0+deb12u1"}
+
+
+@pytest.mark.skipif(kingfisher_packages.tools() is None, reason="not a Debian-family system")
+def test_postgres_upgrades_are_those_apt_lists_as_upgradable():
+    found = kingfisher_packages.pending(kingfisher_packages.tools(), "postgresql*")
+    listed = subprocess.run(["apt", "list", "--upgradable", "postgresql*"], capture_output=True, text=True,
+                            env={"PATH": os.environ["PATH"], "LC_ALL": "C"}).stdout
+    # postgresql-15/bookworm-security 15.20-0+deb12u1 amd64 [upgradable from: 15.18-0+deb12u1]
+    upgradable = {line.split("/")[0]: line.split()[1] for line in listed.splitlines() if "[upgradable" in line}
+    assert found["upgrades"] == upgradable
+    assert found["age"] == 0 and found["how"] == "dpkg-query and apt-cache policy for postgresql*"
+
+
+@pytest.mark.skipif(kingfisher_packages.tools() is None, reason="not a Debian-family system")
+def test_the_answer_is_kept_with_its_age_until_an_input_changes(tmp_path):
+    dpkg_status = tmp_path / "status"
+    dpkg_status.write_text("one")
+    cache = str(tmp_path / "kept" / "upgrades.json")
+    clock = [1000.0]
+
+    def ask():
+        return kingfisher_packages.pending(kingfisher_packages.tools(), "dtk-no-such-package*", cache,
+                                           now=lambda: clock[0], inputs=(str(dpkg_status), str(tmp_path / "absent")))
+
+    first = ask()
+    assert first == {"upgrades": {}, "checked": "1970-01-01T00:16:40Z", "age": 0,
+                     "how": "dpkg-query and apt-cache policy for dtk-no-such-package*"}
+    assert oct(os.stat(cache).st_mode & 0o777) == "0o600"
+    clock[0] += 90
+    assert ask() == dict(first, age=90.0), "reused with its age"
+    dpkg_status.write_text("two: a package was installed")
+    assert ask()["checked"] == "1970-01-01T00:18:10Z"
+    clock[0] += kingfisher_packages.MAX_AGE
+    assert ask()["age"] == 0, "too old to be reused"
+
+
+@pytest.mark.skipif(kingfisher_packages.tools() is None, reason="not a Debian-family system")
+def test_a_failing_package_tool_is_one_sentence():
+    dpkg_query, _ = kingfisher_packages.tools()
+    with pytest.raises(SourceError) as info:
+        kingfisher_packages.pending((dpkg_query, "/bin/false"), "dpkg")
+    assert str(info.value) == "Pending package upgrades cannot be listed: false failed: exit status 1."
 
 
 def test_tmux_lines_become_sessions():

@@ -82,7 +82,10 @@ def test_each_function_answers_through_the_cli(salt, scrapyd_busy, tmux_users, p
     queries = salt("kingfisher.long_queries", "threshold=3600", *pg_args(pg_cluster))
     assert queries.returncode == 0 and queries.data == {"threshold": 3600.0, "client": "psycopg", "queries": []}
     pending = salt("kingfisher.postgres_restart_pending")
-    assert pending.returncode == 0 and set(pending.data) == {"restart", "reasons"}
+    assert pending.returncode == 0 and set(pending.data) == {"restart", "reasons", "packages"}
+    again = salt("kingfisher.postgres_restart_pending")
+    assert again.data["packages"]["checked"] == pending.data["packages"]["checked"], "kept, with its age"
+    assert again.data["packages"]["age"] >= 0 and again.data["reasons"] == pending.data["reasons"]
 
 
 def test_restart_pending_runs_the_state_test(salt, sls_dir):
@@ -95,7 +98,7 @@ def test_restart_pending_runs_the_state_test(salt, sls_dir):
     try:
         ret = salt("kingfisher.postgres_restart_pending", "state_test=dtkpgrestart")
         assert ret.returncode == 0, ret
-        assert set(ret.data) == {"restart", "reasons"}
+        assert set(ret.data) == {"restart", "reasons", "packages"}
         assert not os.path.exists(conf), "test mode changes nothing"
         missing = salt("kingfisher.postgres_restart_pending", "state_test=dtk-no-such-sls")
         assert missing.returncode == 1

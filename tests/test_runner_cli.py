@@ -163,7 +163,7 @@ def test_bad_history_limit_exits_2(runner, limit):
 
 @pytest.mark.parametrize("args, sentence", [
     (["deploytoken.acquire", "resaon=x"],
-     "deploytoken.acquire has no argument resaon: it takes reason, wait, timeout, interval, name."),
+     "deploytoken.acquire has no argument resaon: it takes reason, wait, timeout, interval, name, force."),
     (["deploytoken.release", "nte=x"],
      "deploytoken.release has no argument nte: it takes note, name, force, reason, claim."),
     (["deploytoken.cleanup", "nte=x"], "deploytoken.cleanup has no argument nte: it takes note, name."),

@@ -1,0 +1,159 @@
+"""
+The fair line on the embedded store: a plain acquire never takes a free token from the people in line,
+waiters are served in the order they joined, a killed waiter leaves the line, and a waiter wakes at
+the release instead of at its next try (real processes on a real SQLite file; the CLI test through the
+real salt-run and master).
+"""
+
+import concurrent.futures
+import multiprocessing
+import os
+import signal
+import statistics
+import time
+
+import pytest
+
+import deploytoken_model as model
+import deploytoken_sqlite
+import deploytoken_token as token
+from conftest import PEOPLE, as_user
+from kingfisher_fixtures import wait_for
+from test_store_conformance import _in_children
+
+WAITERS = 20
+
+
+@pytest.fixture
+def store_file(tmp_path):
+    return str(tmp_path / "token.sqlite")
+
+
+def gap(start, end):
+    """Seconds from one of our ISO 8601 times to another."""
+    return (model.parse_time(end) - model.parse_time(start)).total_seconds()
+
+
+def take_in_turn(path, login):
+    taken = token.acquire(deploytoken_sqlite.SqliteStore(path), login, PEOPLE, wait=True, timeout=120, interval=30)
+    if not taken.get("acquired"):
+        raise TimeoutError(f"{login} never got the token: {taken['message']}")
+    return taken
+
+
+def test_a_plain_acquire_while_people_wait_is_refused_naming_the_first(store_file):
+    store = deploytoken_sqlite.SqliteStore(store_file)
+    bob = deploytoken_sqlite.SqliteStore(store_file)
+    ticket = bob.enqueue("Bob Jones")
+    since = model.since_text(store.waiting()[0]["since"])
+    refused = token.acquire(store, "carol", PEOPLE, reason="my turn")
+    assert refused["retcode"] == 1 and refused["acquired"] is False and store.read() is None
+    assert refused["message"] == (
+        f"The deploy token is free, but Bob Jones has waited for it since {since}. Join the line with salt-run "
+        "deploytoken.acquire wait=True, or take it ahead of the line with salt-run deploytoken.acquire force=True "
+        "reason='...'")
+    assert [entry["who"] for entry in refused["waiting"]] == ["Bob Jones"]
+    with pytest.raises(model.InputError, match=r"^Taking the token ahead of the people waiting needs a reason"):
+        token.acquire(store, "carol", PEOPLE, force=True)
+    with pytest.raises(model.InputError, match=r"^force=True takes a free token at once, ahead of the people"):
+        token.acquire(store, "carol", PEOPLE, force=True, wait=True, reason="hotfix")
+    taken = token.acquire(store, "carol", PEOPLE, force=True, reason="hotfix, agreed with Bob")
+    assert taken["changed"] and taken["holder"] == "Carol Díaz" and taken["reason"] == "hotfix, agreed with Bob"
+    held = token.acquire(deploytoken_sqlite.SqliteStore(store_file), "alice", PEOPLE)
+    assert held["retcode"] == 1 and held["message"].endswith(
+        f"In line already: Bob Jones has waited for it since {model.since_text(store.waiting()[0]['since'])}.")
+    bob.dequeue(ticket)
+    assert store.waiting() == []
+
+
+def _line_racer(path, role, login, barrier, results):
+    """A waiter takes its turn and gives the token back at once; the releaser ends alice's claim once
+    every waiter stands in line, and tells the line's order."""
+    try:
+        barrier.wait()
+        store = deploytoken_sqlite.SqliteStore(path)
+        if role == "releaser":
+            wait_for(lambda: len(store.waiting()) == WAITERS, timeout=60, what="every waiter in line")
+            results.put(("line", [entry["who"] for entry in store.waiting()], time.time()))
+            token.release(store, login, PEOPLE)
+        else:
+            take_in_turn(path, login)
+            results.put(("served", login, time.time()))
+            token.release(store, login, PEOPLE, note="served")
+    except Exception as exc:  # every outcome must reach the parent, errors included
+        results.put(("error", login, repr(exc)))
+
+
+def test_twenty_concurrent_waiters_are_served_in_the_order_they_joined(store_file):
+    store = deploytoken_sqlite.SqliteStore(store_file)
+    token.acquire(store, "alice", PEOPLE)
+    logins = [f"w{i:02d}" for i in range(WAITERS)]
+    outcomes = _in_children(_line_racer, [(store_file, "releaser", "alice")] +
+                            [(store_file, "waiter", login) for login in logins])
+    assert not [o for o in outcomes if o[0] == "error"], outcomes
+    (line,) = [o[1] for o in outcomes if o[0] == "line"]
+    assert sorted(line) == logins
+    assert [row.login for row in store.history(WAITERS + 1)][::-1] == ["alice", *line], "nobody cut in"
+    # From one waiter holding the token to the next holding it: its release, the wake-up and the acquire.
+    times = [o[2] for o in sorted(outcomes, key=lambda o: o[2])]
+    hand_offs = [after - before for before, after in zip(times, times[1:])]
+    print(f"SQLite hand-offs, {WAITERS} waiters: median {statistics.median(hand_offs):.3f} s, "
+          f"max {max(hand_offs):.3f} s")
+    assert statistics.median(hand_offs) <= 0.5
+    assert store.waiting() == [] and store.read() is None
+
+
+def _waiter(path, login, results):
+    take_in_turn(path, login)
+    results.put(login)
+    token.release(deploytoken_sqlite.SqliteStore(path), login, PEOPLE, note="served")
+
+
+def test_a_killed_waiter_leaves_the_line_at_once(store_file):
+    store = deploytoken_sqlite.SqliteStore(store_file)
+    token.acquire(store, "alice", PEOPLE)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    children = []
+    try:
+        for login in ("w0", "w1", "w2"):
+            children.append(context.Process(target=_waiter, args=(store_file, login, results)))
+            children[-1].start()
+            wait_for(lambda: len(store.waiting()) == len(children), what=f"{login} in the line")
+        dead_lock = set(os.listdir(store_file + ".line"))
+        os.kill(children[0].pid, signal.SIGKILL)
+        children[0].join(10)
+        assert [entry["who"] for entry in store.waiting()] == ["w1", "w2"], "no wait: its lock went with it"
+        token.release(store, "alice", PEOPLE)
+        served = [results.get(timeout=60) for _ in range(2)]
+    finally:
+        for child in children:
+            child.join(30)
+            if child.is_alive():
+                child.kill()
+    assert served == ["w1", "w2"]
+    later = deploytoken_sqlite.SqliteStore(store_file)
+    ticket = later.enqueue("later")  # the next waiter to join removes the dead row and its lock file
+    assert not dead_lock & set(os.listdir(store_file + ".line")) - {later._place[2]}
+    assert [entry["who"] for entry in later.waiting()] == ["later"]
+    later.dequeue(ticket)
+
+
+@pytest.mark.daemons
+@pytest.mark.usefixtures("free_token")
+def test_a_waiter_holds_the_token_within_a_second_of_the_release_through_the_cli(salt_run, salt_master):
+    as_user(salt_run, "alice", "deploytoken.acquire", "reason=upgrade")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # interval=30: a waiter that only tried again after its interval would take 30 s.
+        waiting = pool.submit(as_user, salt_master.salt_run_cli(timeout=120), "bob", "deploytoken.acquire",
+                              "wait=True", "interval=30", "timeout=90")
+        try:
+            wait_for(lambda: [entry["who"] for entry in as_user(salt_run, "carol", "deploytoken.status")
+                              .data["waiting"]] == ["Bob Jones"], timeout=60, what="bob in the line")
+            released = as_user(salt_run, "alice", "deploytoken.release")
+            assert released.returncode == 0, released
+            taken = waiting.result(timeout=60)
+        finally:
+            as_user(salt_run, "bob", "deploytoken.release")
+    assert taken.returncode == 0 and taken.data["holder"] == "Bob Jones", taken
+    assert gap(released.data["released"], taken.data["since"]) < 1
