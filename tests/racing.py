@@ -123,15 +123,32 @@ def write_holding(settings, number):
     return number, current.holder, current.claim, current.claim == wanted.claim
 
 
-def take_in_turn(settings, login, people, timeout=120):
+def take_in_turn(settings, login, people, timeout=120, interval=10):
     """``acquire wait=True`` in the store's line, then give the token back: (login, when it held it)."""
     store = deploytoken_stores.open_store(settings)
-    taken = token.acquire(store, login, people, wait=True, timeout=timeout, interval=10)
+    taken = token.acquire(store, login, people, wait=True, timeout=timeout, interval=interval)
     if not taken.get("acquired"):
         raise TimeoutError(f"{login} never got the token: {taken['message']}")
     held_at = time.time()
     token.release(store, login, people, note="served")
     return login, held_at
+
+
+def serve_line(settings, role, login, people, waiters):
+    """The fair line's race: a waiter takes its turn (trying again only every 30 s, so a quick turn means it
+    was woken) and gives the token back at once: ("served", login, when it held it); the releaser ends
+    ``login``'s claim once ``waiters`` stand in line: ("line", the line's order, when)."""
+    if role == "waiter":
+        return ("served", *take_in_turn(settings, login, people, interval=30))
+    store = deploytoken_stores.open_store(settings)
+    deadline = time.monotonic() + 60
+    while len(store.waiting()) < waiters:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(store.waiting())} of {waiters} waiters stood in line after 60 s")
+        time.sleep(0.05)
+    line = [entry["who"] for entry in store.waiting()]
+    token.release(store, login, people)
+    return "line", line, time.time()
 
 
 def release_later(settings, login, people, seconds):

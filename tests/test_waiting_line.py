@@ -6,20 +6,19 @@ real salt-run and master).
 """
 
 import concurrent.futures
-import multiprocessing
 import os
 import signal
 import statistics
-import time
 
 import pytest
 
 import deploytoken_model as model
+import deploytoken_settings
 import deploytoken_sqlite
 import deploytoken_token as token
+import racing
 from conftest import PEOPLE, as_user
 from kingfisher_fixtures import wait_for
-from test_store_conformance import _in_children
 
 WAITERS = 20
 
@@ -34,11 +33,9 @@ def gap(start, end):
     return (model.parse_time(end) - model.parse_time(start)).total_seconds()
 
 
-def take_in_turn(path, login):
-    taken = token.acquire(deploytoken_sqlite.SqliteStore(path), login, PEOPLE, wait=True, timeout=120, interval=30)
-    if not taken.get("acquired"):
-        raise TimeoutError(f"{login} never got the token: {taken['message']}")
-    return taken
+def sqlite_settings(path):
+    return deploytoken_settings.Settings(cachedir=os.path.dirname(path), sections={"sqlite": {"path": path}},
+                                         people=PEOPLE)
 
 
 def test_a_plain_acquire_while_people_wait_is_refused_naming_the_first(store_file):
@@ -66,31 +63,13 @@ def test_a_plain_acquire_while_people_wait_is_refused_naming_the_first(store_fil
     assert store.waiting() == []
 
 
-def _line_racer(path, role, login, barrier, results):
-    """A waiter takes its turn and gives the token back at once; the releaser ends alice's claim once
-    every waiter stands in line, and tells the line's order."""
-    try:
-        barrier.wait()
-        store = deploytoken_sqlite.SqliteStore(path)
-        if role == "releaser":
-            wait_for(lambda: len(store.waiting()) == WAITERS, timeout=60, what="every waiter in line")
-            results.put(("line", [entry["who"] for entry in store.waiting()], time.time()))
-            token.release(store, login, PEOPLE)
-        else:
-            take_in_turn(path, login)
-            results.put(("served", login, time.time()))
-            token.release(store, login, PEOPLE, note="served")
-    except Exception as exc:  # every outcome must reach the parent, errors included
-        results.put(("error", login, repr(exc)))
-
-
 def test_twenty_concurrent_waiters_are_served_in_the_order_they_joined(store_file):
     store = deploytoken_sqlite.SqliteStore(store_file)
     token.acquire(store, "alice", PEOPLE)
     logins = [f"w{i:02d}" for i in range(WAITERS)]
-    outcomes = _in_children(_line_racer, [(store_file, "releaser", "alice")] +
-                            [(store_file, "waiter", login) for login in logins])
-    assert not [o for o in outcomes if o[0] == "error"], outcomes
+    settings = sqlite_settings(store_file)
+    outcomes = racing.returned(racing.run(racing.serve_line, [(settings, "releaser", "alice", PEOPLE, WAITERS)] +
+                                          [(settings, "waiter", login, PEOPLE, WAITERS) for login in logins]))
     (line,) = [o[1] for o in outcomes if o[0] == "line"]
     assert sorted(line) == logins
     assert [row.login for row in store.history(WAITERS + 1)][::-1] == ["alice", *line], "nobody cut in"
@@ -103,34 +82,19 @@ def test_twenty_concurrent_waiters_are_served_in_the_order_they_joined(store_fil
     assert store.waiting() == [] and store.read() is None
 
 
-def _waiter(path, login, results):
-    take_in_turn(path, login)
-    results.put(login)
-    token.release(deploytoken_sqlite.SqliteStore(path), login, PEOPLE, note="served")
-
-
 def test_a_killed_waiter_leaves_the_line_at_once(store_file):
     store = deploytoken_sqlite.SqliteStore(store_file)
     token.acquire(store, "alice", PEOPLE)
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    children = []
-    try:
+    with racing.started(racing.take_in_turn, barrier=False) as race:
         for login in ("w0", "w1", "w2"):
-            children.append(context.Process(target=_waiter, args=(store_file, login, results)))
-            children[-1].start()
-            wait_for(lambda: len(store.waiting()) == len(children), what=f"{login} in the line")
+            race.start(racing.take_in_turn, sqlite_settings(store_file), login, PEOPLE)
+            wait_for(lambda: len(store.waiting()) == len(race.processes), what=f"{login} in the line")
         dead_lock = set(os.listdir(store_file + ".line"))
-        os.kill(children[0].pid, signal.SIGKILL)
-        children[0].join(10)
+        os.kill(race.processes[0].pid, signal.SIGKILL)
+        race.processes[0].join(10)
         assert [entry["who"] for entry in store.waiting()] == ["w1", "w2"], "no wait: its lock went with it"
         token.release(store, "alice", PEOPLE)
-        served = [results.get(timeout=60) for _ in range(2)]
-    finally:
-        for child in children:
-            child.join(30)
-            if child.is_alive():
-                child.kill()
+        served = [login for login, _ in racing.returned(race.collect(2))]
     assert served == ["w1", "w2"]
     later = deploytoken_sqlite.SqliteStore(store_file)
     ticket = later.enqueue("later")  # the next waiter to join removes the dead row and its lock file
