@@ -120,4 +120,7 @@ def test_a_waiter_holds_the_token_within_a_second_of_the_release_through_the_cli
         finally:
             as_user(salt_run, "bob", "deploytoken.release")
     assert taken.returncode == 0 and taken.data["holder"] == "Bob Jones", taken
-    assert gap(released.data["released"], taken.data["since"]) < 1
+    (row,) = [row for row in as_user(salt_run, "carol", "deploytoken.history", "limit=5").data
+              if row["claim"] == released.data["claim"]]
+    # Times are kept to the second: a hand-off within a second shows as 0 or 1.
+    assert gap(row["released"], taken.data["since"]) <= 1
