@@ -551,6 +551,12 @@ def doctor(targets="*", tgt_type="glob", ssh=None):
         salt-run deploytoken.doctor
         salt-run deploytoken.doctor targets='kingfisher*' ssh=True
     """
+    try:  # a mistyped argument is bad input (exit status 2), not a finding about the set-up
+        __utils__["deploytoken_setup.check_tgt_type"](tgt_type)
+        if ssh is not None:
+            ssh = __utils__["deploytoken_model.check_flag"](ssh, "ssh")
+    except SaltException as exc:
+        return {"error": str(exc), "retcode": BAD_INPUT}
     checks = "deploytoken_doctor."
     conf_file = __opts__.get("conf_file")
     findings = __utils__[checks + "deploytoken_blocks"](__utils__[checks + "config_files"](conf_file))

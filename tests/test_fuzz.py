@@ -116,6 +116,8 @@ RUNNER = [
               "cancel": FLAGS, "targets": ["a b", "a\tb"], "id": ["override-xyz", "../x", "[1]"]}),
     Function("deploytoken.migrate", ("to",), {"to": ["nosuch", "../x", "[1]", "{}", ""]}),
     Function("deploytoken.flush", (), {}),
+    Function("deploytoken.doctor", ("targets", "tgt_type", "ssh"),
+             {"targets": ["a\x07b", "[]"], "tgt_type": ["globb", "", "[]"], "ssh": FLAGS}),
     Function("deploytoken.remind", (), {}),
     Function("deploytoken.notify_me", ("name",), {"name": LONG + ["Nobody", "N\u043ebody"]}),
     Function("deploytoken.announce", ("tag", "data"),
