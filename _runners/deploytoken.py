@@ -553,6 +553,7 @@ def doctor(targets="*", tgt_type="glob", ssh=None):
     """
     try:  # a mistyped argument is bad input (exit status 2), not a finding about the set-up
         __utils__["deploytoken_setup.check_tgt_type"](tgt_type)
+        targets = __utils__["deploytoken_setup.check_targets"](targets) or "*"
         if ssh is not None:
             ssh = __utils__["deploytoken_model.check_flag"](ssh, "ssh")
     except SaltException as exc:

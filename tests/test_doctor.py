@@ -208,3 +208,10 @@ def test_doctor_with_a_master_asks_its_minions(salt_run, salt_minion):
     # The shared minion has no Scrapyd of its own at the default address: named with the setting to fix.
     scrapyd = [line for line in lines if line.startswith(f"problem: {MINION_ID}: the busy check cannot read scrapyd: ")]
     assert len(scrapyd) == 1 and ran.returncode == 1, lines
+
+
+@pytest.mark.parametrize("args", [("targets=a\x07b",), ("targets=",), ("tgt_type=globb",), ("ssh=maybe",)])
+def test_a_mistyped_argument_is_bad_input_before_any_check(runner, args):
+    ret = runner.run("deploytoken.doctor", *args)
+    assert ret.returncode == 2 and "findings" not in ret.data, ret.data
+    assert ret.data["error"].endswith("."), ret.data
