@@ -727,6 +727,8 @@ def remind():
 def notify_me(name=None):
     """
     Be named in the chat message when the deploy token is released (as with ``acquire wait=True``).
+    Exit status 1, with nothing noted, when no chat is configured (no ``deploytoken: notify:``): no
+    message would ever name you.
 
     name
         Note this name instead of yours.

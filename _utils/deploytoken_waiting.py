@@ -23,8 +23,15 @@ def path(cachedir):
 
 
 def ask(store, settings, caller, name=None):
-    """``notify_me``: note the caller (or ``name``) for the next release message."""
+    """``notify_me``: note the caller (or ``name``) for the next release message. Without a chat
+    (``deploytoken:notify``) no message will ever name them: nothing is noted, and the answer says so
+    with ``retcode`` 1, as a refusal."""
     login, shown = token.who(caller, name, settings.people)
+    if settings.notify is None:
+        return {"waiting": False, "retcode": 1, "message": "No chat is configured (there is no deploytoken:notify "
+                "block in the master config), so no message can name you when the deploy token is released; nothing "
+                "was noted. See who holds it with salt-run deploytoken.status, or wait in line with "
+                "salt-run deploytoken.acquire wait=True."}
     holding = store.read()
     if holding is None:
         return {"waiting": False, "message": "Nobody holds the deploy token: take it with "

@@ -205,6 +205,14 @@ def test_the_webhook_url_is_not_in_the_masters_log(chat_master, webhook):
     assert "deploytoken" in text and "SECRET" not in text
 
 
+def test_notify_me_without_a_chat_is_refused_in_one_json_document(salt_run_with):
+    no_chat = salt_run_with({"people": PEOPLE})
+    ret = no_chat.run("deploytoken.notify_me", env={"SUDO_USER": "bob"})
+    assert ret.returncode == 1, ret
+    assert ret.data["waiting"] is False and ret.data["message"].startswith("No chat is configured ")
+    assert json.loads(ret.stdout) == ret.data
+
+
 # ---- without a master daemon: salt-run -c and cron ----------------------------------------------
 
 

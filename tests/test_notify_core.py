@@ -288,8 +288,18 @@ def test_an_acquired_event_without_a_notify_block_is_not_posted(tmp_path, master
     assert said["text"].startswith("The deploy token is held by Bob Jones (bob) since ")
 
 
+def test_notify_me_without_a_chat_says_so_and_notes_nobody(tmp_path, store):
+    token.acquire(store, "alice", PEOPLE, reason="upgrade")
+    asked = waiting.ask(store, config(tmp_path), "bob")
+    assert asked == {"waiting": False, "retcode": 1, "message": (
+        "No chat is configured (there is no deploytoken:notify block in the master config), so no message can name "
+        "you when the deploy token is released; nothing was noted. See who holds it with salt-run "
+        "deploytoken.status, or wait in line with salt-run deploytoken.acquire wait=True.")}
+    assert waiting.take(str(tmp_path)) == []
+
+
 def test_notify_me_while_held_and_while_free(tmp_path, store):
-    found = config(tmp_path)
+    found = config(tmp_path, notify={"kind": "slack", "url_file": str(tmp_path / "webhook")})
     free = waiting.ask(store, found, "bob")
     assert free["waiting"] is False and free["message"].startswith("Nobody holds the deploy token")
     token.acquire(store, "alice", PEOPLE, reason="upgrade")
