@@ -418,6 +418,17 @@ def test_the_deploy_repository_and_the_master_config_are_quoted_whole():
                       "examples/deploy-repo/salt-config/roster", "examples/master.d/deploytoken.conf"}
 
 
+LINK = re.compile(r"\]\((?P<target>[^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_every_link_of_the_docs_names_a_file_of_the_repository():
+    for page in PAGES:
+        for match in LINK.finditer(page.read_text()):
+            target = (page.parent / match["target"]).resolve()
+            # docs/install.md comes with the packaging work, which tests it.
+            assert target.exists() or target == REPO / "docs" / "install.md", f"{page.name} links to {match['target']}"
+
+
 # ---- the checks themselves catch what they are for ---------------------------------------------------------
 
 
