@@ -41,7 +41,7 @@ PILLAR_MAX_AGE = 30
 MINION_ID = "collect-test"
 
 
-# The tiers (README, "Running the tests"), each test's found from the fixtures it uses unless it is marked:
+# The tiers (docs/development.md, "Running the tests"), each test's found from the fixtures it uses unless it is marked:
 #   unit: plain Python, as any user, in about a minute;
 #   functional: root, and real services the tests start (PostgreSQL, Scrapyd, tmux servers of real users);
 #   integration: real Salt daemons and CLIs, salt-ssh through a real sshd.

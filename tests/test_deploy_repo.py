@@ -1,6 +1,6 @@
 """
 The team's deploy repository as committed in ``examples/deploy-repo``, cloned by two real operators into
-their own homes and used as the README says, as themselves (no sudo), against a real sshd on 127.0.0.1
+their own homes and used as docs/salt-ssh.md says, as themselves (no sudo), against a real sshd on 127.0.0.1
 with ``ExposeAuthInfo yes``, a real PostgreSQL store, a real Scrapyd and a real user's tmux session.
 
 The team's repository is the committed example, copied; only the values a team fills in are changed,
@@ -168,7 +168,7 @@ def clones(operators, sshd, team_repo, server_files):
 
 
 def run(operator_bin, op, clone, program, *args):
-    """``program`` as ``op`` (no sudo), from the top folder of their clone, as the README says."""
+    """``program`` as ``op`` (no sudo), from the top folder of their clone, as docs/salt-ssh.md says."""
     done = subprocess.run(
         [RUNUSER, "-u", op.login, "--", str(operator_bin / program), "--out=json", "--log-level=quiet", *args],
         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, cwd=clone,

@@ -1,25 +1,510 @@
-"""The README quotes the files of ``examples/deploy-repo`` byte for byte: each block after a
-``<!-- file: PATH -->`` line is that file as committed, so the two cannot drift apart."""
+"""
+Every fenced block of ``README.md`` and ``docs/*.md`` (but ``docs/install.md``, which the packaging tests
+cover) is checked, so the docs cannot drift from the code. ``CHECKS`` gives each kind of block its check:
 
+- after ``<!-- file: PATH -->``: that file of the repository, byte for byte;
+- after ``<!-- part of: PATH -->``: consecutive whole lines of that file;
+- ``bash``/``sh``/``console``/``cron``: each command parsed as Salt parses it, against Salt's own options
+  and outputters and the real function's signature and argument checks (``salt-run deploytoken.*`` goes
+  through the runner's own check of unknown, extra and repeated arguments); scripts and benchmarks exist;
+- ``yaml``: a ``deploytoken:`` block read by our ``Settings`` and its store's own checks, a ``kingfisher:``
+  block by each source's settings, a state file against the loaded states' signatures;
+- ``json``: ``kingfisher.busy``'s answer, its keys and its summary sentence;
+- ``text``: an output example, whose printed ``salt-run deploytoken.*`` commands are checked as above.
+
+A block of any other kind fails. The example master configuration is loaded with Salt's own config
+loader, and the quick start is run as pasted.
+"""
+
+import atexit
+import dataclasses
+import functools
+import importlib
+import inspect
+import json
+import os
+import pathlib
 import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
 
-from conftest import REPO
+import pytest
+import salt.config
+import salt.loader
+import salt.minion
+import salt.state
+import salt.utils.args
+import salt.utils.parsers
+import yaml
+from salt.exceptions import SaltInvocationError
 
-QUOTED = re.compile(r"^<!-- file: (?P<path>[^ ]+) -->\n```[a-z]*\n(?P<text>.*?)^```$", re.M | re.S)
+import deploytoken_doctor as doctor
+import deploytoken_google_client
+import deploytoken_google_history
+import deploytoken_postgres
+import deploytoken_settings as settings
+import deploytoken_stores
+import kingfisher_busy
+import kingfisher_sources
+from conftest import REPO, TIERS
+
+PAGES = [REPO / "README.md"] + sorted(path for path in (REPO / "docs").glob("*.md") if path.name != "install.md")
+FENCE = re.compile(r"^(?P<indent> *)```(?P<info>[a-z]*)\n(?P<body>.*?)^(?P=indent)```$", re.M | re.S)
+MARKER = re.compile(r"<!-- (?P<kind>file|part of): (?P<path>\S+) -->")
+EXAMPLE_CONF = REPO / "examples" / "master.d" / "deploytoken.conf"
+VENV = os.path.dirname(os.path.dirname(sys.executable))
+# The extending guide's example of a new Kingfisher source; checked for real once it is registered.
+EXAMPLE_SOURCES = {"celery"}
 
 
-def quoted_files():
-    return [(match["path"], match["text"]) for match in QUOTED.finditer((REPO / "README.md").read_text())]
+@dataclasses.dataclass(frozen=True)
+class Block:
+    page: str
+    line: int
+    info: str
+    text: str
+    marker: tuple | None  # (kind, path) of a <!-- file: --> or <!-- part of: --> line just above
+
+    @property
+    def kind(self):
+        return self.marker[0] if self.marker else self.info
+
+    def __str__(self):
+        return f"{self.page}:{self.line}"
 
 
-def test_every_file_the_readme_quotes_is_byte_identical_to_the_example():
-    quoted = quoted_files()
-    assert {path for path, _ in quoted} >= {"examples/deploy-repo/Saltfile", "examples/deploy-repo/salt-config/master",
-                                            "examples/deploy-repo/salt-config/roster"}
-    for path, text in quoted:
-        assert (REPO / path).read_bytes() == text.encode(), f"README.md quotes {path} differently"
+def blocks():
+    found = []
+    for page in PAGES:
+        text = page.read_text()
+        for match in FENCE.finditer(text):
+            indent = len(match["indent"])
+            body = "".join(line[indent:] for line in match["body"].splitlines(keepends=True))
+            before = text[: match.start()].splitlines()
+            marker = MARKER.fullmatch(before[-1].strip()) if before else None
+            found.append(Block(str(page.relative_to(REPO)), len(before) + 1, match["info"], body,
+                               (marker["kind"], marker["path"]) if marker else None))
+    return found
+
+
+BLOCKS = blocks()
+
+
+# ---- Salt's own loaders, on a configuration of this test -----------------------------------------
+
+
+@functools.cache
+def master_opts():
+    root = pathlib.Path(tempfile.mkdtemp(prefix="dt-docs-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    opts = salt.config.master_config(None)
+    opts.update(root_dir=str(root), cachedir=str(root / "cache"), pki_dir=str(root / "pki"),
+                sock_dir=str(root / "sock"), runner_dirs=[str(REPO / "_runners")], utils_dirs=[str(REPO / "_utils")],
+                file_roots={"base": []}, pillar_roots={"base": []})
+    return opts
+
+
+@functools.cache
+def runners():
+    return salt.loader.runner(master_opts(), utils=salt.loader.utils(master_opts()))
+
+
+@functools.cache
+def minion():
+    """The execution modules and states a minion loads, ours among them: ``(functions, states)``."""
+    opts = salt.config.minion_config(None)
+    opts.update(dict(master_opts(), module_dirs=[str(REPO / "_modules")], states_dirs=[str(REPO / "_states")],
+                     file_client="local", grains={}))
+    utils = salt.loader.utils(opts)
+    functions = salt.loader.minion_mods(opts, utils=utils)
+    return functions, salt.loader.states(opts, functions, utils, salt.loader.serializers(opts))
+
+
+@functools.cache
+def outputters():
+    return salt.loader.outputters(master_opts())
+
+
+PARSERS = {
+    "salt-run": salt.utils.parsers.SaltRunOptionParser,
+    "salt": salt.utils.parsers.SaltCMDOptionParser,
+    "salt-call": salt.utils.parsers.SaltCallOptionParser,
+    "salt-ssh": salt.utils.parsers.SaltSSHOptionParser,
+}
+
+
+# ---- commands ---------------------------------------------------------------------------------------
+
+
+def salt_options(program, words):
+    """The words after the options, each option checked against ``program``'s own parser and each
+    ``--out`` against the outputters Salt has."""
+    parser = PARSERS[program]()
+    words = list(words)
+    rest = []
+    while words:
+        word = words.pop(0)
+        if not word.startswith("-"):  # options may come anywhere, as Salt's parsers allow
+            rest.append(word)
+            continue
+        name, _, value = word.partition("=")
+        option = parser.get_option(name)
+        assert option is not None, f"{program} has no option {name}"
+        if option.takes_value() and not value:
+            value = words.pop(0)
+        if option.dest == "output":
+            assert value in outputters(), f"{program} {word}: Salt has no outputter {value!r}"
+    return rest
+
+
+def check_runner_call(function, words):
+    """``salt-run function words``: the function exists, and the runner's own check accepts the words."""
+    assert function in runners(), f"salt-run has no function {function}"
+    if not function.startswith("deploytoken."):
+        return
+    loaded = runners()[function]
+    args, kwargs = salt.minion.load_args_and_kwargs(loaded, salt.utils.args.parse_input(words))
+    checked = inspect.getclosurevars(loaded.func).nonlocals  # what _strict binds the call against
+    module = loaded.func.__globals__
+    name = function.split(".", 1)[1]
+    opts = module["__opts__"]
+    opts["fun"], opts["arg"] = function, list(words)
+    try:
+        problem = module["_argument_problem"](name, checked["valid"], args, kwargs) or module["_typed_problem"](name)
+    finally:
+        opts.pop("fun", None), opts.pop("arg", None)
+    assert problem is None, problem
+    checked["signature"].bind(*args, **kwargs)
+
+
+def check_minion_call(function, words):
+    """``salt TGT function words``: a function a minion has, and the words bind to its signature."""
+    functions, _ = minion()
+    assert function in functions, f"a minion has no function {function}"
+    args, kwargs = salt.minion.load_args_and_kwargs(functions[function], salt.utils.args.parse_input(words))
+    inspect.signature(functions[function]).bind(*args, **kwargs)
+
+
+def check_salt(program, words):
+    rest = salt_options(program, words)
+    if program == "salt-run":
+        assert rest, "salt-run needs a function"
+        check_runner_call(rest[0], rest[1:])
+    elif program == "salt-call":
+        check_minion_call(rest[0], rest[1:])
+    else:  # salt and salt-ssh: a target, then the function
+        assert len(rest) >= 2, f"{program} needs a target and a function"
+        if program == "salt-ssh" and rest[1] == "state.single":
+            pytest.fail("salt-ssh state.single finds no custom state on a real target: use state.apply")
+        check_minion_call(rest[1], rest[2:])
+
+
+def check_script(words):
+    path = REPO / words[0]
+    assert path.is_file() and os.access(path, os.X_OK), f"{words[0]} is not an executable script of the repository"
+    words = words[1:]
+    while words:
+        word = words.pop(0)
+        if word == "-m":
+            assert words.pop(0) in TIERS
+        elif not word.startswith("-"):
+            assert (REPO / word).exists(), f"{word} does not exist"
+
+
+def check_python(words):
+    assert words[1].startswith("benchmarks/") and (REPO / words[1]).is_file(), f"{words[1]} does not exist"
+
+
+def check_gcloud(words):
+    # The login the Google store's own sentence tells people to run.
+    assert shlex.join(words) == deploytoken_google_client.USER_LOGIN
+
+
+def check_command(line):
+    words = shlex.split(line, comments=True)
+    if not words:
+        return
+    if words[0] == "sudo":
+        words = words[3:] if words[1] == "-u" else words[1:]
+    program = words[0].removeprefix(".venv/bin/")
+    if program in PARSERS:
+        check_salt(program, words[1:])
+    elif program.startswith("scripts/"):
+        check_script(words)
+    elif program == "python":
+        check_python(words)
+    elif program == "gcloud":
+        check_gcloud(words)
+    else:
+        pytest.fail(f"no check for the command {line!r}")
+
+
+def check_commands(block):
+    for line in block.text.splitlines():
+        check_command(line)
+
+
+def check_console(block):
+    """``$ command`` lines are commands; the others are what they print."""
+    for line in block.text.splitlines():
+        if line.startswith("$ "):
+            check_command(line[2:])
+        else:
+            check_printed_commands(line)
+
+
+def check_cron(block):
+    for line in block.text.splitlines():
+        fields = line.split(None, 5)
+        assert len(fields) == 6 and all(re.fullmatch(r"[\d*/,-]+", field) for field in fields[:5]), line
+        check_command(fields[5])
+
+
+PRINTED = re.compile(
+    r"salt-run (?:-c \S+ )?(?P<function>deploytoken\.\w+)(?P<args>(?: \w+=(?:'[^']*'|\"[^\"]*\"|\S+))*)"
+)
+
+
+def check_printed_commands(text):
+    """The ``salt-run deploytoken.*`` commands an output example prints, as far as the sentence goes."""
+    for match in PRINTED.finditer(text):
+        words = [word.rstrip(".,") for word in shlex.split(match["args"])]
+        check_runner_call(match["function"], words)
+
+
+def check_output(block):
+    assert block.text.strip()
+    check_printed_commands(" ".join(block.text.split()))  # a printed command may be wrapped over lines
+
+
+# ---- YAML -----------------------------------------------------------------------------------------------
+
+
+def check_deploytoken(block):
+    """Our settings read it; each store's block passes that store's own checks (no connection made)."""
+    found = settings.from_opts({"cachedir": "/var/cache/salt/master", "deploytoken": block})
+    assert found.backend in deploytoken_stores.BACKENDS
+    if "sqlite" in block:
+        deploytoken_stores.BACKENDS["sqlite"].from_settings(found)
+    if "postgres" in block:
+        section = dict(found.section("postgres"))
+        password_file = section.pop("password_file", None)
+        assert password_file is None or os.path.isabs(password_file)
+        deploytoken_postgres.PostgresStore(section)
+    if "google" in block:
+        section = found.section("google")
+        known = set()
+        for name in ("deploytoken_google", "deploytoken_google_client"):
+            source = inspect.getsource(importlib.import_module(name))
+            known |= set(re.findall(r"section(?:\.get\(|\[)\"(\w+)\"", source))
+        assert set(section) <= known, f"deploytoken:google has no setting {sorted(set(section) - known)}"
+        for key in ("document_id", "spreadsheet_id", "history_range"):
+            assert section.get(key), f"deploytoken:google:{key} is missing"
+        deploytoken_google_history.check_history_range(section["history_range"])
+
+
+def check_kingfisher(block):
+    """Each source's settings parse, as the module reads them from config or pillar."""
+
+    def lookup(key, default):
+        value = {"kingfisher": block}
+        for part in key.split(":"):
+            if not isinstance(value, dict) or part not in value:
+                return default
+            value = value[part]
+        return value
+
+    for name, value in block.items():
+        if name in kingfisher_sources.SOURCES:
+            kingfisher_sources.settings(name, {}, lookup)
+        elif name == "busy":
+            kingfisher_busy.check_mode(value["postgres"])
+        else:
+            assert name in EXAMPLE_SOURCES, f"kingfisher:{name} is not a Kingfisher source"
+
+
+def check_states(block):
+    """A state file: each state is one a minion loads, and its arguments bind to the function."""
+    _, states = minion()
+    keywords = salt.state.STATE_REQUISITE_KEYWORDS | salt.state.STATE_RUNTIME_KEYWORDS
+    for state_id, body in block.items():
+        assert isinstance(body, dict) and body, f"{state_id} is not a state"
+        for function, args in body.items():
+            given = {key: value for arg in args for key, value in arg.items()}
+            given.setdefault("name", state_id)
+            for keyword in keywords:
+                given.pop(keyword, None)
+            if function in states:
+                inspect.signature(states[function]).bind(**given)
+            else:  # one of Salt's own that this machine does not load (service.running without systemd)
+                module, name = function.split(".")
+                found = importlib.import_module(f"salt.states.{module}")
+                assert callable(getattr(found, name, None)), f"Salt has no state {function}"
+
+
+def check_yaml(block):
+    parsed = yaml.safe_load(block.text)
+    assert isinstance(parsed, dict) and parsed, "not a YAML mapping"
+    first = block.text.splitlines()[0]
+    assert not re.match(r"# (/|\S+\.(conf|sls)$)", first), (
+        f"{block} names its file ({first}): quote that file with <!-- file: PATH --> or <!-- part of: PATH -->")
+    for key, value in parsed.items():
+        if key == "deploytoken":
+            check_deploytoken(value)
+        elif key == "kingfisher":
+            check_kingfisher(value)
+        else:
+            check_states({key: value})
+
+
+# ---- quotes and the rest ---------------------------------------------------------------------------------
+
+
+def check_file(block):
+    path = block.marker[1]
+    assert (REPO / path).read_bytes() == block.text.encode(), f"{block} quotes {path} differently"
+
+
+def check_part(block):
+    path = block.marker[1]
+    assert ("\n" + (REPO / path).read_text()).find("\n" + block.text) >= 0, f"{block} is not part of {path}"
+
+
+def check_busy_json(block):
+    """``kingfisher.busy``'s answer: its keys, its sources and statuses, and the summary they make."""
+    answer = json.loads(block.text)
+    assert set(answer) == set(kingfisher_busy.decide({}))
+    assert set(answer["sources"]) <= set(kingfisher_sources.SOURCES)
+    assert {source["status"] for source in answer["sources"].values()} <= {"busy", "idle", "skipped", "unknown"}
+    assert answer["summary"] == kingfisher_busy.summary(answer["busy"], answer["sources"])
+
+
+CHECKS = {
+    "file": check_file,
+    "part of": check_part,
+    "bash": check_commands,
+    "sh": check_commands,
+    "console": check_console,
+    "cron": check_cron,
+    "yaml": check_yaml,
+    "json": check_busy_json,
+    "text": check_output,
+}
+
+
+def test_every_block_of_the_docs_has_a_check():
+    unchecked = [f"{block} ({block.kind or 'no kind'})" for block in BLOCKS if block.kind not in CHECKS]
+    assert not unchecked, f"blocks no test checks: {unchecked}; give each a kind of CHECKS"
+    assert "README.md" in {block.page for block in BLOCKS} and len(PAGES) > 1
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=str)
+def test_block(block):
+    CHECKS[block.kind](block)
 
 
 def test_every_file_marker_is_followed_by_its_block():
-    markers = re.findall(r"^<!-- file: ", (REPO / "README.md").read_text(), re.M)
-    assert len(markers) == len(quoted_files())
+    for page in PAGES:
+        markers = len(re.findall(r"^ *<!-- (file|part of): ", page.read_text(), re.M))
+        assert markers == len([block for block in BLOCKS if block.page == str(page.relative_to(REPO)) and block.marker])
+
+
+def test_the_deploy_repository_and_the_master_config_are_quoted_whole():
+    quoted = {block.marker[1] for block in BLOCKS if block.marker and block.marker[0] == "file"}
+    assert quoted >= {"examples/deploy-repo/Saltfile", "examples/deploy-repo/salt-config/master",
+                      "examples/deploy-repo/salt-config/roster", "examples/master.d/deploytoken.conf"}
+
+
+LINK = re.compile(r"\]\((?P<target>[^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_every_link_of_the_docs_names_a_file_of_the_repository():
+    for page in PAGES:
+        for match in LINK.finditer(page.read_text()):
+            target = (page.parent / match["target"]).resolve()
+            # docs/install.md comes with the packaging work, which tests it.
+            assert target.exists() or target == REPO / "docs" / "install.md", f"{page.name} links to {match['target']}"
+
+
+# ---- the checks themselves catch what they are for ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("line, words", [
+    ("salt-run deploytoken.acquire resaon=x", "has no argument resaon"),
+    ("salt-run deploytoken.acquire reason=a reason=b", "got reason more than once"),
+    ("salt-run deploytoken.aquire", "salt-run has no function deploytoken.aquire"),
+    ("salt-run deploytoken.remind --out=quiet", "Salt has no outputter 'quiet'"),
+    ("salt-run --nope deploytoken.status", "salt-run has no option --nope"),
+    ("salt 'collect*' kingfisher.busy postgers=always", "keyword arguments are not valid: postgers"),
+    ("./deploy", "no check for the command"),
+])
+def test_a_wrong_command_fails_its_check(line, words):
+    with pytest.raises((AssertionError, TypeError, SaltInvocationError, pytest.fail.Exception)) as caught:
+        check_command(line)
+    assert words in str(caught.value)
+
+
+def test_a_block_that_names_its_file_without_quoting_it_fails():
+    block = Block("x.md", 1, "yaml", "# /etc/salt/master.d/deploytoken.conf\ndeploytoken:\n  backend: sqlite\n", None)
+    with pytest.raises(AssertionError, match="names its file"):
+        check_yaml(block)
+
+
+# ---- the example master configuration ---------------------------------------------------------------------
+
+
+def salt_reads(tmp_path, *files):
+    """Salt's own config loader on a folder with an empty ``master`` and ``files`` in ``master.d/``."""
+    (tmp_path / "master.d").mkdir()
+    (tmp_path / "master").write_text("")
+    for number, text in enumerate(files):
+        (tmp_path / "master.d" / f"{number}-deploytoken.conf").write_text(text)
+    return salt.config.master_config(str(tmp_path / "master"))
+
+
+def test_salt_accepts_the_example_master_config_and_our_settings_read_it(tmp_path):
+    opts = salt_reads(tmp_path, EXAMPLE_CONF.read_text())
+    assert opts["ext_pillar"] == [{"deploytoken": {}}]
+    assert opts["reactor"] == [{"deploytoken/*": ["salt://reactor/deploytoken.sls"]}]
+    assert opts["schedule"]["deploytoken-remind"]["function"] == "deploytoken.remind"
+    assert (REPO / "reactor" / "deploytoken.sls").is_file()
+    found = settings.from_opts(dict(opts, cachedir=str(tmp_path)))
+    assert (found.backend, found.people["bob"], found.emails, found.notify.kind) == (
+        "sqlite", "Bob Jones", {"bob@example.org": "bob"}, "slack")
+    assert (found.remind_after, found.remind_every, found.pillar_cache, found.pillar_max_age) == (14400, 14400, 2, 300)
+    checked = doctor.deploytoken_blocks(doctor.config_files(str(tmp_path / "master")))
+    checked.append(doctor.ext_pillar(opts["ext_pillar"], str(tmp_path / "master")))
+    assert [finding["level"] for finding in checked] == ["ok", "ok"], checked
+
+
+def test_a_second_deploytoken_key_in_the_file_makes_salt_skip_it(tmp_path):
+    # What the one example file avoids: Salt drops the whole file, ext_pillar and all, and carries on.
+    opts = salt_reads(tmp_path, EXAMPLE_CONF.read_text() + "deploytoken:\n  backend: google\n")
+    assert opts["ext_pillar"] == [] and "deploytoken" not in opts
+
+
+# ---- the quick start, as pasted ------------------------------------------------------------------------------
+
+
+def quick_start_blocks():
+    readme = [block for block in BLOCKS if block.page == "README.md"]
+    start = next(index for index, block in enumerate(readme) if block.text == "scripts/quickstart\n")
+    return readme[start].text, readme[start + 1].text
+
+
+@pytest.mark.integration
+def test_the_quick_start_and_the_commands_after_it_work_as_pasted(tmp_path):
+    script, after = quick_start_blocks()
+    copy = tmp_path / "checkout"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".git", ".local", "__pycache__"))
+    # The requirements are already in this virtualenv, so the script's pip install has nothing to do.
+    (copy / ".venv").symlink_to(VENV)
+    for line in script.splitlines() + after.splitlines():
+        done = subprocess.run(shlex.split(line), cwd=copy, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+    history = subprocess.run([".venv/bin/salt-run", "-c", ".local/conf", "--out=json", "deploytoken.history"],
+                             cwd=copy, capture_output=True, text=True, timeout=120)
+    assert "tried it out" in history.stdout

@@ -1,12 +1,14 @@
 """Chat notifications end to end: a real salt-master of these tests with the reactor and the reminder
-schedule of the README, the real salt-run CLI, and the loopback webhook receiving the real posts.
-Without a master (salt-ssh teams): ``salt-run -c`` and a cron-like loop of ``deploytoken.remind``."""
+schedule of the example master configuration, the real salt-run CLI, and the loopback webhook receiving
+the real posts. Without a master (salt-ssh teams): ``salt-run -c``, a cron-like loop of
+``deploytoken.remind`` and the docs' cron line as pasted."""
 
 import concurrent.futures
 import json
 import os
 import pathlib
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -16,7 +18,8 @@ import yaml
 
 import deploytoken_model as model
 import deploytoken_waiting
-from conftest import PEOPLE, extension_root
+from conftest import PEOPLE, REPO, extension_root
+from test_docs_examples import BLOCKS
 from webhook_server import Webhook
 
 pytestmark = pytest.mark.daemons
@@ -25,6 +28,8 @@ REMIND_AFTER = 2
 REMIND_EVERY = 5
 REMINDER = "has held the deploy token for"
 SALT_RUN = str(pathlib.Path(sys.executable).parent / "salt-run")
+# The reactor and the schedule of the example master configuration the docs quote.
+EXAMPLE = yaml.safe_load((REPO / "examples" / "master.d" / "deploytoken.conf").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +49,9 @@ def url_file(tmp_path_factory, webhook):
 
 @pytest.fixture(scope="module")
 def chat_master(salt_factories, tmp_path_factory, url_file):
-    """A master configured as the README says: the reactor's two lines and the reminder schedule."""
+    """A master configured as the example master configuration says: its reactor and its reminder schedule
+    (run every second here instead of every 5 minutes)."""
+    remind = {key: value for key, value in EXAMPLE["schedule"]["deploytoken-remind"].items() if key != "minutes"}
     folder = tmp_path_factory.mktemp("chat-master")
     overrides = {
         "file_roots": {"base": [extension_root(folder)]},
@@ -56,8 +63,8 @@ def chat_master(salt_factories, tmp_path_factory, url_file):
             "remind_every": f"{REMIND_EVERY}s",
         },
         "ext_pillar": [{"deploytoken": {}}],
-        "reactor": [{"deploytoken/*": ["salt://reactor/deploytoken.sls"]}],
-        "schedule": {"deploytoken-remind": {"function": "deploytoken.remind", "seconds": 1}},
+        "reactor": EXAMPLE["reactor"],
+        "schedule": {"deploytoken-remind": dict(remind, seconds=1)},
         "loop_interval": 1,
         "log_level_logfile": "info",
     }
@@ -237,7 +244,7 @@ def masterless(tmp_path_factory, url_file):
         return done.returncode, json.loads(done.stdout) if done.stdout.strip() else None, done.stderr
 
     assert run("root", "saltutil.sync_all")[0] == 0
-    run.log_file = config["log_file"]
+    run.log_file, run.conf_dir = config["log_file"], str(root / "conf")
     return run
 
 
@@ -264,4 +271,20 @@ def test_remind_without_a_master_posts_once_in_ten_runs_and_survives_a_failing_w
     with open(masterless.log_file, encoding="utf-8", errors="replace") as handle:
         logged = handle.read()
     assert "SECRET" not in outputs and "answered HTTP 500" in logged and "SECRET" not in logged
+    assert masterless("alice", "deploytoken.release")[0] == 0
+
+
+def test_the_cron_line_of_the_docs_reminds_and_prints_nothing(masterless, webhook):
+    (line,) = [block.text for block in BLOCKS if block.kind == "cron"]
+    words = shlex.split(line.split(None, 5)[5])
+    assert words[:3] == ["salt-run", "-c", "~/salt"]  # that operator's folder is this test's
+    webhook.clear()
+    status, _, _ = masterless("alice", "deploytoken.acquire", "reason=reindex")
+    assert status == 0
+    time.sleep(1.5)  # remind_after is 1 s
+    done = subprocess.run([SALT_RUN, "-c", masterless.conf_dir, *words[3:]], capture_output=True, text=True,
+                          timeout=120)
+    assert (done.returncode, done.stdout) == (0, ""), done.stderr
+    assert "Invalid outputter" not in done.stderr
+    assert len(webhook.texts()) == 1 and webhook.texts()[0].startswith("Alice Smith has held the deploy token for ")
     assert masterless("alice", "deploytoken.release")[0] == 0
