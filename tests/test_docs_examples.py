@@ -1,6 +1,6 @@
 """
-Every fenced block of ``README.md`` and ``docs/*.md`` (but ``docs/install.md``, which the packaging tests
-cover) is checked, so the docs cannot drift from the code. ``CHECKS`` gives each kind of block its check:
+Every fenced block of ``README.md`` and ``docs/*.md`` is checked, so the docs cannot drift from the code.
+``CHECKS`` gives each kind of block its check:
 
 - after ``<!-- file: PATH -->``: that file of the repository, byte for byte;
 - after ``<!-- part of: PATH -->``: consecutive whole lines of that file;
@@ -51,7 +51,7 @@ import kingfisher_busy
 import kingfisher_sources
 from conftest import REPO, TIERS
 
-PAGES = [REPO / "README.md"] + sorted(path for path in (REPO / "docs").glob("*.md") if path.name != "install.md")
+PAGES = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
 FENCE = re.compile(r"^(?P<indent> *)```(?P<info>[a-z]*)\n(?P<body>.*?)^(?P=indent)```$", re.M | re.S)
 MARKER = re.compile(r"<!-- (?P<kind>file|part of): (?P<path>\S+) -->")
 EXAMPLE_CONF = REPO / "examples" / "master.d" / "deploytoken.conf"
@@ -425,8 +425,7 @@ def test_every_link_of_the_docs_names_a_file_of_the_repository():
     for page in PAGES:
         for match in LINK.finditer(page.read_text()):
             target = (page.parent / match["target"]).resolve()
-            # docs/install.md comes with the packaging work, which tests it.
-            assert target.exists() or target == REPO / "docs" / "install.md", f"{page.name} links to {match['target']}"
+            assert target.exists(), f"{page.name} links to {match['target']}"
 
 
 # ---- the checks themselves catch what they are for ---------------------------------------------------------
