@@ -346,9 +346,8 @@ def _check_private(path, directory):
     me = _login(os.geteuid())
     _check_owner(directory, "The token store's folder", f"chown {me} {directory}")
     for companion in ("", "-journal", "-wal", "-shm"):
-        if os.path.lexists(path + companion):
-            _check_owner(path + companion, "The token store" if not companion else "The token store's journal",
-                         f"chown {me} {path + companion}", follow=not companion)
+        _check_owner(path + companion, "The token store" if not companion else "The token store's journal",
+                     f"chown {me} {path + companion}", follow=not companion)
     if os.stat(directory).st_mode & 0o022:
         raise model.StoreError(
             f"The token store's folder {directory} can be written by other users, who could replace the store "
@@ -371,7 +370,11 @@ def _check_private(path, directory):
 
 
 def _check_owner(path, what, fix, follow=True):
-    info = os.stat(path) if follow else os.lstat(path)
+    """A file that does not exist passes: another process's commit may delete its journal at any moment."""
+    try:
+        info = os.stat(path) if follow else os.lstat(path)
+    except FileNotFoundError:
+        return
     if info.st_uid not in (os.geteuid(), 0):
         raise model.StoreError(
             f"{what} {path} belongs to {_login(info.st_uid)}, not to the master's user ({_login(os.geteuid())}) or "
