@@ -1,18 +1,25 @@
 """
 What do the deploy token guard and its ext_pillar cost a state run?
 
-Starts a real salt-master and salt-minion (as root, in a temp folder, on 127.0.0.1) three times:
+Starts two real salt-master/salt-minion pairs at once (as root, in temp folders, on 127.0.0.1):
 
-1. baseline: no ext_pillar, a small sls without the guard;
+1. bare: no ext_pillar, a small sls without the guard;
 2. guarded: ``ext_pillar: [{deploytoken: {}}]`` and the same sls with ``deploytoken.held`` first
-   (alice holds the token and runs ``state.apply``);
-3. guarded without the read cache (``deploytoken:pillar_cache: 0``).
+   (alice holds the token and runs ``state.apply``).
 
-Prints the median wall time of ``salt MINION state.apply`` for 1 and 2 and their ratio, and how
-many times the token store was read for 20 concurrent pillar compiles (``salt-call pillar.items``
-run at once on the minion) with and without the cache.
+The two cases run on daemons that are up side by side, interleaved pair by pair with the order swapped
+every pair (bare, guarded, guarded, bare, ...), so a change of the machine's load between samples falls
+on both cases alike. The ext_pillar is a master-wide setting, so the cases cannot share one master.
+Prints the median of the per-pair ratios with its spread, and each part's cost: the guard state's own
+duration (as the minion reports it) and a pillar compile (``pillar.items``) with and without the
+ext_pillar, also interleaved. Goal: median ratio 1.05 or less.
 
-Run with the project's venv, as root: ``sudo .venv/bin/python benchmarks/guard_overhead.py [--runs N]``
+A third pair with ``deploytoken:pillar_cache: 0`` then counts how many times the token store was read
+for 20 concurrent pillar compiles (``salt-call pillar.items`` run at once on the minion) with and
+without the read cache.
+
+Run with the project's venv, as root:
+``sudo .venv/bin/python benchmarks/guard_overhead.py [--pairs N]``
 """
 
 import argparse
@@ -137,19 +144,44 @@ class Salt:
 
 
 WARM_UP = 6  # more than the master's worker_threads (5)
+GOAL = 1.05
 
 
-def median_apply(salt, runs):
+def warm_up(salt):
     # The first runs write the file and warm every master worker (each loads the ext_pillar's modules once,
     # as on a master that has been running); the timed runs change nothing.
     for _ in range(WARM_UP):
         salt.run("salt", MINION, "state.apply", "bench")
+
+
+def timed(salt, *args):
+    start = time.perf_counter()
+    answer = salt.run("salt", MINION, *args)
+    return time.perf_counter() - start, answer
+
+
+def guard_ms(answer):
+    """The guard state's own duration in one state.apply answer, as the minion measured it."""
+    states = answer.get(MINION, {})
+    return next(state["duration"] for key, state in states.items() if key.startswith("deploytoken_|"))
+
+
+def interleaved(bare, guarded, pairs, *args):
+    """``pairs`` (bare seconds, guarded seconds, guarded answer), the order swapped every pair."""
     samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        salt.run("salt", MINION, "state.apply", "bench")
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    for index in range(pairs):
+        order = (bare, guarded) if index % 2 == 0 else (guarded, bare)
+        times = {}
+        for salt in order:
+            times[salt] = timed(salt, *args)
+        samples.append((times[bare][0], times[guarded][0], times[guarded][1]))
+    return samples
+
+
+def spread(values):
+    """Median, first and third quartile, min and max."""
+    quartiles = statistics.quantiles(values, n=4, method="inclusive")
+    return statistics.median(values), quartiles[0], quartiles[2], min(values), max(values)
 
 
 def concurrent_compiles(salt, count=20):
@@ -162,26 +194,42 @@ def concurrent_compiles(salt, count=20):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--runs", type=int, default=7, help="state.apply runs per case (default 7)")
+    parser.add_argument("--pairs", type=int, default=15, help="interleaved state.apply pairs (default 15)")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        sys.exit("Run as root: the master and the minion run as root in a temp folder.")
+        sys.exit("Run as root: the masters and the minions run as root in temp folders.")
+    if args.pairs < 4:
+        sys.exit("Use --pairs 4 or more: the spread needs quartiles.")
 
-    with Salt(guarded=False) as salt:
-        baseline = median_apply(salt, args.runs)
-    with Salt(guarded=True) as salt:
-        salt.run("salt-run", "deploytoken.acquire", "reason=benchmark")
+    with Salt(guarded=False) as bare, Salt(guarded=True) as guarded:
+        guarded.run("salt-run", "deploytoken.acquire", "reason=benchmark")
         time.sleep(2.5)  # let the ext_pillar's read cache (2 s) forget "nobody holds it"
-        guarded = median_apply(salt, args.runs)
+        warm_up(bare)
+        warm_up(guarded)
+        applies = interleaved(bare, guarded, args.pairs, "state.apply", "bench")
+        pillars = interleaved(bare, guarded, args.pairs, "pillar.items")
         time.sleep(3)
-        cached_reads = concurrent_compiles(salt)
+        cached_reads = concurrent_compiles(guarded)
     with Salt(guarded=True, pillar_cache=0) as salt:
         uncached_reads = concurrent_compiles(salt)
 
-    print(f"state.apply of a small sls, median of {args.runs} runs on a real master and minion:")
-    print(f"  without guard and ext_pillar: {baseline * 1000:8.0f} ms")
-    print(f"  with deploytoken.held + ext_pillar: {guarded * 1000:8.0f} ms")
-    print(f"  added: {(guarded - baseline) * 1000:+.0f} ms per run, ratio {guarded / baseline:.2f}")
+    ratio = spread([pair[1] / pair[0] for pair in applies])
+    bare_ms = statistics.median(pair[0] for pair in applies) * 1000
+    guarded_ms = statistics.median(pair[1] for pair in applies) * 1000
+    added = statistics.median((pair[1] - pair[0]) * 1000 for pair in applies)
+    held_ms = statistics.median(guard_ms(pair[2]) for pair in applies)
+    pillar_added = statistics.median((pair[1] - pair[0]) * 1000 for pair in pillars)
+    print(f"state.apply of a small sls, {args.pairs} interleaved pairs on two real master/minion pairs "
+          f"(nproc {os.cpu_count()}, load {os.getloadavg()[0]:.1f} at the end):")
+    print(f"  without guard and ext_pillar: median {bare_ms:8.0f} ms")
+    print(f"  with deploytoken.held + ext_pillar: median {guarded_ms:8.0f} ms")
+    print(f"  added: median {added:+.0f} ms per run")
+    print("  ratio guarded/bare per pair: median {:.3f} (quartiles {:.3f}-{:.3f}, min {:.3f}, max {:.3f})"
+          .format(*ratio))
+    print(f"  goal ratio <= {GOAL}: {'met' if ratio[0] <= GOAL else 'missed'}")
+    print("parts of the added time:")
+    print(f"  deploytoken.held's own duration on the minion: median {held_ms:.1f} ms")
+    print(f"  a pillar compile (salt MINION pillar.items), ext_pillar minus none: median {pillar_added:+.0f} ms")
     # Without the cache every pillar compile reads the store (salt-call asks the master more than once).
     print("token store reads for 20 concurrent salt-call pillar.items on the minion:")
     print(f"  with the read cache (2 s): {cached_reads}")
