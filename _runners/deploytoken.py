@@ -394,12 +394,12 @@ def _repo_paths(config, repos):
 
 def _kingfisher_busy(targets, tgt_type, busy_args):
     """``kingfisher.busy`` on the matching minions: ``{minion: full return}``, empty if none match."""
-    client = salt.client.LocalClient(__opts__["conf_file"])
-    # LocalClient prints to stdout when nothing matches, which would spoil --out=json.
-    if not salt.utils.minions.CkMinions(client.opts).check_minions(targets, tgt_type)["minions"]:
-        return {}
-    return client.cmd(targets, "kingfisher.busy", kwarg=dict(busy_args), tgt_type=tgt_type, full_return=True,
-                      timeout=__opts__.get("timeout", 5))
+    with salt.client.LocalClient(__opts__["conf_file"]) as client:
+        # LocalClient prints to stdout when nothing matches, which would spoil --out=json.
+        if not salt.utils.minions.CkMinions(client.opts).check_minions(targets, tgt_type)["minions"]:
+            return {}
+        return client.cmd(targets, "kingfisher.busy", kwarg=dict(busy_args), tgt_type=tgt_type, full_return=True,
+                          timeout=__opts__.get("timeout", 5))
 
 
 def _ssh(config, ssh):
@@ -428,8 +428,8 @@ def _ssh_cmd(targets, tgt_type, fun, kwarg=None):
         opts = __opts__
         if isinstance(settings, dict):
             opts = dict(__opts__, ssh_minion_opts=dict(__opts__.get("ssh_minion_opts") or {}, kingfisher=settings))
-        returns.update(salt.client.ssh.client.SSHClient(mopts=opts).cmd(target, fun, kwarg=kwarg or {},
-                                                                        tgt_type="list"))
+        with salt.client.ssh.client.SSHClient(mopts=opts) as client:
+            returns.update(client.cmd(target, fun, kwarg=kwarg or {}, tgt_type="list"))
     return returns
 
 
@@ -629,11 +629,11 @@ def _answer(answer):
 
 def _minion_facts(targets, tgt_type):
     """``deploytoken.facts`` of the matching minions; a minion that did not answer has None."""
-    client = salt.client.LocalClient(__opts__["conf_file"])
-    expected = salt.utils.minions.CkMinions(client.opts).check_minions(targets, tgt_type)["minions"]
-    if not expected:
-        return {}
-    got = client.cmd(targets, "deploytoken.facts", tgt_type=tgt_type, timeout=__opts__.get("timeout", 5))
+    with salt.client.LocalClient(__opts__["conf_file"]) as client:
+        expected = salt.utils.minions.CkMinions(client.opts).check_minions(targets, tgt_type)["minions"]
+        if not expected:
+            return {}
+        got = client.cmd(targets, "deploytoken.facts", tgt_type=tgt_type, timeout=__opts__.get("timeout", 5))
     return {minion: got.get(minion) for minion in expected}
 
 
