@@ -71,6 +71,31 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"race and drill counts: {counts}")
 
 
+# Tests that look at (or change) what the whole machine shares: every user's tmux server, every running
+# crawl, the users in /home, /var/lib/deploytoken, salt-ssh's thin in /var/tmp. Another worker's real tmux
+# sessions or crawls would make their servers busy, so under pytest-xdist (scripts/test) they all run one
+# after another in one worker (``pytest_xdist_make_scheduler`` below); every other test runs beside them.
+MACHINE_WIDE = (
+    "test_deploy_repo.py", "test_doctor.py", "test_fuzz.py", "test_hardening.py", "test_kingfisher_busy.py",
+    "test_kingfisher_cli.py", "test_kingfisher_postgres.py", "test_kingfisher_scrapyd.py",
+    "test_kingfisher_sources.py", "test_kingfisher_states.py", "test_kingfisher_tmux.py", "test_salt_ssh.py",
+    "test_setup_cli.py", "test_setup_core.py",
+)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    # pytest-xdist's own xdist_group marker cannot be used: it renames the test, which pytest 9 no longer allows.
+    from xdist.scheduler import LoadScopeScheduling
+
+    class MachineWideInOneWorker(LoadScopeScheduling):
+        """Each test on its own, except the ``MACHINE_WIDE`` files' tests, which go to one worker together."""
+
+        def _split_scope(self, nodeid):
+            return "machine-wide" if nodeid.split("::")[0].rsplit("/")[-1] in MACHINE_WIDE else nodeid
+
+    return MachineWideInOneWorker(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         used = set(item.fixturenames)
