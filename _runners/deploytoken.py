@@ -207,7 +207,8 @@ def acquire(reason="", wait=False, timeout=600, interval=10, name=None, force=Fa
 @_strict
 def release(note="", name=None, force=False, reason="", claim=None):
     """
-    Give the deploy token back and add a row to the deploy history (one transaction).
+    Give the deploy token back and add a row to the deploy history (one transaction). The answer says
+    when (``released``) and how long it was held (``duration``, seconds).
 
     note
         What happened, e.g. "rebooted kingfisher-main"; kept in the history.
@@ -250,7 +251,10 @@ def release(note="", name=None, force=False, reason="", claim=None):
 @_strict
 def history(limit=10):
     """
-    The latest rows of the deploy history, newest first.
+    The latest rows of the deploy history, newest first. Each row's ``kind`` says what it is: ``holding``,
+    ``forced`` (ended by someone else), ``override`` (``acquired`` its start, ``until`` its planned end,
+    ``released`` its actual end, empty while it runs), ``override_cancelled``, ``setup_stopped`` (a setup
+    stopped by a busy Kingfisher server).
 
     limit
         How many rows (default 10).
@@ -260,6 +264,7 @@ def history(limit=10):
     .. code-block:: bash
 
         salt-run deploytoken.history limit=20 --out=json
+        salt-run deploytoken.history --out=table
     """
     return _run(lambda config, store: __utils__["deploytoken_token.history"](store, limit))
 
