@@ -270,6 +270,33 @@ def history(limit=10):
 
 
 @_strict
+def report(since=None, path=None):
+    """
+    Write one self-contained HTML page of the token's life over a period: a timeline with one bar per
+    holding (forced releases, overrides and setups stopped by a busy server marked), the median and
+    longest holding, the time from a release to the next holder, each person's share, and the history
+    rows. The page fetches nothing (inline CSS and SVG, no JavaScript); it holds every reason and note of
+    the period, so it is readable by you only. Returns its path and the figures.
+
+    since
+        The start of the period: a duration back from now (``7d``, ``12h``; default ``30d``) or a UTC
+        date or time (``2026-11-01``, ``2026-11-01T09:00:00Z``). The period ends now.
+
+    path
+        The file to write (default ``deploytoken-report.html`` in the current folder); an existing file is
+        replaced only if it is an earlier report.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploytoken.report
+        salt-run deploytoken.report since=7d path=/tmp/deploytoken-week.html
+    """
+    return _run(lambda config, store: __utils__["deploytoken_report.write"](store, since, path))
+
+
+@_strict
 def update_repos(repos=None):
     """
     Bring each deploy repository to its default branch and pull it with rebase. Nothing is stashed
