@@ -5,6 +5,9 @@ Exit status: 0 when done, 1 when refused (someone else holds the token, you do n
 2 when an argument, the configuration or the token store is wrong. Nothing is changed unless the
 exit status is 0.
 
+Without ``--out``, salt-run prints each answer short, for a person (``_output/deploytoken.py``); any
+``--out`` (``json``, ``yaml``, ...) prints the full data.
+
 Configuration (master config, all optional):
 
 .. code-block:: yaml
@@ -73,12 +76,21 @@ def _strict(func):
                 signature.bind(*args, **kwargs)
             except TypeError as exc:  # e.g. an argument given both by position and by name
                 problem = f"deploytoken.{func.__name__}: {exc}."
-        if problem is not None:
-            return {"error": problem, "retcode": BAD_INPUT}
-        return __utils__["deploytoken_hints.pasteable"](func(*args, **kwargs), _prefix())
+        answer = {"error": problem, "retcode": BAD_INPUT} if problem is not None else func(*args, **kwargs)
+        return _for_person(func.__name__, __utils__["deploytoken_hints.pasteable"](answer, _prefix()))
 
     checked.__name__, checked.__qualname__, checked.__doc__ = func.__name__, func.__qualname__, func.__doc__
     return checked
+
+
+def _for_person(function, answer):
+    """Under salt-run's own command line for ``function``, ``answer`` with our outputter: without ``--out``
+    a person reads the short answer (``_output/deploytoken.py``), while any ``--out`` prints the full data
+    and the exit status is still the answer's ``retcode`` (salt/cli/run.py reads it from ``data``).
+    Called otherwise (the reactor, an orchestration, another function), the answer is returned as it is."""
+    if __opts__.get("fun") != f"deploytoken.{function}":
+        return answer
+    return {"data": answer, "outputter": "deploytoken"}
 
 
 def _argument_problem(function, valid, args, kwargs):
@@ -719,7 +731,8 @@ def _progress(message):
     except NameError:  # called outside a runner job (e.g. from another module)
         return
     if not __opts__.get("output"):
-        jid_event.fire_event({"message": message}, "progress")
+        # One plain line per report, printed by our outputter.
+        jid_event.fire_event({"message": message, "outputter": "deploytoken"}, "progress")
         return
     jid_event.event.fire_event({"message": message}, salt.utils.event.tagify("progress", base=jid_event.base))
     print(message, file=sys.stderr)

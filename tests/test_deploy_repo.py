@@ -34,7 +34,7 @@ from ssh_fixtures import SYSTEM_PATH
 from test_setup_cli import CONSENT
 
 EXAMPLE = REPO / "examples" / "deploy-repo"
-EXTENSION = ("_modules", "_pillar", "_runners", "_states", "_utils")
+EXTENSION = ("_modules", "_output", "_pillar", "_runners", "_states", "_utils")
 TARGET = "kingfisher-main"
 # What the example's kingfisher.sls writes on the server, and the file in which the server remembers its store.
 DEPLOYED = pathlib.Path("/var/lib/kingfisher-deploy/deployed")

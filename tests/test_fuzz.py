@@ -220,7 +220,10 @@ def call_runner(opts, functions, name, words):
     opts["fun"], opts["arg"] = name, list(words)
     function = functions[name]
     args, kwargs = salt.minion.load_args_and_kwargs(function, salt.utils.args.parse_input(words))
-    return function(*args, **kwargs)
+    ret = function(*args, **kwargs)
+    # The answer with its outputter, as under salt-run's command line: salt-run prints (and exits with) its data.
+    assert isinstance(ret, dict) and set(ret) == {"data", "outputter"}, ret
+    return ret["data"]
 
 
 @pytest.mark.parametrize("function", RUNNER, ids=lambda function: function.name)
