@@ -5,6 +5,9 @@ Exit status: 0 when done, 1 when refused (someone else holds the token, you do n
 2 when an argument, the configuration or the token store is wrong. Nothing is changed unless the
 exit status is 0.
 
+Without ``--out``, salt-run prints each answer short, for a person (``_output/deploytoken.py``); any
+``--out`` (``json``, ``yaml``, ...) prints the full data.
+
 Configuration (master config, all optional):
 
 .. code-block:: yaml
@@ -73,12 +76,21 @@ def _strict(func):
                 signature.bind(*args, **kwargs)
             except TypeError as exc:  # e.g. an argument given both by position and by name
                 problem = f"deploytoken.{func.__name__}: {exc}."
-        if problem is not None:
-            return {"error": problem, "retcode": BAD_INPUT}
-        return __utils__["deploytoken_hints.pasteable"](func(*args, **kwargs), _prefix())
+        answer = {"error": problem, "retcode": BAD_INPUT} if problem is not None else func(*args, **kwargs)
+        return _for_person(func.__name__, __utils__["deploytoken_hints.pasteable"](answer, _prefix()))
 
     checked.__name__, checked.__qualname__, checked.__doc__ = func.__name__, func.__qualname__, func.__doc__
     return checked
+
+
+def _for_person(function, answer):
+    """Under salt-run's own command line for ``function``, ``answer`` with our outputter: without ``--out``
+    a person reads the short answer (``_output/deploytoken.py``), while any ``--out`` prints the full data
+    and the exit status is still the answer's ``retcode`` (salt/cli/run.py reads it from ``data``).
+    Called otherwise (the reactor, an orchestration, another function), the answer is returned as it is."""
+    if __opts__.get("fun") != f"deploytoken.{function}":
+        return answer
+    return {"data": answer, "outputter": "deploytoken"}
 
 
 def _argument_problem(function, valid, args, kwargs):
@@ -207,7 +219,8 @@ def acquire(reason="", wait=False, timeout=600, interval=10, name=None, force=Fa
 @_strict
 def release(note="", name=None, force=False, reason="", claim=None):
     """
-    Give the deploy token back and add a row to the deploy history (one transaction).
+    Give the deploy token back and add a row to the deploy history (one transaction). The answer says
+    when (``released``) and how long it was held (``duration``, seconds).
 
     note
         What happened, e.g. "rebooted kingfisher-main"; kept in the history.
@@ -250,7 +263,10 @@ def release(note="", name=None, force=False, reason="", claim=None):
 @_strict
 def history(limit=10):
     """
-    The latest rows of the deploy history, newest first.
+    The latest rows of the deploy history, newest first. Each row's ``kind`` says what it is: ``holding``,
+    ``forced`` (ended by someone else), ``override`` (``acquired`` its start, ``until`` its planned end,
+    ``released`` its actual end, empty while it runs), ``override_cancelled``, ``setup_stopped`` (a setup
+    stopped by a busy Kingfisher server).
 
     limit
         How many rows (default 10).
@@ -260,8 +276,36 @@ def history(limit=10):
     .. code-block:: bash
 
         salt-run deploytoken.history limit=20 --out=json
+        salt-run deploytoken.history --out=table
     """
     return _run(lambda config, store: __utils__["deploytoken_token.history"](store, limit))
+
+
+@_strict
+def report(since=None, path=None):
+    """
+    Write one self-contained HTML page of the token's life over a period: a timeline with one bar per
+    holding (forced releases, overrides and setups stopped by a busy server marked), the median and
+    longest holding, the time from a release to the next holder, each person's share, and the history
+    rows. The page fetches nothing (inline CSS and SVG, no JavaScript); it holds every reason and note of
+    the period, so it is readable by you only. Returns its path and the figures.
+
+    since
+        The start of the period: a duration back from now (``7d``, ``12h``; default ``30d``) or a UTC
+        date or time (``2026-11-01``, ``2026-11-01T09:00:00Z``). The period ends now.
+
+    path
+        The file to write (default ``deploytoken-report.html`` in the current folder); an existing file is
+        replaced only if it is an earlier report.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploytoken.report
+        salt-run deploytoken.report since=7d path=/tmp/deploytoken-week.html
+    """
+    return _run(lambda config, store: __utils__["deploytoken_report.write"](store, since, path))
 
 
 @_strict
@@ -687,7 +731,8 @@ def _progress(message):
     except NameError:  # called outside a runner job (e.g. from another module)
         return
     if not __opts__.get("output"):
-        jid_event.fire_event({"message": message}, "progress")
+        # One plain line per report, printed by our outputter.
+        jid_event.fire_event({"message": message, "outputter": "deploytoken"}, "progress")
         return
     jid_event.event.fire_event({"message": message}, salt.utils.event.tagify("progress", base=jid_event.base))
     print(message, file=sys.stderr)

@@ -5,8 +5,13 @@ A history row is written to the spool before it is appended to the Sheet and rem
 it; a row whose append failed is appended again later only after checking the Sheet for its claim id, so
 it is never lost and never doubled. A release spools its row as tentative before the Doc is written: the
 row is delivered once the Doc no longer shows its claim.
+
+A Sheet whose ``history_range`` spans only the eleven columns of the layout before ``kind`` and ``until``
+keeps working in that layout: its rows are read as their claims say (``model.kind_of``), and an override
+is written with its planned end as ``released``, as it was then.
 """
 
+import dataclasses
 import re
 import secrets
 
@@ -22,6 +27,7 @@ class SheetHistory:
         self.local = local
         self.spreadsheet_id = spreadsheet_id
         self.history_range = check_history_range(history_range)
+        self.columns = model.HistoryRow.COLUMNS[:range_width(history_range) or len(model.HistoryRow.COLUMNS)]
         self.line = line  # the Doc line decides when a tentative row is settled
         self.where = f"The deploy history Sheet {spreadsheet_id}"
 
@@ -31,7 +37,7 @@ class SheetHistory:
         pending = [dict(entry, pending=True) for entry in reversed(spooled)]
         rows = [dict(_row_from_cells(cells), pending=False) for cells in reversed(self._sheet_rows())]
         rows = [row for row in rows if row["claim"] != "claim"]
-        return [HistoryEntry(entry) for entry in (pending + rows)[:limit]]
+        return [HistoryEntry.of(entry) for entry in (pending + rows)[:limit]]
 
     def spool_tentative(self, row):
         """Note ``row`` before the Doc is written; return the ticket of this note.
@@ -125,7 +131,9 @@ class SheetHistory:
 
     def _append(self, entry):
         """Append one row; after a failure whose effect is unknown, look for its claim before trying again."""
-        cells = [_cell(entry.get(column)) for column in model.HistoryRow.COLUMNS]
+        if "until" not in self.columns and entry.get("kind") == model.OVERRIDE:
+            entry = dict(entry, released=entry.get("until"))  # the old layout's one place for an override's end
+        cells = [_cell(entry.get(column)) for column in self.columns]
         for attempt in range(client.TRANSIENT_ATTEMPTS):
             if attempt:
                 self.api.pause(attempt)
@@ -146,15 +154,16 @@ class SheetHistory:
         return False
 
 
+@dataclasses.dataclass
 class HistoryEntry(model.HistoryRow):
     """A HistoryRow that also says whether it is still waiting in the local spool."""
 
-    def __init__(self, data):
-        super().__init__(**{column: data.get(column) for column in model.HistoryRow.COLUMNS})
-        self.pending = data.get("pending", False)
+    pending: bool = False
 
-    def to_dict(self):
-        return dict(super().to_dict(), pending=self.pending)
+    @classmethod
+    def of(cls, data):
+        fields = {column: data.get(column) for column in model.HistoryRow.COLUMNS}
+        return cls(**fields, pending=data.get("pending", False))
 
 
 def _cell(value):
@@ -182,15 +191,26 @@ def _column_number(letters):
     return number
 
 
-def check_history_range(text):
-    """A range like ``'Deploy history'!A:K`` must hold every history column (a named range is taken as is)."""
+# The columns of a Sheet made before rows had a kind and an until: still read and written in that layout.
+OLD_WIDTH = 11
+
+
+def range_width(text):
+    """How many columns a range like ``'Deploy history'!A:M`` spans; None for a named range."""
     found = _A1_COLUMNS.match(text.strip())
-    if found:
-        width = _column_number(found.group(2)) - _column_number(found.group(1)) + 1
-        needed = len(model.HistoryRow.COLUMNS)
-        if width < needed:
-            raise model.InputError(
-                f"deploytoken:google:history_range {text!r} spans {width} columns, but a history row has "
-                f"{needed} ({', '.join(model.HistoryRow.COLUMNS)}): use e.g. \"'Deploy history'!A:K\"."
-            )
+    if not found:
+        return None
+    return _column_number(found.group(2)) - _column_number(found.group(1)) + 1
+
+
+def check_history_range(text):
+    """A range like ``'Deploy history'!A:M`` must hold every history column, or the first eleven of a Sheet
+    made before kind and until (a named range is taken as is)."""
+    width = range_width(text)
+    if width is not None and width < OLD_WIDTH:
+        raise model.InputError(
+            f"deploytoken:google:history_range {text!r} spans {width} columns, but a history row has "
+            f"{len(model.HistoryRow.COLUMNS)} ({', '.join(model.HistoryRow.COLUMNS)}): use e.g. "
+            "\"'Deploy history'!A:M\"."
+        )
     return text

@@ -75,22 +75,39 @@ class Holding:
         return dataclasses.asdict(self)
 
 
+# What a history row records, in its column ``kind``.
+HOLDING = "holding"  # a claim its holder gave back
+FORCED = "forced"  # a claim someone else ended (release force=True): forced_by, force_reason
+OVERRIDE = "override"  # an override of the guard: acquired its start, until its planned end, released its end
+OVERRIDE_CANCELLED = "override_cancelled"  # an override ended early: released when, forced_by who, force_reason why
+SETUP_STOPPED = "setup_stopped"  # a setup stopped by a busy Kingfisher server: released when, note why
+KINDS = (HOLDING, FORCED, OVERRIDE, OVERRIDE_CANCELLED, SETUP_STOPPED)
+
+OVERRIDE_PREFIX = "override-"
+CANCEL_SUFFIX = ".cancel"
+SETUP_PREFIX = "setup-"
+
+
 @dataclasses.dataclass
 class HistoryRow:
-    """One finished claim, as the history keeps it."""
+    """One row of the history: a finished claim, an override, its cancellation, a stopped setup (``kind``).
+    Times are when things happened; an override's planned end is its ``until``."""
 
     claim: str | None
     holder: str
     login: str | None
     caller: str | None
     acquired: str | None
-    released: str
+    released: str | None
     duration: int | None
     reason: str = ""
     note: str = ""
     forced_by: str | None = None
     force_reason: str | None = None
+    kind: str | None = None
+    until: str | None = None
 
+    # The order of a Sheet's columns: the first eleven are those of a Sheet made before kind and until.
     COLUMNS = (
         "claim",
         "holder",
@@ -103,27 +120,57 @@ class HistoryRow:
         "note",
         "forced_by",
         "force_reason",
+        "kind",
+        "until",
     )
+
+    def __post_init__(self):
+        # A row written before rows had a kind (an older store, an old Sheet, a row spooled by older code):
+        # its claim says what it is, and an override's released, then its planned end, is its until.
+        if not self.kind:
+            self.kind = kind_of(self.claim, self.forced_by)
+            if self.kind == OVERRIDE and self.until is None:
+                self.until, self.released, self.duration = self.released, None, None
 
     def to_dict(self):
         return dataclasses.asdict(self)
 
 
-OVERRIDE_PREFIX = "override-"
-CANCEL_SUFFIX = ".cancel"
+def kind_of(claim, forced_by):
+    """The kind of a row written without one, from its claim."""
+    claim = claim or ""
+    if claim.startswith(OVERRIDE_PREFIX):
+        return OVERRIDE_CANCELLED if claim.endswith(CANCEL_SUFFIX) else OVERRIDE
+    if claim.startswith(SETUP_PREFIX):
+        return SETUP_STOPPED
+    return FORCED if forced_by else HOLDING
 
 
 def active_overrides(rows, now):
-    """The override rows (claim ``override-<id>``) among ``rows`` that still run at ``now`` and whose
-    cancellation row (claim ``override-<id>.cancel``) is not among them; what ``overrides()`` of a store
-    returns, for a store that cannot ask its backend."""
+    """The override rows among ``rows`` that still run at ``now`` and whose cancellation row (claim
+    ``override-<id>.cancel``) is not among them; what ``overrides()`` of a store returns, for a store that
+    cannot ask its backend."""
     claims = {row.claim for row in rows}
     now_text = isoformat(now)
-    return [
-        row for row in rows
-        if (row.claim or "").startswith(OVERRIDE_PREFIX) and not row.claim.endswith(CANCEL_SUFFIX)
-        and (row.released or "") > now_text and row.claim + CANCEL_SUFFIX not in claims
-    ]
+    return [row for row in rows
+            if row.kind == OVERRIDE and (row.until or "") > now_text and row.claim + CANCEL_SUFFIX not in claims]
+
+
+def settle(rows, now):
+    """``rows`` of a store's history (newest first) as people read them: an override's ``released`` is its
+    actual end, the time of its cancellation or, once past, its planned end, and None while it runs. The
+    stores keep only what was known when each row was written; a cancellation is always written after its
+    override, so any newest-first slice that holds an override holds its cancellation too."""
+    cancelled = {row.claim.removesuffix(CANCEL_SUFFIX): row.released for row in rows
+                 if row.kind == OVERRIDE_CANCELLED and row.claim}
+    now_text = isoformat(now)
+    settled = []
+    for row in rows:
+        if row.kind == OVERRIDE:
+            end = cancelled.get(row.claim) or (row.until if row.until and row.until <= now_text else None)
+            row = dataclasses.replace(row, released=end, duration=seconds_between(row.acquired, end))
+        settled.append(row)
+    return settled
 
 
 # ---- time -------------------------------------------------------------------------------------
@@ -174,13 +221,19 @@ def human_duration(seconds):
     return f"{days} d {hours} h"
 
 
+def clock(text):
+    """``2026-11-26 14:02 UTC``, or ``an unknown time``."""
+    moment = parse_time(text)
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "an unknown time"
+
+
 def since_text(since, now=None):
     """``2026-11-26 14:02 UTC (38 min)``, or ``an unknown time`` (a name typed by hand)."""
     moment = parse_time(since)
     if moment is None:
         return "an unknown time"
     age = max(0, int(((now or utcnow()) - moment).total_seconds()))
-    return f"{moment.strftime('%Y-%m-%d %H:%M UTC')} ({human_duration(age)})"
+    return f"{clock(since)} ({human_duration(age)})"
 
 
 def describe(holding, now=None):

@@ -2,9 +2,10 @@
 Overrides of the deploy token guard: ``salt-run deploytoken.override reason=... [targets=] [minutes=]``.
 
 An override lets ``deploytoken.held`` pass on the targeted minions for a while, loudly, whoever holds
-the token. It lives in the token store, as history rows: the override (claim ``override-<id>``, its end
-as ``released``, its targets in the note) and, when ended early, its cancellation (claim
-``override-<id>.cancel``, who and why as ``forced_by`` and ``force_reason``). So every master and
+the token. It lives in the token store, as history rows: the override (kind ``override``, claim
+``override-<id>``, its planned end as ``until``, its targets in the note) and, when ended early, its
+cancellation (kind ``override_cancelled``, claim ``override-<id>.cancel``, when as ``released``, who and
+why as ``forced_by`` and ``force_reason``). So every master and
 operator sharing the store sees, uses and may cancel the same overrides, and the history keeps them.
 
 Each override names the store it was made in (its ``identity``), and the guard honours it only on a
@@ -72,14 +73,14 @@ def from_row(row, store):
     if not note.startswith(NOTE) or not note[len(NOTE):]:
         return None  # no targets to be read: it covers nothing
     return {"id": row.claim, "by": row.holder, "login": row.login, "reason": row.reason,
-            "targets": note[len(NOTE):], "since": row.acquired, "until": row.released, "store": store}
+            "targets": note[len(NOTE):], "since": row.acquired, "until": row.until, "store": store}
 
 
 def _row(record, caller):
     return model.HistoryRow(
         claim=record["id"], holder=record["by"], login=record["login"], caller=caller, acquired=record["since"],
-        released=record["until"], duration=model.seconds_between(record["since"], record["until"]),
-        reason=record["reason"], note=NOTE + record["targets"],
+        released=None, duration=None, reason=record["reason"], note=NOTE + record["targets"], kind=model.OVERRIDE,
+        until=record["until"],
     )
 
 
@@ -89,7 +90,7 @@ def _cancel_row(record, who, caller, reason, now):
         claim=record["id"] + model.CANCEL_SUFFIX, holder=record["by"], login=record["login"], caller=caller,
         acquired=record["since"], released=ended, duration=model.seconds_between(record["since"], ended),
         reason=record["reason"], note=f"Override {record['id']} on {record['targets']} cancelled by {who}",
-        forced_by=who, force_reason=reason,
+        forced_by=who, force_reason=reason, kind=model.OVERRIDE_CANCELLED, until=record["until"],
     )
 
 
@@ -258,7 +259,7 @@ def run(store, cachedir, caller, people, reason="", targets=None, minutes=None, 
     if notify:
         notify("deploytoken/override", record)
     message = (
-        f"OVERRIDE {record['id']}: until {_clock(record['until'])} the deploy token guard lets every deployment "
+        f"OVERRIDE {record['id']}: until {model.clock(record['until'])} the deploy token guard lets every deployment "
         f"on {targets} through, whoever holds the token, on servers that obey {made_in['name']}, because: "
         f"{reason!r}. Everyone using that store sees it in salt-run deploytoken.status; end it early with "
         "salt-run deploytoken.override cancel=True reason='...'."
@@ -300,10 +301,6 @@ def status(store, cachedir):
         "overrides": [{key: record[key] for key in PUBLIC} for record in current(store, cachedir)],
         "overrides_pending": len(spooled(cachedir)["rows"]),
     }
-
-
-def _clock(text):
-    return model.parse_time(text).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _kept(pending):

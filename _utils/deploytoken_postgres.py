@@ -27,7 +27,8 @@ from psycopg import conninfo, sql
 import deploytoken_model as model
 import deploytoken_network as network
 
-SCHEMA_VERSION = "1"
+# 2: history rows have a kind and an override its until (its planned end, once kept in released).
+SCHEMA_VERSION = "2"
 APPLICATION = "deploytoken"
 DEFAULT_SCHEMA = "deploytoken"
 TIMEOUTS = {"connect_timeout": 5, "statement_timeout": 10, "lock_timeout": 5}
@@ -68,8 +69,8 @@ CREATE TABLE {schema}.token (
 CREATE TABLE {schema}.history (
     seq bigserial PRIMARY KEY,
     claim text UNIQUE, holder text NOT NULL, login text, caller text, acquired text,
-    released text NOT NULL, duration integer, reason text NOT NULL DEFAULT '',
-    note text NOT NULL DEFAULT '', forced_by text, force_reason text
+    released text, duration integer, reason text NOT NULL DEFAULT '',
+    note text NOT NULL DEFAULT '', forced_by text, force_reason text, kind text NOT NULL, until text
 );
 CREATE TABLE {schema}.waiters (
     ticket bigserial PRIMARY KEY, who text NOT NULL, since text NOT NULL,
@@ -244,8 +245,8 @@ class PostgresStore:
         rows = self._query(
             lambda conn: conn.execute(
                 sql.SQL(
-                    "SELECT {} FROM {} h WHERE claim LIKE 'override-%%' AND claim NOT LIKE '%%.cancel'"
-                    " AND released > %s AND NOT EXISTS (SELECT 1 FROM {} c WHERE c.claim = h.claim || '.cancel')"
+                    "SELECT {} FROM {} h WHERE kind = 'override'"
+                    " AND until > %s AND NOT EXISTS (SELECT 1 FROM {} c WHERE c.claim = h.claim || '.cancel')"
                     " ORDER BY seq"
                 ).format(_columns(model.HistoryRow.COLUMNS), self._table("history"), self._table("history")),
                 (model.isoformat(now),),
@@ -486,12 +487,36 @@ class PostgresStore:
                 f"{where} is not a deploy token store; it was left untouched: set deploytoken:postgres:schema "
                 "to another name."
             )
+        if meta.get("schema_version") == "1":
+            self._check_owner(conn, "tables")
+            meta = self._upgrade(conn)
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise model.StoreError(
                 f"{where} has deploy token schema version {meta.get('schema_version')!r}, this code knows "
                 f"{SCHEMA_VERSION!r}; it was left untouched: upgrade deploytoken on this master."
             )
         self._check_owner(conn, "tables")
+
+    def _upgrade(self, conn):
+        """Schema 1 to 2, once (under the lock of the schema's creation): each history row gets its kind, and
+        an override its until (its planned end, which schema 1 kept in released) and no released (its actual
+        end is known when the history is read). Returns the meta rows afterwards."""
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"deploytoken schema {self.schema}",))
+        if self._meta(conn).get("schema_version") == "1":
+            history = self._table("history")
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN kind text, ADD COLUMN until text,"
+                                 " ALTER COLUMN released DROP NOT NULL").format(history))
+            old = model.HistoryRow.COLUMNS[:-2]
+            rows = conn.execute(sql.SQL("SELECT seq, {} FROM {}").format(_columns(old), history)).fetchall()
+            for seq, *values in rows:
+                upgraded = model.HistoryRow(*values)
+                conn.execute(sql.SQL("UPDATE {} SET kind = %s, until = %s, released = %s, duration = %s"
+                                     " WHERE seq = %s").format(history),
+                             (upgraded.kind, upgraded.until, upgraded.released, upgraded.duration, seq))
+            conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN kind SET NOT NULL").format(history))
+            conn.execute(sql.SQL("UPDATE {} SET value = %s WHERE key = 'schema_version'").format(self._table("meta")),
+                         (SCHEMA_VERSION,))
+        return self._meta(conn)
 
     def _check_owner(self, conn, what):
         """The schema (``what="schema"``, when it exists) or each of its tables must belong to the store's own

@@ -5,6 +5,8 @@ minions is the one step that needs Salt: the runner hands it in as ``check_busy`
 decides the order and when to stop, and knows nothing of Salt.
 """
 
+import secrets
+
 import deploytoken_consent as consents
 import deploytoken_model as model
 import deploytoken_repos as repos
@@ -139,6 +141,7 @@ def run(store, caller, people, paths, targets, tgt_type, reason, consent, busy_a
                 f"Setup stopped: Kingfisher is busy. {reasons} Ask the owners, or the data support manager, "
                 f"and run again with {CONSENT_EXAMPLE}.",
             )
+            _record_stop(store, asked, reason, f"Setup stopped: Kingfisher is busy. {reasons}", stopped)
             if notify:
                 whose = {minion: found["reasons"] for minion, found in busy.items()}
                 notify("deploytoken/setup_stopped", {"person": asked.shown, "login": asked.login, "targets": targets,
@@ -156,6 +159,21 @@ def run(store, caller, people, paths, targets, tgt_type, reason, consent, busy_a
         "Kingfisher checked, " if targets else ""
     ) + summary["token"]["message"]
     return summary
+
+
+def _record_stop(store, asked, reason, why, stopped):
+    """One history row (kind ``setup_stopped``) for a setup that a busy server stopped: nothing was taken,
+    but the team sees who wanted to deploy, when, and what was in the way."""
+    row = model.HistoryRow(
+        claim=model.SETUP_PREFIX + secrets.token_hex(8), holder=asked.shown, login=asked.login, caller=asked.caller,
+        acquired=None, released=model.isoformat(model.utcnow()), duration=None, reason=reason,
+        note=why if len(why) <= model.MAX_TEXT_LENGTH else why[:model.MAX_TEXT_LENGTH - 1] + "\u2026",
+        kind=model.SETUP_STOPPED,
+    )
+    try:
+        store.append_history(row)
+    except model.StoreError as exc:  # the stop stands; only its row is missing (or waits in a spool)
+        stopped["message"] += f" The history could not record this stop: {exc}"
 
 
 def _stop(summary, message, retcode=REFUSED):

@@ -27,7 +27,8 @@ import deploytoken_files as files
 import deploytoken_filewatch as filewatch
 import deploytoken_model as model
 
-SCHEMA_VERSION = "1"
+# 2: history rows have a kind and an override its until (its planned end, once kept in released).
+SCHEMA_VERSION = "2"
 APPLICATION = "deploytoken"
 BUSY_TIMEOUT = 30
 
@@ -36,6 +37,13 @@ _WAITERS = """
 CREATE TABLE IF NOT EXISTS waiters (
     ticket INTEGER PRIMARY KEY AUTOINCREMENT, who TEXT NOT NULL, since TEXT NOT NULL, lock TEXT NOT NULL
 )"""
+_HISTORY = """
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    claim TEXT UNIQUE, holder TEXT NOT NULL, login TEXT, caller TEXT, acquired TEXT,
+    released TEXT, duration INTEGER, reason TEXT NOT NULL DEFAULT '',
+    note TEXT NOT NULL DEFAULT '', forced_by TEXT, force_reason TEXT, kind TEXT NOT NULL, until TEXT
+)"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS token (
@@ -43,19 +51,13 @@ CREATE TABLE IF NOT EXISTS token (
     holder TEXT NOT NULL, login TEXT, caller TEXT, claim TEXT NOT NULL, since TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT ''
 );
-CREATE TABLE IF NOT EXISTS history (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    claim TEXT UNIQUE, holder TEXT NOT NULL, login TEXT, caller TEXT, acquired TEXT,
-    released TEXT NOT NULL, duration INTEGER, reason TEXT NOT NULL DEFAULT '',
-    note TEXT NOT NULL DEFAULT '', forced_by TEXT, force_reason TEXT
-);
-""" + _WAITERS
+""" + _HISTORY + ";" + _WAITERS
 _LOCK_NAME = re.compile(r"[0-9a-f]{16}")
 
 # Times are written by model.isoformat, so comparing them as text compares them as times.
 _ACTIVE_OVERRIDES = (
-    "SELECT {columns} FROM history h WHERE claim LIKE 'override-%' AND claim NOT LIKE '%.cancel'"
-    " AND released > ? AND NOT EXISTS (SELECT 1 FROM history c WHERE c.claim = h.claim || '.cancel')"
+    "SELECT {columns} FROM history h WHERE kind = 'override'"
+    " AND until > ? AND NOT EXISTS (SELECT 1 FROM history c WHERE c.claim = h.claim || '.cancel')"
     " ORDER BY seq"
 )
 _HOLDING_FIELDS = tuple(field.name for field in dataclasses.fields(model.Holding))
@@ -322,7 +324,9 @@ class SqliteStore:
                 f"The file {self.path} is a SQLite database but not a deploy token store; it was left "
                 "untouched: point deploytoken:sqlite:path at another file."
             )
-        if meta.get("schema") != SCHEMA_VERSION:
+        if meta.get("schema") == "1":
+            self._upgrade(db)
+        elif meta.get("schema") != SCHEMA_VERSION:
             raise model.StoreError(
                 f"The token store {self.path} has schema version {meta.get('schema')!r}, this code "
                 f"knows {SCHEMA_VERSION!r}: upgrade deploytoken on the master."
@@ -335,6 +339,28 @@ class SqliteStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+
+    def _upgrade(self, db):
+        """Schema 1 to 2, once, under the write lock: each history row gets its kind, and an override its
+        until (its planned end, which schema 1 kept in released) and no released (its actual end is known
+        when the history is read). SQLite cannot drop NOT NULL from released: the table is made anew."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "1":
+                db.execute("ALTER TABLE history RENAME TO history_1")
+                db.execute(_HISTORY)
+                old = model.HistoryRow.COLUMNS[:-2]
+                for row in db.execute(f"SELECT seq, {', '.join(old)} FROM history_1 ORDER BY seq").fetchall():
+                    upgraded = model.HistoryRow(**{column: row[column] for column in old})
+                    db.execute(f"INSERT INTO history (seq, {', '.join(model.HistoryRow.COLUMNS)}) VALUES (?, "
+                               f"{', '.join('?' for _ in model.HistoryRow.COLUMNS)})",
+                               [row["seq"], *(getattr(upgraded, column) for column in model.HistoryRow.COLUMNS)])
+                db.execute("DROP TABLE history_1")
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
 
 def _check_private(path, directory):

@@ -47,7 +47,7 @@ class TokenStore(Protocol):
         StoreError while the history does not have it (a row kept aside locally counts as not written)."""
 
     def overrides(self, now) -> list[model.HistoryRow]:
-        """The override rows still running at ``now`` (``released`` is their end) without a cancellation
+        """The override rows still running at ``now`` (``until`` is their planned end) without a cancellation
         row, oldest first: ``model.active_overrides`` of the whole history, however the store finds them."""
 
     # The waiting line (deploytoken_storebase.NoWaitingLine is a store without one).

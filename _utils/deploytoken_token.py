@@ -54,8 +54,9 @@ def status(store):
 
 
 def history(store, limit=10):
+    """The latest ``limit`` rows, newest first, each with its kind; an override's ``released`` is its actual end."""
     limit = model.check_count(limit, "limit", maximum=model.MAX_LIMIT)
-    return [row.to_dict() for row in store.history(limit)]
+    return [row.to_dict() for row in model.settle(store.history(limit), model.utcnow())]
 
 
 def flush(store, overrides=0):
@@ -303,6 +304,7 @@ def release(
         note=note,
         forced_by=f"{shown} ({caller})" if force else None,
         force_reason=reason if force else None,
+        kind=model.FORCED if force else model.HOLDING,
     )
     try:
         store.release(current.claim, row)
@@ -313,10 +315,9 @@ def release(
     verb = "Forced the release of" if force else "Released"
     return dict(
         row.to_dict(),
-        released=True,
         changed=True,
         backend=store.backend,
-        message=f"{verb} the deploy token held by {current.holder} for "
+        message=f"{verb} the deploy token at {model.clock(row.released)}, held by {current.holder} for "
         f"{model.human_duration(row.duration)}; the history has a new row (claim {row.claim}).",
     )
 

@@ -35,7 +35,7 @@ pytest_plugins = [
 
 # What a file root of ours serves: Salt's extension folders and the reactor, never the checkout's .git,
 # .venv or tests (a file root is readable by every minion, and walking a virtualenv costs seconds).
-SERVED = ("_modules", "_states", "_runners", "_utils", "_pillar", "reactor")
+SERVED = ("_modules", "_states", "_runners", "_utils", "_pillar", "_output", "reactor")
 MASTER_ID = "dt-master"
 PILLAR_MAX_AGE = 30
 MINION_ID = "collect-test"

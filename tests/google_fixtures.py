@@ -17,9 +17,9 @@ import deploytoken_stores
 from conftest import PEOPLE
 from fake_google import FakeGoogle
 
-HISTORY_RANGE = "'Deploy history'!A:K"
+HISTORY_RANGE = "'Deploy history'!A:M"
 HEADER = ["claim", "holder", "login", "caller", "acquired", "released", "duration", "reason", "note",
-          "forced_by", "force_reason"]
+          "forced_by", "force_reason", "kind", "until"]
 _ids = itertools.count(1)
 
 

@@ -5,10 +5,12 @@ otherwise pass the conformance suite without ever being run).
 
 ``backend`` (function, one param per backend) -> ``Backend``
     ``.settings`` (picklable: racers open their own store with it), ``.open()`` (a new store object on
-    the same token store, as another runner would open it), ``.damage(store)`` and ``.holder_count()``.
+    the same token store, as another runner would open it), ``.damage(store)``, ``.holder_count()`` and
+    ``.old(rows)``: a store as the code before history kinds wrote it, holding ``rows`` (eleven cells each).
 """
 
 import dataclasses
+import os
 import sqlite3
 
 import pytest
@@ -17,7 +19,28 @@ import deploytoken_settings
 import deploytoken_stores
 from conftest import PEOPLE
 from google_fixtures import google_settings
-from pg_fixtures import postgres_settings
+from pg_fixtures import STORE_ROLE, postgres_settings
+
+# The tables as the code before history kinds made them (schema version 1), to test the upgrade on.
+SCHEMA_1 = """
+CREATE TABLE {schema}meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE {schema}token (
+    id integer PRIMARY KEY CHECK (id = 1),
+    holder text NOT NULL, login text, caller text, claim text NOT NULL, since text NOT NULL,
+    reason text NOT NULL DEFAULT ''
+);
+CREATE TABLE {schema}history (
+    seq {serial} PRIMARY KEY,
+    claim text UNIQUE, holder text NOT NULL, login text, caller text, acquired text,
+    released text NOT NULL, duration integer, reason text NOT NULL DEFAULT '',
+    note text NOT NULL DEFAULT '', forced_by text, force_reason text
+);
+CREATE TABLE {schema}waiters (
+    ticket {serial} PRIMARY KEY, who text NOT NULL, since text NOT NULL{waiter}
+)
+"""
+OLD_INSERT = "INSERT INTO {schema}history (claim, holder, login, caller, acquired, released, duration, reason, note," \
+             " forced_by, force_reason) VALUES ({marks})"
 
 
 @dataclasses.dataclass
@@ -25,6 +48,7 @@ class Backend:
     settings: deploytoken_settings.Settings
     damage: object  # (store) -> (the name the refusal gives, () -> a snapshot of what was damaged)
     holder_count: object  # () -> how many holders the backing store shows (never more than one)
+    old: object  # (rows) -> the settings of a store in the layout before history kinds, holding rows
 
     def open(self):
         return deploytoken_stores.open_store(self.settings)
@@ -44,7 +68,15 @@ def sqlite_backend(request, tmp_path):
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
             return db.execute("SELECT count(*) FROM token").fetchone()[0]
 
-    return Backend(settings, damage, holder_count)
+    def old(rows):
+        with sqlite3.connect(path) as db:
+            db.executescript(SCHEMA_1.format(schema="", serial="INTEGER", waiter=", lock TEXT NOT NULL"))
+            db.execute("INSERT INTO meta VALUES ('application', 'deploytoken'), ('schema', '1'), ('store_id', 'x')")
+            db.executemany(OLD_INSERT.format(schema="", marks=", ".join("?" * 11)), rows)
+        os.chmod(path, 0o600)
+        return settings
+
+    return Backend(settings, damage, holder_count, old)
 
 
 def postgres_backend(request, tmp_path):
@@ -67,7 +99,20 @@ def postgres_backend(request, tmp_path):
         with cluster.connect() as conn:
             return conn.execute(f"SELECT count(*) FROM {schema}.token").fetchone()[0]
 
-    return Backend(postgres_settings(section), damage, holder_count)
+    def old(rows):
+        with cluster.connect() as conn:
+            conn.execute(f"SET ROLE {STORE_ROLE}")
+            conn.execute(f"CREATE SCHEMA {schema}")
+            for statement in SCHEMA_1.format(schema=f"{schema}.", serial="bigserial", waiter=(
+                    ", backend_pid integer NOT NULL, backend_start timestamptz, seen timestamptz NOT NULL DEFAULT now()"
+            )).split(";"):
+                conn.execute(statement)
+            conn.execute(f"INSERT INTO {schema}.meta VALUES ('application', 'deploytoken'), ('schema_version', '1'),"
+                         " ('store_id', 'x')")
+            conn.cursor().executemany(OLD_INSERT.format(schema=f"{schema}.", marks=", ".join(["%s"] * 11)), rows)
+        return postgres_settings(section)
+
+    return Backend(postgres_settings(section), damage, holder_count, old)
 
 
 def google_backend(request, tmp_path):
@@ -83,7 +128,12 @@ def google_backend(request, tmp_path):
     def holder_count():
         return 0 if fake.held_text(config["document_id"]) == "Held by: Nobody\n" else 1
 
-    return Backend(google_settings(config), damage, holder_count)
+    def old(rows):
+        fake.add_sheet(config["spreadsheet_id"], [[str(cell) if cell is not None else "" for cell in row]
+                                                  for row in rows])
+        return google_settings(dict(config, history_range="'Deploy history'!A:K"))
+
+    return Backend(google_settings(config), damage, holder_count, old)
 
 
 STORES = {"sqlite": sqlite_backend, "google": google_backend, "postgres": postgres_backend}

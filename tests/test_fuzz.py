@@ -100,6 +100,10 @@ RUNNER = [
     Function("deploytoken.release", ("note", "name", "force", "reason", "claim"),
              {"note": LONG, "force": FLAGS, "claim": CLAIMS, "name": ["Nobody", "N\u043ebody"]}),
     Function("deploytoken.history", ("limit",), {"limit": ["0", "-1", "10001", "1.5", "abc", "1e300", "nan"]}),
+    Function("deploytoken.report", ("since", "path"),
+             {"since": ["yesterday", "-1d", "0", "30", "2999-01-01", "2026-13-45", "[1]", "1e300", "nan",
+                        "9" * 400 + "d"],
+              "path": ["/nonexistent-dt/report.html", "/", "/tmp", "/etc/passwd", "[1]", "a\x07b", ""]}),
     Function("deploytoken.update_repos", ("repos",),
              {"repos": ["relative/path", "[1, 2]", '["/nonexistent-dt"]', "[]", "{}", '["", "/"]', "[null]"]}),
     Function("deploytoken.setup", ("targets", "reason", "wait", "consent", "repos", "tgt_type", "busy_args",
@@ -216,7 +220,10 @@ def call_runner(opts, functions, name, words):
     opts["fun"], opts["arg"] = name, list(words)
     function = functions[name]
     args, kwargs = salt.minion.load_args_and_kwargs(function, salt.utils.args.parse_input(words))
-    return function(*args, **kwargs)
+    ret = function(*args, **kwargs)
+    # The answer with its outputter, as under salt-run's command line: salt-run prints (and exits with) its data.
+    assert isinstance(ret, dict) and set(ret) == {"data", "outputter"}, ret
+    return ret["data"]
 
 
 @pytest.mark.parametrize("function", RUNNER, ids=lambda function: function.name)

@@ -6,7 +6,7 @@ import deploytoken_gdoc as gdoc
 import deploytoken_model as model
 import deploytoken_token as token_store
 from conftest import PEOPLE
-from google_fixtures import free_doc
+from google_fixtures import HEADER, free_doc
 from google_fixtures import google_store as store_for
 
 
@@ -28,12 +28,13 @@ def test_release_writes_nobody_and_one_history_row(fake_google, google_config):
     store = store_for(google_config)
     result = token_store.acquire(store, "alice", PEOPLE, reason="upgrade")
     released = token_store.release(store, "alice", PEOPLE, note="done")
-    assert released["released"] is True
+    assert released["message"].startswith(f"Released the deploy token at {model.clock(released['released'])}, ")
     assert fake_google.held_text(google_config["document_id"]) == "Held by: Nobody\n"
     rows = fake_google.rows(google_config["spreadsheet_id"])
     assert [row[0] for row in rows[1:]] == [result["claim"]]
     history = store.history(10)
     assert history[0].claim == result["claim"] and history[0].note == "done"
+    assert (history[0].released, history[0].kind) == (released["released"], "holding")
     assert history[0].to_dict()["pending"] is False
 
 
@@ -68,7 +69,7 @@ def test_hand_typed_name_is_the_holder_and_can_be_forced(fake_google, google_con
     refused = token_store.acquire(store, "alice", PEOPLE)
     assert refused["retcode"] == 1 and "Bob Jones" in refused["message"]
     forced = token_store.release(store, "alice", PEOPLE, force=True, reason="Bob is away", claim=current.claim)
-    assert forced["released"] is True
+    assert forced["kind"] == "forced" and forced["released"] <= model.isoformat(model.utcnow())
     assert fake_google.held_text(google_config["document_id"]) == "Held by: Nobody\n"
 
 
@@ -253,14 +254,56 @@ def test_damaged_spool_is_named_and_kept(fake_google, google_config):
 
 @pytest.mark.parametrize("history_range", ["'Deploy history'!A:H", "Sheet1!$B$1:$K"])
 def test_history_range_too_narrow_is_refused(fake_google, google_config, history_range):
-    with pytest.raises(model.InputError, match=r"spans (8|10) columns, but a history row has 11 \(claim, holder"):
+    with pytest.raises(model.InputError, match=r"spans (8|10) columns, but a history row has 13 \(claim, holder"):
         store_for(google_config, history_range=history_range)
     assert fake_google.held_text(google_config["document_id"]) == "Held by: Nobody\n"
 
 
-@pytest.mark.parametrize("history_range", ["'Deploy history'!A:K", "History!B2:Z", "deploy_history_named_range"])
+@pytest.mark.parametrize("history_range", ["'Deploy history'!A:M", "'Deploy history'!A:K", "History!B2:Z",
+                                           "deploy_history_named_range"])
 def test_history_ranges_wide_enough_or_named_are_taken(fake_google, google_config, history_range):
     assert store_for(google_config, history_range=history_range).history_range == history_range
+
+
+OLD_HEADER = HEADER[:11]
+
+
+def test_a_sheet_in_the_layout_before_kinds_reads_and_keeps_its_layout(fake_google, google_config):
+    """A Sheet of eleven columns (no kind, no until; an override's planned end in released) and its range
+    A:K: its rows read with their kinds, and new rows are written in its layout."""
+    sheet = google_config["spreadsheet_id"]
+    fake_google.add_sheet(sheet, [OLD_HEADER, [
+        "0123456789abcdef", "Alice Smith", "alice", "alice", "2026-01-01T10:00:00Z", "2026-01-01T11:00:00Z", "3600",
+        "upgrade", "done", "", ""], [
+        "fedcba9876543210", "Bob Jones", "bob", "bob", "2026-01-02T10:00:00Z", "2026-01-02T10:30:00Z", "1800",
+        "", "", "Carol Díaz (carol)", "Bob is away"], [
+        "override-00000000000000aa", "Carol Díaz", "carol", "carol", "2026-01-03T10:00:00Z", "2026-01-03T11:00:00Z",
+        "3600", "db down", "Override of the deploy token guard on *", "", ""], [
+        "override-00000000000000aa.cancel", "Carol Díaz", "carol", "carol", "2026-01-03T10:00:00Z",
+        "2026-01-03T10:20:00Z", "1200", "db down", "cancelled", "Alice Smith", "db back"], [
+        "override-00000000000000bb", "Carol Díaz", "carol", "carol", "2026-01-04T10:00:00Z", "2999-01-01T00:00:00Z",
+        "", "long", "Override of the deploy token guard on db1", "", ""]])
+    store = store_for(google_config, history_range="'Deploy history'!A:K")
+    rows = token_store.history(store)
+    assert [row["kind"] for row in rows] == ["override", "override_cancelled", "override", "forced", "holding"]
+    running, cancel, cancelled = rows[:3]
+    assert (running["until"], running["released"]) == ("2999-01-01T00:00:00Z", None)
+    assert (cancelled["acquired"], cancelled["until"], cancelled["released"], cancelled["duration"]) == (
+        "2026-01-03T10:00:00Z", "2026-01-03T11:00:00Z", "2026-01-03T10:20:00Z", 1200)
+    assert [row.claim for row in store.overrides(model.utcnow())] == ["override-00000000000000bb"]
+
+    token_store.acquire(store, "alice", PEOPLE)
+    token_store.release(store, "alice", PEOPLE, note="new")
+    row = model.HistoryRow(claim="override-00000000000000cc", holder="Bob Jones", login="bob", caller="bob",
+                           acquired="2026-02-01T10:00:00Z", released=None, duration=None, kind="override",
+                           until="2999-02-01T00:00:00Z")
+    store.append_history(row)
+    written = fake_google.rows(sheet)[-2:]
+    assert [len(cells) for cells in written] == [11, 11]
+    assert written[1][5] == "2999-02-01T00:00:00Z"  # the old layout's place for an override's end
+    assert [(row["kind"], row["note"]) for row in token_store.history(store, 2)] == [
+        ("override", ""), ("holding", "new")]
+    assert token_store.history(store, 1)[0]["until"] == "2999-02-01T00:00:00Z"
 
 
 def test_identity_is_the_doc(google_config):

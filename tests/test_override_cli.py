@@ -59,7 +59,9 @@ def test_an_override_lets_the_targeted_minion_through_loudly_and_is_in_the_histo
     assert marker.exists()
 
     row = history_row(salt_run, made.data["id"])
-    assert row["holder"] == "Bob Jones" and row["reason"] == REASON and row["released"] == made.data["until"]
+    assert row["holder"] == "Bob Jones" and row["reason"] == REASON and row["kind"] == "override"
+    # Running: it has its start and planned end, and no end yet.
+    assert (row["acquired"], row["until"], row["released"]) == (made.data["since"], made.data["until"], None)
     assert row["note"] == f"Override of the deploy token guard on {MINION}"
     status = salt_run.run("deploytoken.status").data
     assert [entry["id"] for entry in status["overrides"]] == [made.data["id"]]
@@ -82,16 +84,19 @@ def test_cancel_and_expiry_end_an_override(runner, salt_local, token, guarded, o
     cancelled = as_bob(runner, "deploytoken.override", "cancel=True", "reason=database back")
     assert cancelled.returncode == 0 and cancelled.data["message"].startswith("Cancelled 1 override(s)")
     row = history_row(runner, f"{made['id']}.cancel")
-    assert (row["forced_by"], row["force_reason"]) == ("Bob Jones", "database back")
+    assert (row["forced_by"], row["force_reason"], row["kind"]) == ("Bob Jones", "database back", "override_cancelled")
+    assert history_row(runner, made["id"])["released"] == row["released"] == cancelled.data["overrides"][0][
+        "cancelled"]["at"]
     assert apply_as(salt_local, "bob", sls).returncode == 1
 
     made = as_bob(runner, "deploytoken.override", f"reason={REASON}").data
     # Time passes: the override's end moves into the past, as it would after its minutes.
     with sqlite3.connect(store_path) as db:
-        db.execute("UPDATE history SET released = '2000-01-01T00:00:00Z' WHERE claim = ?", (made["id"],))
+        db.execute("UPDATE history SET until = '2000-01-01T00:00:00Z' WHERE claim = ?", (made["id"],))
     token.forget()
     assert apply_as(salt_local, "bob", sls).returncode == 1
     assert runner.run("deploytoken.status").data["overrides"] == []
+    assert history_row(runner, made["id"])["released"] == "2000-01-01T00:00:00Z"  # expired: its planned end
     assert not marker.exists()
 
 

@@ -99,7 +99,9 @@ def test_a_store_that_is_down_keeps_the_row_and_writes_it_once_later(store, lapt
     assert override.deliver(ada, store) == 0
     assert override.deliver(ada, store) == 0
     (row,) = store.history(10)
-    assert row.claim == made["id"] and row.holder == "Bob Jones" and row.duration == 3600
+    assert row.claim == made["id"] and row.holder == "Bob Jones" and row.kind == "override"
+    # Its end is known when the history is read: until then the row holds its start and planned end only.
+    assert (row.acquired, row.until, row.released) == (made["since"], made["until"], None)
 
 
 def test_an_override_cannot_be_made_for_a_store_never_reached(store, tmp_path):

@@ -146,7 +146,8 @@ def test_release_whose_commit_answer_was_lost_reports_the_release_once(pg_fault_
         with racing.started(racing.release, [(postgres_settings(section), "alice", claim, False, PEOPLE)]) as race:
             _kill_after_commit(pg_fault_cluster, section)
             ((outcome, login, _, _, message),) = racing.returned(race.collect())
-    assert outcome == "released" and message.startswith("Released the deploy token held by Alice Smith"), message
+    assert outcome == "released" and message.startswith("Released the deploy token at "), message
+    assert ", held by Alice Smith for " in message
     assert _state(pg_fault_cluster, section) == ([], [(claim, None)])
 
 

@@ -160,10 +160,10 @@ def test_a_newer_schema_is_refused_by_name_and_left_untouched(pg_store_cluster, 
     schema = pg_section["schema"]
     postgres_store(pg_section).acquire(holding())
     with pg_store_cluster.connect(autocommit=True) as conn:
-        conn.execute(f"UPDATE {schema}.meta SET value = '2' WHERE key = 'schema_version'")
+        conn.execute(f"UPDATE {schema}.meta SET value = '3' WHERE key = 'schema_version'")
     before = _snapshot(pg_store_cluster, schema)
-    with pytest.raises(model.StoreError, match=f"The schema {schema} .* has deploy token schema version '2', this "
-                                               "code knows '1'; it was left untouched: upgrade deploytoken"):
+    with pytest.raises(model.StoreError, match=f"The schema {schema} .* has deploy token schema version '3', this "
+                                               "code knows '2'; it was left untouched: upgrade deploytoken"):
         postgres_store(pg_section).release("c1", row("c1"))
     assert _snapshot(pg_store_cluster, schema) == before
     with pg_store_cluster.connect() as conn:

@@ -8,6 +8,7 @@ import re
 import git
 import pytest
 
+import deploytoken_model as model
 from conftest import MINION_ID as MINION
 
 pytestmark = [pytest.mark.daemons, pytest.mark.usefixtures("free_token")]
@@ -187,3 +188,37 @@ def test_setup_checks_every_argument_before_the_first_step(runner, behind, arg, 
     assert ret.data == {"error": sentence, "retcode": 2}
     assert clone.active_branch.name == "feature", "the repositories were not touched"
     assert token_holder(runner) is None
+
+
+def test_the_history_says_what_each_row_is_through_the_cli(salt_run, salt_minion, behind, scrapyd_busy):
+    clone, _ = behind
+    bob = {"env": {"SUDO_USER": "bob"}}
+    start = model.isoformat(model.utcnow())
+    as_alice(salt_run, "deploytoken.acquire", "reason=upgrade postgres")
+    given = as_alice(salt_run, "deploytoken.release", "note=rebooted")
+    assert given.returncode == 0 and given.data["duration"] >= 0, given
+    assert given.data["message"].startswith(f"Released the deploy token at {model.clock(given.data['released'])}, "
+                                            "held by Alice Smith for ")
+    as_alice(salt_run, "deploytoken.acquire", "reason=again")
+    assert salt_run.run("deploytoken.release", "force=True", "reason=Alice is away", **bob).returncode == 0
+    made = salt_run.run("deploytoken.override", "reason=db down", "targets=dt-nomatch-*", **bob).data
+    salt_run.run("deploytoken.override", "cancel=True", f"id={made['id']}", "reason=db back", **bob)
+    stopped = as_alice(salt_run, "deploytoken.setup", f"targets={MINION}", "reason=new spider", repos_arg(clone),
+                       busy_arg(scrapyd_busy))
+    assert stopped.returncode == 1 and stopped.data["message"].startswith("Setup stopped: Kingfisher is busy.")
+
+    rows = as_alice(salt_run, "deploytoken.history", "limit=5").data[::-1]
+    assert [row["kind"] for row in rows] == ["holding", "forced", "override", "override_cancelled", "setup_stopped"]
+    holding, forced, override, cancel, setup = rows
+    assert (holding["released"], holding["note"]) == (given.data["released"], "rebooted")
+    assert forced["forced_by"] == "Bob Jones (bob)" and override["note"].endswith("dt-nomatch-*")
+    assert override["until"] == made["until"] and override["released"] == cancel["released"]
+    assert setup["holder"] == "Alice Smith" and setup["reason"] == "new spider" and setup["acquired"] is None
+    assert setup["note"].startswith(f"Setup stopped: Kingfisher is busy. {MINION}: Scrapyd job ")
+    # Times are when things happened: in the order they happened, none in the future.
+    happened = [holding["released"], forced["released"], override["acquired"], cancel["released"], setup["released"]]
+    assert start <= happened[0] and happened == sorted(happened) and happened[-1] <= model.isoformat(model.utcnow())
+    assert all(row["acquired"] <= row["released"] for row in rows[:4])
+
+    table = as_alice(salt_run, "--out=table", "deploytoken.history", "limit=5")
+    assert table.returncode == 0 and " Kind " in table.stdout and "setup_stopped" in table.stdout, table.stdout

@@ -15,6 +15,7 @@ import pytest
 
 import deploytoken_model as model
 import deploytoken_storebase
+import deploytoken_stores
 import deploytoken_token as token
 import racing
 from conftest import PEOPLE
@@ -152,6 +153,63 @@ def test_overrides_are_the_running_override_rows_without_a_cancellation(backend)
     # Another store object (another master or operator) on the same store sees the same overrides.
     assert backend.open().overrides(now) == [override_row(running, "2026-01-01T01:00:00Z")]
     assert backend.open().overrides(now + datetime.timedelta(hours=1)) == []
+
+
+OVERRIDE_NOTE = "Override of the deploy token guard on "
+# Rows as the code before history kinds wrote them: no kind, and an override's planned end as released.
+OLD_ROWS = [
+    ("0123456789abcdef", "Alice Smith", "alice", "alice", "2026-01-01T10:00:00Z", "2026-01-01T11:00:00Z", 3600,
+     "upgrade", "done", None, None),
+    ("fedcba9876543210", "Bob Jones", "bob", "bob", "2026-01-02T10:00:00Z", "2026-01-02T10:30:00Z", 1800, "", "",
+     "Carol Díaz (carol)", "Bob is away"),
+    ("override-00000000000000aa", "Carol Díaz", "carol", "carol", "2026-01-03T10:00:00Z", "2026-01-03T11:00:00Z",
+     3600, "db down", OVERRIDE_NOTE + "*", None, None),
+    ("override-00000000000000aa.cancel", "Carol Díaz", "carol", "alice", "2026-01-03T10:00:00Z",
+     "2026-01-03T10:20:00Z", 1200, "db down", "cancelled", "Alice Smith", "db back"),
+    ("override-00000000000000bb", "Carol Díaz", "carol", "carol", "2026-01-04T10:00:00Z", "2999-01-01T00:00:00Z",
+     None, "long", OVERRIDE_NOTE + "db1", None, None),
+]
+
+
+def test_a_store_written_before_history_kinds_reads_with_kinds_and_true_times(backend):
+    settings = backend.old(OLD_ROWS)
+    rows = token.history(deploytoken_stores.open_store(settings))
+    assert [row["kind"] for row in rows] == ["override", "override_cancelled", "override", "forced", "holding"]
+    running, _, cancelled = rows[:3]
+    assert (running["acquired"], running["until"], running["released"]) == (
+        "2026-01-04T10:00:00Z", "2999-01-01T00:00:00Z", None)
+    assert (cancelled["until"], cancelled["released"], cancelled["duration"]) == (
+        "2026-01-03T11:00:00Z", "2026-01-03T10:20:00Z", 1200)
+    store = deploytoken_stores.open_store(settings)
+    assert [row.claim for row in store.overrides(model.utcnow())] == ["override-00000000000000bb"]
+    # It takes new rows: a holding, and an override whose end is not known yet.
+    token.acquire(store, "alice", PEOPLE)
+    token.release(store, "alice", PEOPLE, note="new")
+    assert store.append_history(model.HistoryRow(
+        claim="override-00000000000000cc", holder="Bob Jones", login="bob", caller="bob",
+        acquired="2026-02-01T10:00:00Z", released=None, duration=None, note=OVERRIDE_NOTE + "*",
+        kind=model.OVERRIDE, until="2999-02-01T00:00:00Z")) is True
+    rows = token.history(deploytoken_stores.open_store(settings), 3)
+    assert [(row["kind"], row["until"], row["released"]) for row in rows[:2]] == [
+        ("override", "2999-02-01T00:00:00Z", None), ("holding", None, rows[1]["released"])]
+    assert rows[1]["released"] and rows[2]["claim"] == "override-00000000000000bb"
+
+
+def test_each_row_says_what_it_is_and_no_time_is_in_the_future(backend):
+    store = backend.open()
+    token.acquire(store, "alice", PEOPLE)
+    given = token.release(store, "alice", PEOPLE)
+    token.acquire(store, "alice", PEOPLE)
+    token.release(store, "bob", PEOPLE, force=True, reason="away")
+    now = model.isoformat(model.utcnow())
+    assert store.append_history(model.HistoryRow(
+        claim="override-00000000000000dd", holder="Bob Jones", login="bob", caller="bob", acquired=now,
+        released=None, duration=None, note=OVERRIDE_NOTE + "*", kind=model.OVERRIDE, until="2999-01-01T00:00:00Z"))
+    rows = token.history(backend.open())
+    assert [row["kind"] for row in rows] == ["override", "forced", "holding"]
+    assert rows[2]["released"] == given["released"] and rows[2]["duration"] == given["duration"]
+    assert all((row["released"] or "") <= model.isoformat(model.utcnow()) for row in rows)
+    assert rows[0]["released"] is None and rows[0]["until"] == "2999-01-01T00:00:00Z"
 
 
 def test_a_waiter_in_line_is_listed_and_leaves_it(backend):

@@ -1,0 +1,180 @@
+"""
+``salt-run deploytoken.report``: the page of a seeded history, opened in a real headless Chromium (Debian's
+``chromium``, which ``.ci/run`` installs) with every host name unresolvable and a network log: it renders
+one bar per holding, shows them in the screenshot, runs no script and asks for nothing but its own file.
+The runner's answer and refusals go through the runner on the shared master.
+"""
+
+import datetime
+import html.parser
+import json
+import re
+import subprocess
+
+import pytest
+
+import deploytoken_model as model
+import deploytoken_report as report
+import deploytoken_sqlite
+from conftest import hint_prefix
+
+NOW = model.utcnow()
+HOSTILE = '<script>alert("x")</script> & <img src="http://example.org/x.png">'
+CHROMIUM = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-extensions", "--no-first-run",
+            "--host-resolver-rules=MAP * ~NOTFOUND", "--window-size=1280,1000"]
+
+
+def hours_ago(hours):
+    return model.isoformat(NOW - datetime.timedelta(hours=hours))
+
+
+def holding(number, holder, start, hours, forced=False):
+    acquired, released = hours_ago(start), hours_ago(start - hours)
+    return model.HistoryRow(
+        claim=f"{number:016x}", holder=holder, login=None, caller="alice", acquired=acquired, released=released,
+        duration=model.seconds_between(acquired, released), reason=HOSTILE, note=f"note {number}",
+        forced_by="Bob Jones (bob)" if forced else None, force_reason="away" if forced else None,
+        kind=model.FORCED if forced else model.HOLDING)
+
+
+# Six holdings in the last week (one forced), one the week before, an override and a stopped setup.
+ROWS = [
+    holding(1, "Alice Smith", 300, 2),
+    holding(2, "Alice Smith", 150, 2),
+    holding(3, "Bob Jones", 140, 4),
+    holding(4, "Carol <b>Díaz</b>", 120, 1),
+    holding(5, "Alice Smith", 100, 6, forced=True),
+    model.HistoryRow(claim="override-00000000000000aa", holder="Bob Jones", login="bob", caller="bob",
+                     acquired=hours_ago(90), released=None, duration=None, reason=HOSTILE,
+                     note="Override of the deploy token guard on kingfisher*", kind=model.OVERRIDE,
+                     until=hours_ago(89)),
+    holding(6, "Bob Jones", 80, 3),
+    model.HistoryRow(claim="setup-00000000000000aa", holder="Carol <b>Díaz</b>", login="carol", caller="carol",
+                     acquired=None, released=hours_ago(50), duration=None, reason="new spider",
+                     note="Setup stopped: Kingfisher is busy.", kind=model.SETUP_STOPPED),
+    holding(7, "Carol <b>Díaz</b>", 20, 1),
+]
+HOLDINGS_THIS_WEEK = 6
+
+
+@pytest.fixture
+def seeded(tmp_path):
+    store = deploytoken_sqlite.SqliteStore(str(tmp_path / "token.sqlite"))
+    for row in ROWS:
+        assert store.append_history(row)
+    return store
+
+
+def render(url, folder):
+    """(the page's DOM after loading, the URLs the page asked the network for) in headless Chromium.
+
+    The browser also makes requests of its own (component updates, its clock): in the network log those
+    start without an origin, while a page's requests name theirs (``null`` for a file)."""
+    netlog = folder / "net.json"
+    rendered = subprocess.run(CHROMIUM + [f"--log-net-log={netlog}", "--dump-dom", url], capture_output=True,
+                              text=True, timeout=120)
+    assert rendered.returncode == 0, rendered.stderr
+    log = json.loads(netlog.read_text())
+    start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    begun = [event.get("params", {}) for event in log["events"] if event["type"] == start]
+    requested = [params["url"] for params in begun if "url" in params and params.get("initiator") != "not an origin"]
+    return rendered.stdout, requested
+
+
+def test_the_figures_of_a_seeded_week(seeded, tmp_path):
+    found = report.write(seeded, since="7d", path=str(tmp_path / "r.html"), now=NOW)["figures"]
+    assert (found["holdings"], found["forced"], found["overrides"], found["setups_stopped"]) == (6, 1, 1, 1)
+    assert found["median_holding_seconds"] == 2.5 * 3600
+    assert found["longest_holding"] == {"holder": "Alice Smith", "seconds": 6 * 3600, "acquired": hours_ago(100),
+                                        "claim": f"{5:016x}"}
+    # Release to the next take: 148 to 140 h ago, 136 to 120, 119 to 100, 94 to 80, 77 to 20.
+    assert found["median_handoff_seconds"] == 16 * 3600
+    assert found["longest_handoff"] == {"seconds": 57 * 3600, "from": "Bob Jones", "to": "Carol <b>Díaz</b>",
+                                        "released": hours_ago(77)}
+    assert found["people"][0] == {"holder": "Alice Smith", "holdings": 2, "seconds": 8 * 3600}
+
+
+def test_the_page_renders_in_chromium_with_one_bar_per_holding_and_fetches_nothing(seeded, tmp_path):
+    page = tmp_path / "report.html"
+    done = report.write(seeded, since="7d", path=str(page), now=NOW)
+    assert done["path"] == str(page) and page.stat().st_mode & 0o077 == 0
+    url = page.as_uri()
+
+    dom, requested = render(url, tmp_path)
+    timeline = dom[dom.index('<svg class="timeline"'):dom.index("</svg>")]
+    assert len(re.findall(r'<rect class="bar (holding|forced)"', timeline)) == HOLDINGS_THIS_WEEK
+    assert timeline.count('<rect class="bar forced"') == 1
+    assert timeline.count('<rect class="override"') == 1 and timeline.count('<path class="stopped"') == 1
+    # Every value people wrote is text on the page, never markup.
+    assert "<script" not in dom and "<img" not in dom and "<b>" not in dom
+    assert "&lt;script&gt;alert(\"x\")&lt;/script&gt; &amp; &lt;img" in dom and "Carol &lt;b&gt;Díaz&lt;/b&gt;" in dom
+
+    assert requested == []
+    # The same look at a page that does fetch something finds its request.
+    probe = tmp_path / "probe.html"
+    probe.write_text('<!DOCTYPE html><p>probe</p><img src="http://dt-probe.example/x.png">')
+    assert render(probe.as_uri(), tmp_path)[1] == ["http://dt-probe.example/x.png"]
+
+    shot = tmp_path / "shot.png"
+    taken = subprocess.run(CHROMIUM + [f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    assert taken.returncode == 0, taken.stderr
+    assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and shot.stat().st_size > 20000
+
+
+class Markup(html.parser.HTMLParser):
+    """The tags and attributes of a page, and the text of its style elements."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.attributes, self.style, self._in_style = set(), set(), "", False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.attributes |= {name for name, _ in attrs}
+        self._in_style = tag == "style"
+
+    def handle_endtag(self, tag):
+        self._in_style = False
+
+    def handle_data(self, data):
+        if self._in_style:
+            self.style += data
+
+
+def test_nothing_in_the_page_could_reach_a_server(seeded, tmp_path):
+    page = tmp_path / "report.html"
+    report.write(seeded, since="30d", path=str(page), now=NOW)
+    markup = Markup()
+    markup.feed(page.read_text())
+    assert page.read_text().startswith(report.MARK) and "default-src 'none'" in page.read_text()
+    assert not markup.tags & {"script", "link", "img", "iframe", "object", "embed", "image", "use", "a", "form"}
+    assert not markup.attributes & {"src", "href", "srcset", "xlink:href", "action", "data", "poster", "style"}
+    assert "url(" not in markup.style and "@import" not in markup.style
+
+
+def test_the_runner_writes_the_page_and_refuses_bad_input(runner, tmp_path):
+    page = tmp_path / "week.html"
+    done = runner.run("deploytoken.report", "since=7d", f"path={page}")
+    assert done.returncode == 0, done
+    assert done.data["path"] == str(page) and page.read_text().startswith(report.MARK)
+    assert done.data["message"].startswith("Wrote the report of ") and set(done.data["figures"]) >= {
+        "holdings", "median_holding_seconds", "longest_holding", "median_handoff_seconds", "people"}
+    again = runner.run("deploytoken.report", "since=7d", f"path={page}")
+    assert again.returncode == 0, again  # an earlier report is replaced
+
+    other = tmp_path / "notes.txt"
+    other.write_text("my notes\n")
+    for args, sentence in [
+        (("since=2999-01-01",), "since '2999-01-01' is not in the past: the period ends now."),
+        (("since=soon",), "since must be a duration back from now or a date, e.g. since=7d, since=12h or "
+                          "since=2026-11-01; got 'soon'."),
+        ((f"path={other}",), f"{other} exists and is not a deploytoken report, so it is left alone: give path= the "
+                             "name of a new file."),
+        ((f"path={tmp_path}/missing/r.html",), f"The folder {tmp_path}/missing does not exist: give path= a file "
+                                               "in an existing folder."),
+        (("sinse=7d",), "deploytoken.report has no argument sinse: it takes since, path."),
+    ]:
+        refused = runner.run("deploytoken.report", *args)
+        assert refused.returncode == 2 and refused.data == {
+            "error": sentence.replace("salt-run", hint_prefix(runner)), "retcode": 2}, refused
+    assert other.read_text() == "my notes\n"
