@@ -55,10 +55,12 @@ def held(name):
 
     The token data must be as the master wrote it: signed with the master's key (checked with the
     master's public key the minion keeps), made for this minion, and fresh (``deploytoken:pillar_max_age``,
-    default 300 s). A minion does not take it from the job: it asks its master for a fresh compile of
-    its pillar, so neither a ``pillar=`` on the command line nor a saved snapshot counts, and under
-    ``salt-call --local`` (no master to ask) it blocks. Under salt-ssh the operator's own machine
-    compiles the data for this very run.
+    default 300 s). A minion takes it from the job's own pillar only when the master compiled that pillar
+    for this very job moments ago (``state.apply``, ``sls``, ``highstate`` or ``top`` with no ``pillar=``,
+    ``pillarenv=`` or other argument that could change it); for anything else it asks its master for a
+    fresh compile of its pillar. So neither a ``pillar=`` on the command line nor a saved snapshot counts,
+    and under ``salt-call --local`` (no master to ask) it blocks. Under salt-ssh the operator's own
+    machine compiles the data for this very run.
 
     An emergency override, ``salt-run deploytoken.override reason=... targets=...``, passes with a loud
     comment until it ends; the override and who asked for it are in the deploy history.
@@ -77,11 +79,12 @@ def held(name):
     guard = "deploytoken_guard."
     memory = __utils__[guard + "store_memory"](__opts__)
     try:
-        pillar, master_key = __utils__[guard + "token_data"](__opts__, __grains__, __pillar__)
+        job = __utils__[guard + "find_job"](os.path.join(__opts__["cachedir"], "proc"), os.getpid(), _jid())
+        pillar, master_key = __utils__[guard + "token_data"](__opts__, __grains__, __pillar__, job)
         ssh = __utils__[guard + "operator_login"](pillar) is not None
         decision = __utils__[guard + "decide"](
             pillar,
-            None if ssh else _login(),
+            None if ssh else __utils__[guard + "login_of_job"](job),
             __opts__["id"],
             test=bool(__opts__.get("test")),
             ssh_auth=__utils__[guard + "ssh_auth_keys"](os.environ) if ssh else None,
@@ -98,11 +101,6 @@ def held(name):
     if decision["override"] and not __opts__.get("test"):
         ret["changes"] = {"override": decision["override"]}
     return ret
-
-
-def _login():
-    """The login of the person running this job, or None when it cannot be told."""
-    return __utils__["deploytoken_guard.job_login"](os.path.join(__opts__["cachedir"], "proc"), os.getpid(), _jid())
 
 
 def _jid():

@@ -1,16 +1,19 @@
 """
 The decision behind the ``deploytoken.held`` state, on the minion (or salt-ssh target).
 
-The state finds who runs the job (``job_login()`` from the minion's proc files, or the salt-ssh
-operator named in the pillar), and ``decide()`` says pass or block from the ``deploytoken`` pillar,
-with the sentence people read. Plain Python, and deliberately light: it loads no token store and no
-Google client, since it runs in every state run on every minion.
+The state finds who runs the job (``find_job()`` and ``login_of_job()`` from the minion's proc files,
+or the salt-ssh operator named in the pillar), takes the token data to decide on (``token_data()``:
+the job's own pillar when the master compiled it for this very job, else a fresh compile), and
+``decide()`` says pass or block from it, with the sentence people read. Plain Python, and deliberately
+light: it loads no token store and no Google client, since it runs in every state run on every minion.
 """
 
 import json
+import logging
 import os
 
 import salt.payload
+import salt.utils.args
 
 import deploytoken_files as files
 import deploytoken_model as model
@@ -22,17 +25,52 @@ OVERRIDE = "salt-run deploytoken.override reason='...' targets='...'"
 # The file in which a server remembers the token store its last deployment obeyed.
 STORE_MEMORY = "/var/lib/deploytoken/store.json"
 
+# The jobs whose pillar Salt compiles on the master for the job itself as it starts (no initial pillar
+# but salt-call's own, compiled as it started), and the arguments of theirs that cannot put anything into
+# that pillar. Any other function (state.single, low, high, template, template_str, sls_id, request,
+# run_request, pkg, orchestrate...) or argument (pillar, pillar_enc, pillarenv, localconfig...) sends the
+# guard to the master for a fresh compile.
+OWN_PILLAR_FUNS = ("state.apply", "state.sls", "state.highstate", "state.top")
+OWN_PILLAR_KWARGS = ("test", "saltenv", "exclude", "queue", "concurrent")
+# How long after its compile a job's own token data is still taken as it is, and how far the master's
+# clock (and ``issued``'s whole seconds) may be from the minion's for that purpose: beyond either, the
+# guard asks the master again, which costs time and nothing else.
+OWN_PILLAR_AGE = 10
+CLOCK_SLACK = 2
+
+log = logging.getLogger(__name__)
+
 
 def job_login(proc_dir, pid, jid=None):
     """The login of the person running the job of process ``pid`` (job ``jid`` when known), from the
-    minion's proc files.
+    minion's proc files (``find_job`` and ``login_of_job``)."""
+    return login_of_job(find_job(proc_dir, pid, jid))
 
-    ``salt`` writes the publisher (``sudo_bob`` is bob); ``salt-call`` runs as the person at the
-    terminal. A scheduled job has no person: None, and the guard blocks it. A minion with
-    ``multiprocessing: False`` runs every job in a thread of its own process: there only the jid tells them apart,
-    and without it the guard refuses to pick one.
+
+def find_job(proc_dir, pid, jid=None):
+    """The job of process ``pid`` (job ``jid`` when known) as the minion's proc file records it, with
+    ``written``: when the minion wrote that file, as the job started. None when there is none.
+
+    A minion with ``multiprocessing: False`` runs every job in a thread of its own process: there only the
+    jid tells them apart, and without it the guard refuses to pick one.
     """
-    job = _proc_entry(proc_dir, pid, jid)
+    try:
+        names = [str(jid)] if jid else os.listdir(proc_dir)
+    except OSError:
+        return None
+    found = [job for job in map(_load_job, (os.path.join(proc_dir, name) for name in names))
+             if job.get("pid") == pid]
+    if len(found) > 1:
+        raise model.DeploytokenError(
+            f"{len(found)} jobs run in this minion's process (multiprocessing: False) and this one's jid is "
+            "unknown, so the guard cannot tell who runs it: set multiprocessing: True in the minion config.")
+    return found[0] if found else None
+
+
+def login_of_job(job):
+    """The login of the person running ``job``: ``salt`` writes the publisher (``sudo_bob`` is bob);
+    ``salt-call`` runs as the person at the terminal. A scheduled job has no person: None, and the
+    guard blocks it."""
     if job is None:
         return None
     if job.get("user"):
@@ -42,26 +80,14 @@ def job_login(proc_dir, pid, jid=None):
     return None
 
 
-def _proc_entry(proc_dir, pid, jid=None):
-    try:
-        names = [str(jid)] if jid else os.listdir(proc_dir)
-    except OSError:
-        return None
-    found = [job for job in map(_load_job, (os.path.join(proc_dir, name) for name in names))
-             if isinstance(job, dict) and job.get("pid") == pid]
-    if len(found) > 1:
-        raise model.DeploytokenError(
-            f"{len(found)} jobs run in this minion's process (multiprocessing: False) and this one's jid is "
-            "unknown, so the guard cannot tell who runs it: set multiprocessing: True in the minion config.")
-    return found[0] if found else None
-
-
 def _load_job(path):
     try:
         with open(path, "rb") as handle:
-            return salt.payload.load(handle)
+            written = os.fstat(handle.fileno()).st_mtime
+            job = salt.payload.load(handle)  # which closes the file
     except Exception:  # a job that just ended, or a file being written: not ours either way
-        return None
+        return {}
+    return dict(job, written=written) if isinstance(job, dict) else {}
 
 
 def operator_login(pillar):
@@ -193,11 +219,14 @@ def consent(pillar, minion, now=None, master_key=None):
     return pillar.get("consent") if isinstance(pillar.get("consent"), str) else None
 
 
-def token_data(opts, grains, pillar):
+def token_data(opts, grains, pillar, job=None, now=None):
     """``(data, master_key)``: the ``deploytoken`` token data to decide on and the master's public key
-    to check it with. A minion asks its master for a fresh compile of its pillar (neither a ``pillar=`` of
-    the job nor a saved snapshot counts); a salt-ssh target (no master key) has the data its operator's
-    machine compiled for this very run, in ``pillar``."""
+    to check it with.
+
+    A minion takes the data from the job's own ``pillar`` only when the master compiled it for this very
+    job moments ago (``own_pillar_problem``); otherwise it asks its master for a fresh compile of its
+    pillar, so that neither a ``pillar=`` of the job nor a saved snapshot counts. A salt-ssh target (no
+    master key) has the data its operator's machine compiled for this very run, in ``pillar``."""
     path = os.path.join(opts.get("pki_dir") or "", "minion_master.pub")
     if not os.path.isfile(path):
         return (pillar or {}).get("deploytoken"), None
@@ -205,12 +234,83 @@ def token_data(opts, grains, pillar):
         raise model.DeploytokenError(
             "this run has no master to ask who holds the deploy token (salt-call --local?); run it through the "
             "master, or with salt-call without --local.")
+    own = (pillar or {}).get("deploytoken")
+    problem = own_pillar_problem(opts, job, own, now)
+    if problem is None:
+        log.info("deploytoken.held: the token data comes from job %s's own pillar, compiled by the master for it",
+                 job.get("jid"))
+        return own, path
+    log.info("deploytoken.held: asking the master for a fresh pillar: %s", problem)
     # Imported here: a salt-ssh target never needs it.
     import salt.pillar
 
     fresh = salt.pillar.get_pillar(opts, dict(grains), opts["id"], saltenv=opts.get("saltenv"),
                                    pillarenv=opts.get("pillarenv")).compile_pillar()
     return fresh.get("deploytoken"), path
+
+
+def own_pillar_problem(opts, job, data, now=None):
+    """Why the token data in the job's own pillar may not be taken as it is (None: it may).
+
+    It may when the job is one whose pillar the master compiled for the job itself as it started
+    (``OWN_PILLAR_FUNS``, from the minion's daemon or from salt-call) with no argument that could put
+    anything into that pillar (only ``OWN_PILLAR_KWARGS``), and the data was issued after the job started
+    and moments ago (``OWN_PILLAR_AGE``). A saved snapshot given back with ``pillar=`` fails the first,
+    one put there any other way the second; the signature, the minion and the store are checked afterwards
+    by ``decide`` whichever way the data came.
+    """
+    if not isinstance(job, dict) or not job:
+        return "this job's proc file was not found"
+    if job.get("tgt") == "salt-call":
+        # salt-call writes neither the arguments into its proc file nor when it compiled its pillar (as it
+        # started): its own command line, which its parser keeps in the opts, and the process's start say.
+        if opts.get("fun") != job.get("fun"):
+            return "this salt-call's command line is unknown"
+        fun, args, started = opts.get("fun"), opts.get("arg"), _process_start()
+    else:
+        fun, args, started = job.get("fun"), job.get("arg"), job.get("written")
+    if not isinstance(fun, str) or fun not in OWN_PILLAR_FUNS:
+        return f"{fun} is not one of {', '.join(OWN_PILLAR_FUNS)}"
+    unknown = _arguments_problem(args)
+    if unknown:
+        return unknown
+    issued = model.parse_time((data or {}).get("issued") if isinstance(data, dict) else None)
+    if issued is None or not isinstance(started, (int, float)):
+        return "the job's start or the token data's time of issue is unknown"
+    moment, now = issued.timestamp(), (now or model.utcnow()).timestamp()
+    if not started - CLOCK_SLACK <= moment <= now + CLOCK_SLACK:
+        return f"the token data was issued at {model.isoformat(issued)}, not while this job ran"
+    if now - moment > OWN_PILLAR_AGE:
+        return f"the token data was issued more than {OWN_PILLAR_AGE} s ago"
+    return None
+
+
+def _arguments_problem(args):
+    """Why the job's arguments might carry pillar data (None: they cannot)."""
+    if not isinstance(args, (list, tuple)):
+        return "the job's arguments are unknown"
+    for arg in args:
+        if isinstance(arg, dict) and arg.get("__kwarg__") is True:
+            names = [name for name in arg if name != "__kwarg__"]
+        elif isinstance(arg, str):
+            name = salt.utils.args.parse_kwarg(arg)[0]
+            names = [name] if name else []
+        else:
+            return "the job has an argument that is neither a word nor a keyword"
+        others = [name for name in names if name not in OWN_PILLAR_KWARGS]
+        if others:
+            return f"the job was given {', '.join(f'{name}=' for name in sorted(map(str, others)))}"
+    return None
+
+
+def _process_start():
+    """When this process started (salt-call compiles its pillar as it starts), or None."""
+    try:
+        import psutil  # a dependency of Salt's, imported only where salt-call needs it
+
+        return psutil.Process(os.getpid()).create_time()
+    except Exception:
+        return None
 
 
 def _trust_problem(pillar, minion, now, master_key):

@@ -12,7 +12,8 @@ The shared token store: a PostgreSQL database that every master and operator rea
   id if the first COMMIT did happen. Acquire and release are idempotent by claim for that reason.
 - Waiters stand in a line (one row each, tied to the waiting session's backend, so a killed waiter's
   row is ignored and pruned) and ``LISTEN`` for the release, so the first in line takes the token the
-  moment it is given back.
+  moment it is given back. A release (and a waiter leaving the line) names the ticket of the first live
+  waiter, and only that waiter wakes: a line of a hundred costs one wake-up per hand-off, not a hundred.
 """
 
 import os
@@ -285,17 +286,18 @@ class PostgresStore:
         ).fetchone()[0]
 
     def dequeue(self, ticket):
-        """Leave the line (after taking the token or giving up) and wake the next waiter."""
+        """Leave the line (after taking the token or giving up) and wake the waiter who is first now."""
         self._place = None
         conn, self._session = self._session, None
         if conn is None:
             return
         try:
             conn.execute(
-                sql.SQL("WITH gone AS (DELETE FROM {} WHERE ticket = %s) SELECT pg_notify(%s, 'dequeued')").format(
-                    self._table("waiters")
-                ),
-                (ticket, self.schema),
+                sql.SQL(
+                    "WITH gone AS (DELETE FROM {table} WHERE ticket = %s) SELECT pg_notify(%s, coalesce(("
+                    "SELECT min(ticket) FROM {table} w WHERE ticket <> %s AND " + _LIVE + ")::text, 'dequeued'))"
+                ).format(table=self._table("waiters")),
+                (ticket, self.schema, ticket),
             )
         except psycopg.Error:
             pass  # the row dies with the session closed below: the next waiter prunes it
@@ -320,14 +322,21 @@ class PostgresStore:
         if self._place is not None:
             deadline = time.monotonic() + seconds
             conn = self._waiting_session()
+            seen = time.monotonic()
             try:
-                while not _first_notification(conn, min(HEARTBEAT_SECONDS, deadline - time.monotonic())):
-                    if time.monotonic() >= deadline:
+                while True:
+                    now = time.monotonic()
+                    if now >= deadline:
                         return
-                    conn.execute(
-                        sql.SQL("UPDATE {} SET seen = now() WHERE ticket = %s").format(self._table("waiters")),
-                        (self._place[0],),
-                    )
+                    if now - seen >= HEARTBEAT_SECONDS:
+                        conn.execute(
+                            sql.SQL("UPDATE {} SET seen = now() WHERE ticket = %s").format(self._table("waiters")),
+                            (self._place[0],),
+                        )
+                        seen = now
+                    payload = _next_notification(conn, min(seen + HEARTBEAT_SECONDS, deadline) - now)
+                    if payload is not None and _wakes(payload, self._place[0]):
+                        return
             except psycopg.Error as exc:
                 if not conn.closed:
                     raise self._store_error("waiting for the token", exc) from None
@@ -420,7 +429,14 @@ class PostgresStore:
         return inserted is not None
 
     def _notify(self, conn):
-        conn.execute("SELECT pg_notify(%s, 'released')", (self.schema,))
+        """Tell the waiter who is first in the line (its ticket), or anyone listening when nobody is in it: the
+        others would only wake to find themselves still behind, each with a query, a hundred per hand-off."""
+        conn.execute(
+            sql.SQL(
+                "SELECT pg_notify(%s, coalesce((SELECT min(ticket) FROM {} w WHERE " + _LIVE + ")::text, 'released'))"
+            ).format(self._table("waiters")),
+            (self.schema,),
+        )
 
     def _connect(self, autocommit=False):
         try:
@@ -662,10 +678,20 @@ def _read_password(path):
 
 def _first_notification(conn, seconds):
     """Whether a notification came within ``seconds``."""
-    came = False
-    for _ in conn.notifies(timeout=max(0.0, seconds), stop_after=1):
-        came = True
-    return came
+    return _next_notification(conn, seconds) is not None
+
+
+def _next_notification(conn, seconds):
+    """The payload of the first notification within ``seconds``, or None."""
+    for notification in conn.notifies(timeout=max(0.0, seconds), stop_after=1):
+        return notification.payload
+    return None
+
+
+def _wakes(payload, ticket):
+    """Whether a notification is for the waiter holding ``ticket``: one naming a ticket is for that waiter
+    alone; any other (``released``, ``dequeued``, from an earlier version too) is for every waiter."""
+    return not payload.isdigit() or int(payload) == ticket
 
 
 def _columns(names):

@@ -2,9 +2,12 @@
 How many Google API calls does the Google token store make?
 
 Against the fake Docs/Sheets server of the test suite (tests/fake_google.py) with the real client,
-count the requests of one acquire, one release (Doc write + history row), and of 20 status reads by
+count the requests of one acquire, one release (Doc write + history row), of 20 status reads by
 separate store objects (as separate salt-run or pillar processes would be) without the read cache
-(the baseline) and with it.
+(the baseline) and with it, and of a waiter (``acquire wait=True``, the default ``interval=10``) while
+someone else holds the token, per minute of its wait (a wait of 10 minutes, on a clock of the
+benchmark's own so that it takes no time), against Google's quotas (per minute and user: 300 reads, 60
+writes).
 
 Run with the project's venv: ``.venv/bin/python benchmarks/google_api_calls.py``
 """
@@ -29,6 +32,8 @@ from fake_google import FakeGoogle  # noqa: E402
 from google_fixtures import HEADER, HISTORY_RANGE, free_doc  # noqa: E402
 
 STATUS_READS = 20
+WAIT_MINUTES = 10
+READS_PER_MINUTE, WRITES_PER_MINUTE = 300, 60  # Docs and Sheets quotas per user
 
 
 def key_file(directory, url):
@@ -70,11 +75,25 @@ def main():
         release = api_calls(lambda: token.release(shared, "alice", people, note="benchmark"))
         cached = api_calls(lambda: [token.status(store(cache_seconds=30)) for _ in range(STATUS_READS)])
         uncached = api_calls(lambda: [token.status(store(cache_seconds=0)) for _ in range(STATUS_READS)])
+        token.acquire(shared, "bob", people, reason="benchmark")
+        waited = {"seconds": 0.0}
+        before = dict(fake.calls)
+        answer = token.acquire(store(), "alice", people, wait=True, timeout=WAIT_MINUTES * 60,
+                               clock=lambda: waited["seconds"],
+                               sleep=lambda seconds: waited.__setitem__("seconds", waited["seconds"] + seconds))
+        assert not answer.get("acquired"), answer
+        waiter = {op: (fake.calls[op] - before[op]) / WAIT_MINUTES for op in fake.calls if op != "token"}
+        reads = waiter["docs.get"] + waiter["values.get"]
+        writes = waiter["docs.batchUpdate"] + waiter["values.append"]
         print(f"API calls per acquire:                     {acquire}")
         print(f"API calls per release (Doc + history row): {release}")
         print(f"API calls for {STATUS_READS} status reads, no cache:     {uncached}")
         print(f"API calls for {STATUS_READS} status reads, 30 s cache:   {cached}")
         print(f"Read cache saves {uncached / max(cached, 1):.0f}x the Doc reads")
+        print(f"API calls per minute of one waiter (interval=10, someone else holding): {reads:.1f} reads, "
+              f"{writes:.1f} writes ({', '.join(f'{op} {count:.1f}' for op, count in waiter.items() if count)}); "
+              f"quota per user and minute {READS_PER_MINUTE} reads, {WRITES_PER_MINUTE} writes: "
+              f"{int(READS_PER_MINUTE // max(reads, 0.1))} waiters at once within the reads")
     finally:
         fake.stop()
         shutil.rmtree(directory, ignore_errors=True)

@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import psutil
 import pytest
 import salt.crypt
 import salt.payload
@@ -339,3 +340,82 @@ def test_loading_the_guard_loads_no_store_and_no_google_client():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ---- the job's own pillar: when the guard may take it instead of asking the master ------------
+
+STARTED = NOW.timestamp() - 3  # the job's proc file was written 3 s before NOW
+OWN = {"issued": "2026-11-26T14:39:58Z"}  # compiled for the job 1 s after it started, 2 s before NOW
+
+
+def job(fun="state.apply", *args, **extra):
+    return dict({"fun": fun, "arg": list(args), "jid": "20261126143957000001", "pid": 7, "user": "sudo_alice",
+                 "written": STARTED}, **extra)
+
+
+@pytest.mark.parametrize("found", [
+    job(), job("state.apply", "guarded"), job("state.sls", "guarded", {"test": True, "__kwarg__": True}),
+    job("state.highstate", "saltenv=base"), job("state.top", "top.sls", "test=True"),
+    job("state.apply", "guarded", {"exclude": ["x"], "queue": True, "concurrent": True, "__kwarg__": True}),
+])
+def test_a_state_run_with_no_pillar_argument_takes_its_own_fresh_pillar(found):
+    assert guard.own_pillar_problem({}, found, OWN, now=NOW) is None
+
+
+SNAPSHOT = {"deploytoken": {"login": "bob"}}
+
+
+@pytest.mark.parametrize("found, problem", [
+    (job("state.apply", "guarded", {"pillar": SNAPSHOT, "__kwarg__": True}), "the job was given pillar="),
+    (job("state.apply", "guarded", "pillar={}"), "the job was given pillar="),
+    (job("state.sls", "guarded", {"pillar": "x", "pillar_enc": "gpg", "__kwarg__": True}),
+     "the job was given pillar=, pillar_enc="),
+    (job("state.highstate", "pillarenv=other"), "the job was given pillarenv="),
+    (job("state.apply", "guarded", "localconfig=/tmp/minion"), "the job was given localconfig="),
+    (job("state.apply", {"mods": "guarded"}), "the job has an argument that is neither a word nor a keyword"),
+    (job("state.apply", "guarded", arg="guarded"), "the job's arguments are unknown"),
+    (job("state.single", "deploytoken.held", "name=guard"), "state.single is not one of state.apply, state.sls, "
+     "state.highstate, state.top"),
+    (job(["state.apply", "test.ping"], ["guarded"], []), "['state.apply', 'test.ping'] is not one of "),
+    (job("state.sls_id"), "state.sls_id is not one of "),
+    (job("state.orchestrate"), "state.orchestrate is not one of "),
+    (job("state.template_str"), "state.template_str is not one of "),
+    (job("state.run_request"), "state.run_request is not one of "),
+    (job("state.pkg"), "state.pkg is not one of "),
+    (None, "this job's proc file was not found"),
+    (job(written=None), "the job's start or the token data's time of issue is unknown"),
+    (job(tgt="salt-call"), "this salt-call's command line is unknown"),
+])
+def test_anything_else_asks_the_master_afresh(found, problem):
+    assert guard.own_pillar_problem({}, found, OWN, now=NOW).startswith(problem)
+
+
+@pytest.mark.parametrize("issued, problem", [
+    # A snapshot saved before the job started: Bob's, from when he held the token.
+    ("2026-11-26T14:39:54Z", "the token data was issued at 2026-11-26T14:39:54Z, not while this job ran"),
+    ("2026-11-26T14:40:03Z", "the token data was issued at 2026-11-26T14:40:03Z, not while this job ran"),
+    (None, "the job's start or the token data's time of issue is unknown"),
+])
+def test_token_data_issued_before_the_job_started_is_not_its_own(issued, problem):
+    assert guard.own_pillar_problem({}, job(), {"issued": issued}, now=NOW) == problem
+
+
+def test_a_job_whose_own_data_grew_old_asks_again():
+    started = job(written=NOW.timestamp() - 60)
+    assert guard.own_pillar_problem({}, started, {"issued": "2026-11-26T14:39:45Z"}, now=NOW) == (
+        "the token data was issued more than 10 s ago")
+
+
+def test_salt_call_goes_by_its_own_command_line_and_start():
+    """salt-call writes no arguments into its proc file and compiles its pillar as it starts: the command line
+    it was given (in its opts) and the process's start count."""
+    called = job(tgt="salt-call", user=None, fun="state.apply", arg=None, written=None)
+    opts = {"__cli": "salt-call", "fun": "state.apply", "arg": ["guarded"]}
+    started = datetime.datetime.fromtimestamp(psutil.Process().create_time(), datetime.timezone.utc)
+    now = started + datetime.timedelta(seconds=3)
+    fresh = {"issued": model.isoformat(started + datetime.timedelta(seconds=1))}
+    assert guard.own_pillar_problem(opts, called, fresh, now=now) is None
+    replayed = dict(opts, arg=["guarded", "pillar={}"])
+    assert guard.own_pillar_problem(replayed, called, fresh, now=now) == "the job was given pillar="
+    older = {"issued": model.isoformat(started - datetime.timedelta(seconds=5))}
+    assert guard.own_pillar_problem(opts, called, older, now=now).endswith("not while this job ran")

@@ -295,6 +295,26 @@ def test_wait_returns_at_the_release_not_at_the_timeout(pg_section):
     assert time.monotonic() - started < 5
 
 
+def test_a_release_wakes_only_the_first_in_line(pg_section):
+    """The others would only wake to find themselves still behind, each with its queries: a line of a hundred
+    would cost a hundred wake-ups per hand-off. The one who is first next is woken when the first leaves."""
+    token.acquire(postgres_store(pg_section), "alice", PEOPLE)
+    first, second = postgres_store(pg_section), postgres_store(pg_section)
+    tickets = [first.enqueue("First"), second.enqueue("Second")]
+    with racing.started(racing.release_later, [(postgres_settings(pg_section), "alice", PEOPLE, 1)], barrier=False):
+        started = time.monotonic()
+        second.wait(4)
+        assert time.monotonic() - started >= 4  # the release was not for it
+        started = time.monotonic()
+        first.wait(30)  # its notification waited in its session
+        assert time.monotonic() - started < 5
+    first.dequeue(tickets[0])
+    started = time.monotonic()
+    second.wait(30)
+    assert time.monotonic() - started < 5
+    second.dequeue(tickets[1])
+
+
 def test_a_listening_waiter_does_not_block_a_release(pg_store_cluster, pg_section):
     store = postgres_store(pg_section)
     token.acquire(store, "alice", PEOPLE)
