@@ -7,6 +7,11 @@ where the point of a test is what a runner function does; keep the real CLI (``s
 the CLI shows: exit status, ``--out=json`` printing one document, progress on stderr, several
 processes at once.
 
+Salt's loader keeps one module object per runner module in a process, so a runner loaded on a master
+configuration with another cachedir or sock_dir (say, a masterless operator's) would leave the shared
+runner answering with that configuration's hints and firing its events on that bus: such a
+configuration goes through the real ``salt-run`` instead.
+
 ``InProcessRun(config_file).run("deploytoken.acquire", "reason=x", env={"SUDO_USER": "alice"})`` answers
 like the CLI fixtures do: ``.returncode`` (the answer's ``retcode``, as ``salt-run`` exits with it),
 ``.data``. The caller is ``sudo_<SUDO_USER>`` as salt-run run through sudo names it, else ``root``.

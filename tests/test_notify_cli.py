@@ -19,7 +19,6 @@ import yaml
 import deploytoken_model as model
 import deploytoken_waiting
 from conftest import PEOPLE, REPO, extension_root
-from salt_inprocess import InProcessRun
 from test_docs_examples import BLOCKS
 from webhook_server import Webhook
 
@@ -246,17 +245,13 @@ def masterless(tmp_path_factory, url_file):
 
     assert run("root", "saltutil.sync_all")[0] == 0
     run.log_file, run.conf_dir = config["log_file"], str(root / "conf")
-    run.in_process = InProcessRun(root / "conf" / "master")
     return run
 
 
 def test_remind_without_a_master_posts_once_in_ten_runs_and_survives_a_failing_webhook(masterless, webhook):
-    # What only separate processes show (exit status, nothing secret on stderr or in the log, the second
-    # run seeing the first one's reminder) goes through salt-run; the other runs call the runner in this process.
-    in_process = masterless.in_process
     webhook.clear()
-    taken = in_process.run("deploytoken.acquire", "reason=upgrade postgres", env={"SUDO_USER": "alice"}).data
-    assert taken["changed"], taken
+    status, taken, _ = masterless("alice", "deploytoken.acquire", "reason=upgrade postgres")
+    assert status == 0 and taken["changed"], taken
     time.sleep(1.5)
     webhook.answer(500, 429, 500)  # every attempt of the first run fails
     status, failed, stderr = masterless("cron", "deploytoken.remind")
@@ -264,21 +259,19 @@ def test_remind_without_a_master_posts_once_in_ten_runs_and_survives_a_failing_w
     assert failed["reminded"] is False and failed["message"].endswith(
         "The deploy token is unchanged; the next run tries again.")
     assert [post["status"] for post in webhook.posts] == [500, 429, 500]
-    runs = [masterless("cron", "deploytoken.remind") for _ in range(2)]
-    runs += [(ran.returncode, ran.data, "") for ran in
-             (in_process.run("deploytoken.remind", env={"SUDO_USER": "cron"}) for _ in range(8))]
+    runs = [masterless("cron", "deploytoken.remind") for _ in range(10)]
     assert [run[0] for run in runs] == [0] * 10
     assert [run[1]["reminded"] for run in runs] == [True] + [False] * 9
     assert webhook.texts() == [runs[0][1]["text"]]
     assert webhook.texts()[0].startswith("Alice Smith has held the deploy token for ")
-    now = in_process.run("deploytoken.status", env={"SUDO_USER": "bob"}).data
+    status, now, _ = masterless("bob", "deploytoken.status")
     assert now["claim"] == taken["claim"] and now["next_reminder"] == runs[0][1]["next_due"]
     assert model.seconds_between(taken["since"], now["next_reminder"]) == 1 + 3600  # the second reminder
     outputs = json.dumps([failed] + [run[1] for run in runs]) + "".join(run[2] for run in runs)
     with open(masterless.log_file, encoding="utf-8", errors="replace") as handle:
         logged = handle.read()
     assert "SECRET" not in outputs and "answered HTTP 500" in logged and "SECRET" not in logged
-    assert in_process.run("deploytoken.release", env={"SUDO_USER": "alice"}).returncode == 0
+    assert masterless("alice", "deploytoken.release")[0] == 0
 
 
 def test_the_cron_line_of_the_docs_reminds_and_prints_nothing(masterless, webhook):
@@ -286,12 +279,12 @@ def test_the_cron_line_of_the_docs_reminds_and_prints_nothing(masterless, webhoo
     words = shlex.split(line.split(None, 5)[5])
     assert words[:3] == ["salt-run", "-c", "~/salt"]  # that operator's folder is this test's
     webhook.clear()
-    taken = masterless.in_process.run("deploytoken.acquire", "reason=reindex", env={"SUDO_USER": "alice"})
-    assert taken.returncode == 0, taken
+    status, _, _ = masterless("alice", "deploytoken.acquire", "reason=reindex")
+    assert status == 0
     time.sleep(1.5)  # remind_after is 1 s
     done = subprocess.run([SALT_RUN, "-c", masterless.conf_dir, *words[3:]], capture_output=True, text=True,
                           timeout=120)
     assert (done.returncode, done.stdout) == (0, ""), done.stderr
     assert "Invalid outputter" not in done.stderr
     assert len(webhook.texts()) == 1 and webhook.texts()[0].startswith("Alice Smith has held the deploy token for ")
-    assert masterless.in_process.run("deploytoken.release", env={"SUDO_USER": "alice"}).returncode == 0
+    assert masterless("alice", "deploytoken.release")[0] == 0
