@@ -12,6 +12,7 @@ import datetime
 import html
 import os
 import re
+import stat
 import statistics
 import tempfile
 
@@ -72,8 +73,13 @@ def check_path(path):
         if not os.path.isfile(path) or os.path.islink(path):
             raise model.InputError(f"{path} is not a plain file: give path= the name of a new file.")
         try:
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                ours = handle.read(len(MARK)) == MARK
+            # Opened without following a link or waiting on a FIFO, and checked again once open: the file
+            # may be swapped by its owner after the checks above.
+            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(descriptor, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                    raise model.InputError(f"{path} is not a plain file: give path= the name of a new file.")
+                ours = handle.read(len(MARK.encode())).decode("utf-8", "replace") == MARK
         except OSError as exc:
             raise model.InputError(f"{path} cannot be read ({exc.strerror}): give path= another file.") from None
         if not ours:
