@@ -5,17 +5,16 @@ What ``salt-run deploytoken.doctor`` asks each server, through the master or sal
 import os
 from typing import TYPE_CHECKING
 
+from deploytoken.procedure import facts as server_facts
+
 if TYPE_CHECKING:
     __opts__: dict
     __salt__: dict
-    __utils__: dict
 
 __virtualname__ = "deploytoken"
 
 
 def __virtual__():
-    if "deploytoken_facts.gather" not in __utils__:
-        return (False, "deploytoken: the _utils modules are not synced; run saltutil.sync_all")
     return __virtualname__
 
 
@@ -33,4 +32,4 @@ def facts():
         salt 'collect*' deploytoken.facts
         salt-ssh kingfisher-main deploytoken.facts
     """
-    return __utils__["deploytoken_facts.gather"](__opts__, dict(os.environ), __salt__["config.get"])
+    return server_facts.gather(__opts__, dict(os.environ), __salt__["config.get"])

@@ -15,7 +15,7 @@ Configuration (minion config or pillar, read with ``config.get``; all optional):
 A server without one of them turns it off (``scrapyd: false``, ``postgres: false``, ``tmux:
 false``): it is then reported ``skipped``, never busy. Every function also takes these settings as
 arguments, which win over the configuration. Prefer configuration for the Scrapyd password: Salt
-logs a job's arguments. Each source is an entry of the registry in ``_utils/kingfisher_sources.py``;
+logs a job's arguments. Each source is an entry of the registry in ``_utils/deploytoken/kingfisher/sources.py``;
 ``kingfisher.report`` reads any of them by name.
 
 Errors of the core are Salt's own exception types (``CommandExecutionError``: a bad argument or
@@ -29,10 +29,13 @@ from typing import TYPE_CHECKING
 
 from salt.exceptions import CommandExecutionError, SaltException
 
+from deploytoken.kingfisher import busy as busy_check
+from deploytoken.kingfisher import packages as package_cache
+from deploytoken.kingfisher import sources
+
 if TYPE_CHECKING:
     __opts__: dict
     __salt__: dict
-    __utils__: dict
     __context__: dict
 
 __virtualname__ = "kingfisher"
@@ -42,8 +45,6 @@ DEFAULTS = {"postgres:state_test": False, "busy:postgres": "auto"}
 
 
 def __virtual__():
-    if "kingfisher_sources.settings" not in __utils__:
-        return (False, "kingfisher: the _utils modules are not synced; run saltutil.sync_all")
     return __virtualname__
 
 
@@ -56,11 +57,11 @@ def _setting(key, given=None):
 
 def _settings(source, given):
     """Source ``source``'s settings, parsed once: arguments, else config or pillar, else defaults."""
-    return __utils__["kingfisher_sources.settings"](source, given, __salt__["config.get"])
+    return sources.settings(source, given, __salt__["config.get"])
 
 
 def _read(source, given):
-    return __utils__["kingfisher_sources.read"](source, _settings(source, given))
+    return sources.read(source, _settings(source, given))
 
 
 def report(source, **settings):
@@ -201,17 +202,17 @@ def postgres_restart_pending(state_test=None):
             # A list of strings: the highstate could not even be compiled (no top file, a render error).
             errors = "; ".join(str(error) for error in state_return or ["no result"])
             raise CommandExecutionError(f"state.apply test=True could not run: {errors}")
-    found = __utils__["kingfisher_busy.restart_reasons"](packages.pop("upgrades"), state_return)
+    found = busy_check.restart_reasons(packages.pop("upgrades"), state_return)
     found["packages"] = packages
     return found
 
 
 def _postgres_upgrades():
     """``{"upgrades", "how", ...}``: the pending upgrades of the ``postgresql*`` packages."""
-    tools = __utils__["kingfisher_packages.tools"]()
+    tools = package_cache.tools()
     if tools is not None:
         cache = os.path.join(__opts__["cachedir"], "kingfisher", "postgres_upgrades.json")
-        return __utils__["kingfisher_packages.pending"](tools, "postgresql*", cache)
+        return package_cache.pending(tools, "postgresql*", cache)
     try:
         upgrades = __salt__["pkg.list_upgrades"](refresh=False) if "pkg.list_upgrades" in __salt__ else {}
     except SaltException as exc:
@@ -252,19 +253,19 @@ def busy(postgres=None, url=None, username=None, password=None, users=None, thre
         salt 'collect*' kingfisher.busy
         salt 'collect*' kingfisher.busy postgres=always threshold=600 --out=json
     """
-    mode = __utils__["kingfisher_busy.check_mode"](_setting("busy:postgres", postgres))
+    mode = busy_check.check_mode(_setting("busy:postgres", postgres))
     given = {
         "scrapyd": {"url": url, "username": username, "password": password},
         "tmux": {"users": users},
         "postgres": {"threshold": threshold, "socket_dir": socket_dir, "port": port, "user": user, "runas": runas},
     }
     # Every source of the registry; one added since takes its settings from config or pillar alone.
-    settings = {name: _settings(name, given.get(name, {})) for name in __utils__["kingfisher_sources.names"]()}
+    settings = {name: _settings(name, given.get(name, {})) for name in sources.names()}
     restart = None
     if mode == "auto" and settings.get("postgres") is not None:
         # Asked from a reader thread: Salt's dunders resolve through the context of this job.
         restart = functools.partial(contextvars.copy_context().run, postgres_restart_pending)
-    found = __utils__["kingfisher_busy.busy"](settings, postgres_mode=mode, restart=restart)
+    found = busy_check.busy(settings, postgres_mode=mode, restart=restart)
     if found["busy"]:
         # The minion takes the job's exit status from here; a top-level "result" key is not wanted.
         __context__["retcode"] = 1

@@ -81,7 +81,7 @@ def _time(text):
 
 def _duration(seconds):
     try:
-        import deploytoken_model  # on sys.path once the runner has loaded our _utils
+        from deploytoken import model  # the runner has imported the core by the time it prints
     except ImportError:
         return f"{int(seconds)} s"
-    return deploytoken_model.human_duration(seconds)
+    return model.human_duration(seconds)

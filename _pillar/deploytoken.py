@@ -18,9 +18,10 @@ store is read through the runner's own code, at most once per ``deploytoken:pill
 import logging
 from typing import TYPE_CHECKING
 
+from deploytoken.guard import pillar as token_pillar
+
 if TYPE_CHECKING:
     __opts__: dict
-    __utils__: dict
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,12 @@ __virtualname__ = "deploytoken"
 
 
 def __virtual__():
-    if "deploytoken_pillar.pillar" not in __utils__:
-        return (False, "deploytoken: the _utils modules are not synced; run salt-run saltutil.sync_all")
     return __virtualname__
 
 
 def ext_pillar(minion_id, pillar, *args, **kwargs):
     """The ``deploytoken`` pillar of ``minion_id``."""
-    data = __utils__["deploytoken_pillar.pillar"](__opts__, minion_id, pillar)
+    data = token_pillar.pillar(__opts__, minion_id, pillar)
     if data.get("error"):
         log.warning("deploytoken ext_pillar: %s", data["error"])
     return {"deploytoken": data}

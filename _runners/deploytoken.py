@@ -35,10 +35,23 @@ import salt.utils.event
 import salt.utils.minions
 from salt.exceptions import SaltException
 
+from deploytoken import commands, hints, model
+from deploytoken import report as report_page
+from deploytoken import settings, stores
+from deploytoken.chat import events
+from deploytoken.chat import remind as reminders
+from deploytoken.chat import waiting
+from deploytoken.guard import overrides
+from deploytoken.guard import pillar as token_pillar
+from deploytoken.guard import seal
+from deploytoken.procedure import doctor as checks
+from deploytoken.procedure import repos as repositories
+from deploytoken.procedure import setup as procedure
+from deploytoken.stores import migrate as moving
+
 if TYPE_CHECKING:
     __opts__: dict
     __user__: str
-    __utils__: dict
     __jid_event__: object
 
 log = logging.getLogger(__name__)
@@ -52,8 +65,6 @@ KEYWORD_LOOK = re.compile(r"[^\d\W][\w.-]*=")
 
 
 def __virtual__():
-    if "deploytoken_token.acquire" not in __utils__:
-        return (False, "deploytoken: the _utils modules are not synced; run salt-run saltutil.sync_all")
     return __virtualname__
 
 
@@ -77,7 +88,7 @@ def _strict(func):
             except TypeError as exc:  # e.g. an argument given both by position and by name
                 problem = f"deploytoken.{func.__name__}: {exc}."
         answer = {"error": problem, "retcode": BAD_INPUT} if problem is not None else func(*args, **kwargs)
-        return _for_person(func.__name__, __utils__["deploytoken_hints.pasteable"](answer, _prefix()))
+        return _for_person(func.__name__, hints.pasteable(answer, _prefix()))
 
     checked.__name__, checked.__qualname__, checked.__doc__ = func.__name__, func.__qualname__, func.__doc__
     return checked
@@ -150,10 +161,9 @@ def status():
     """
 
     def show(config, store):
-        ret = dict(__utils__["deploytoken_token.status"](store), **__utils__["deploytoken_override.status"](
-            store, __opts__["cachedir"]))
+        ret = dict(commands.status(store), **overrides.status(store, __opts__["cachedir"]))
         if ret["held"]:
-            ret["next_reminder"] = __utils__["deploytoken_remind.next_due"](config, ret["since"])
+            ret["next_reminder"] = reminders.next_due(config, ret["since"])
         return ret
 
     ret = _run(show)
@@ -199,7 +209,7 @@ def acquire(reason="", wait=False, timeout=600, interval=10, name=None, force=Fa
         salt-run deploytoken.acquire force=True reason="hotfix, agreed with Bob in chat"
     """
     return _run(
-        lambda config, store: __utils__["deploytoken_token.acquire"](
+        lambda config, store: commands.acquire(
             store,
             _caller(config, store),
             config.people,
@@ -245,7 +255,7 @@ def release(note="", name=None, force=False, reason="", claim=None):
         salt-run deploytoken.release force=True claim=3f9c0a1b2c3d4e5f reason="Alice is away, agreed in chat"
     """
     return _run(
-        lambda config, store: __utils__["deploytoken_token.release"](
+        lambda config, store: commands.release(
             store,
             _caller(config, store),
             config.people,
@@ -278,7 +288,7 @@ def history(limit=10):
         salt-run deploytoken.history limit=20 --out=json
         salt-run deploytoken.history --out=table
     """
-    return _run(lambda config, store: __utils__["deploytoken_token.history"](store, limit))
+    return _run(lambda config, store: commands.history(store, limit))
 
 
 @_strict
@@ -305,7 +315,7 @@ def report(since=None, path=None):
         salt-run deploytoken.report
         salt-run deploytoken.report since=7d path=/tmp/deploytoken-week.html
     """
-    return _run(lambda config, store: __utils__["deploytoken_report.write"](store, since, path))
+    return _run(lambda config, store: report_page.write(store, since, path))
 
 
 @_strict
@@ -329,8 +339,8 @@ def update_repos(repos=None):
         salt-run deploytoken.update_repos repos='["/srv/deploy", "/srv/deploy/pillar/private"]'
     """
     try:
-        paths = _repo_paths(__utils__["deploytoken_settings.from_opts"](__opts__), repos)
-        result = __utils__["deploytoken_repos.update_all"](paths, progress=_progress)
+        paths = _repo_paths(settings.from_opts(__opts__), repos)
+        result = repositories.update_all(paths, progress=_progress)
     except SaltException as exc:
         return {"error": str(exc), "retcode": BAD_INPUT}
     if not result["ok"]:
@@ -389,7 +399,7 @@ def setup(targets=None, reason="", wait=False, consent=None, repos=None, tgt_typ
         salt-run deploytoken.setup targets='collect*' reason="new spider" consent="Dana Lee: crawl restarts fine"
     """
     return _run(
-        lambda config, store: __utils__["deploytoken_setup.run"](
+        lambda config, store: procedure.run(
             store,
             _caller(config, store),
             config.people,
@@ -433,7 +443,7 @@ def cleanup(note="", name=None):
 
 
 def _repo_paths(config, repos):
-    return __utils__["deploytoken_repos.default_paths"](config, __opts__) if repos is None else repos
+    return repositories.default_paths(config, __opts__) if repos is None else repos
 
 
 def _kingfisher_busy(targets, tgt_type, busy_args):
@@ -447,7 +457,7 @@ def _kingfisher_busy(targets, tgt_type, busy_args):
 
 
 def _ssh(config, ssh):
-    return config.ssh if ssh is None else __utils__["deploytoken_model.check_flag"](ssh, "ssh")
+    return config.ssh if ssh is None else model.check_flag(ssh, "ssh")
 
 
 def _ssh_busy(targets, tgt_type, busy_args):
@@ -511,7 +521,7 @@ def override(reason="", targets=None, minutes=None, cancel=False, id=None):
         salt-run deploytoken.override cancel=True id=override-0123456789abcdef reason="done"
     """
     return _run(
-        lambda config, store: __utils__["deploytoken_override.run"](
+        lambda config, store: overrides.run(
             store, __opts__["cachedir"], _caller(config, store), config.people, reason=reason, targets=targets,
             minutes=minutes, cancel_all=cancel, notify=_fire, override_id=id,
         ),
@@ -540,8 +550,8 @@ def migrate(to=None):
                 "retcode": BAD_INPUT}
 
     def copy(config, store):
-        target = __utils__["deploytoken_stores.open_store"](dataclasses.replace(config, backend=to))
-        moved = __utils__["deploytoken_migrate.migrate"](store, target)
+        target = stores.open_store(dataclasses.replace(config, backend=to))
+        moved = moving.migrate(store, target)
         holder = f"the holder's claim {moved['holder']}" if moved["holder"] else "no holder (nobody holds the token)"
         return dict(moved, source=store.location, target=target.location, message=(
             f"Copied {moved['history_rows']} history row(s) and {holder} from {store.location} to "
@@ -563,8 +573,8 @@ def flush():
 
         salt-run deploytoken.flush
     """
-    return _run(lambda config, store: __utils__["deploytoken_token.flush"](
-        store, __utils__["deploytoken_override.deliver"](__opts__["cachedir"], store)
+    return _run(lambda config, store: commands.flush(
+        store, overrides.deliver(__opts__["cachedir"], store)
     ))
 
 
@@ -596,50 +606,49 @@ def doctor(targets="*", tgt_type="glob", ssh=None):
         salt-run deploytoken.doctor targets='kingfisher*' ssh=True
     """
     try:  # a mistyped argument is bad input (exit status 2), not a finding about the set-up
-        __utils__["deploytoken_setup.check_tgt_type"](tgt_type)
-        targets = __utils__["deploytoken_setup.check_targets"](targets) or "*"
+        procedure.check_tgt_type(tgt_type)
+        targets = procedure.check_targets(targets) or "*"
         if ssh is not None:
-            ssh = __utils__["deploytoken_model.check_flag"](ssh, "ssh")
+            ssh = model.check_flag(ssh, "ssh")
     except SaltException as exc:
         return {"error": str(exc), "retcode": BAD_INPUT}
-    checks = "deploytoken_doctor."
     conf_file = __opts__.get("conf_file")
-    findings = __utils__[checks + "deploytoken_blocks"](__utils__[checks + "config_files"](conf_file))
-    findings.append(__utils__[checks + "ext_pillar"](__opts__.get("ext_pillar"), conf_file))
+    findings = checks.deploytoken_blocks(checks.config_files(conf_file))
+    findings.append(checks.ext_pillar(__opts__.get("ext_pillar"), conf_file))
     try:
-        config = __utils__["deploytoken_settings.from_opts"](__opts__)
+        config = settings.from_opts(__opts__)
         ssh = _ssh(config, ssh)
     except SaltException as exc:
-        findings.append(__utils__[checks + "finding"]("problem", str(exc)))
+        findings.append(checks.finding("problem", str(exc)))
         return _doctor_report(findings)
     store = identity = error = None
     try:
-        store = __utils__["deploytoken_stores.open_store"](config)
+        store = stores.open_store(config)
         identity = store.identity
         store.read()
     except SaltException as exc:
         error = str(exc)
-    findings += __utils__[checks + "store"](config, store.location if store else None, identity, error,
-                                            ssh or _has_roster())
-    login = _caller(config, store) if store and not error else __utils__["deploytoken_model.login_of"](__user__)
-    findings.append(__utils__[checks + "person"](login, config, conf_file))
+    findings += checks.store(config, store.location if store else None, identity, error,
+                             ssh or _has_roster())
+    login = _caller(config, store) if store and not error else model.login_of(__user__)
+    findings.append(checks.person(login, config, conf_file))
     if ssh:
-        home = __utils__[checks + "home_of_this_process"]()
+        home = checks.home_of_this_process()
         sudo = os.geteuid() == 0 and login != "root"  # ssh then reads root's ~/.ssh, not the person's
         entries = salt.roster.Roster(__opts__, __opts__.get("roster", "flat")).targets(targets, tgt_type) or {}
         for priv in sorted({str(entry.get("priv") or __opts__.get("ssh_priv") or "") for entry in entries.values()}):
-            keys = __utils__[checks + "key_files"](priv, home)
-            findings.append(__utils__[checks + "login_keys"](login, config, keys, home, sudo))
+            keys = checks.key_files(priv, home)
+            findings.append(checks.login_keys(login, config, keys, home, sudo))
     try:
         answers = (_ssh_facts(targets, tgt_type) if entries else {}) if ssh else _minion_facts(targets, tgt_type)
     except (SaltException, OSError) as exc:
         answers = None
-        findings.append(__utils__[checks + "finding"]("problem", f"The servers could not be asked: {exc}"))
+        findings.append(checks.finding("problem", f"The servers could not be asked: {exc}"))
     if answers == {}:
         where = "in the salt-ssh roster" if ssh else "among this master's accepted minions"
-        findings.append(__utils__[checks + "finding"]("problem", f"No server matches {targets!r} {where}."))
+        findings.append(checks.finding("problem", f"No server matches {targets!r} {where}."))
     for name, facts in sorted((answers or {}).items()):
-        findings += __utils__[checks + "target"](name, facts, login, config, identity, ssh)
+        findings += checks.target(name, facts, login, config, identity, ssh)
     return _doctor_report(findings)
 
 
@@ -651,10 +660,10 @@ def _has_roster():
 
 
 def _doctor_report(findings):
-    import deploytoken_hints
+    from deploytoken import hints
 
-    ret = __utils__["deploytoken_doctor.report"](findings)
-    ret["findings"] = [deploytoken_hints.sentence(line, _prefix()) for line in ret["findings"]]
+    ret = checks.report(findings)
+    ret["findings"] = [hints.sentence(line, _prefix()) for line in ret["findings"]]
     return ret
 
 
@@ -691,40 +700,34 @@ def _run(action, changes=False):
     next state run sees the new holder at once.
     """
     try:
-        config = __utils__["deploytoken_settings.from_opts"](__opts__)
-        store = __utils__["deploytoken_stores.open_store"](config)
+        config = settings.from_opts(__opts__)
+        store = stores.open_store(config)
         return action(config, store)
     except SaltException as exc:
         return {"error": str(exc), "retcode": BAD_INPUT}
     finally:
         if changes:
-            __utils__["deploytoken_pillar.forget"](__opts__)
+            token_pillar.forget(__opts__)
 
 
 def _caller(config, store):
     """The person calling: their login (``sudo`` honoured), or, when the store works with the person's own
     Google account and ``deploytoken: people:`` lists its email, the login of that account."""
-    login = __utils__["deploytoken_model.login_of"](__user__)
+    login = model.login_of(__user__)
     email = store.account_email
     return config.emails.get(email.casefold(), login) if email else login
 
 
 def _prefix():
     """How this call was made: ``salt-run``, or ``salt-run -c FOLDER`` outside Salt's default folder."""
-    # Also called back from inside the _utils code (progress), where __utils__ cannot be reached; Salt
-    # puts the synced _utils folder on sys.path.
-    import deploytoken_hints
-
-    return deploytoken_hints.prefix(__opts__.get("conf_file"), salt.syspaths.CONFIG_DIR)
+    return hints.prefix(__opts__.get("conf_file"), salt.syspaths.CONFIG_DIR)
 
 
 def _progress(message):
     """Tell the person what is happening. The runner's event stream always gets it; salt-run's own
     output only with its default outputter, so that ``--out=json`` prints one document (the result),
     and the person still sees the progress on stderr."""
-    import deploytoken_hints
-
-    message = deploytoken_hints.sentence(message, _prefix())
+    message = hints.sentence(message, _prefix())
     log.info("deploytoken: %s", message)
     try:
         jid_event = __jid_event__
@@ -740,12 +743,8 @@ def _progress(message):
 
 def _fire(tag, data):
     # Sealed with the master's key: a minion may put any deploytoken/* event on the bus, and the chat
-    # (see announce) must tell the runner's from those. _fire is called from inside the _utils code,
-    # where __utils__ cannot be reached; Salt puts the synced _utils folder on sys.path.
-    import deploytoken_pillar
-    import deploytoken_seal
-
-    data = deploytoken_seal.seal(data, deploytoken_pillar.master_key(__opts__), deploytoken_seal.event_purpose(tag))
+    # (see announce) must tell the runner's from those.
+    data = seal.seal(data, token_pillar.master_key(__opts__), seal.event_purpose(tag))
     with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as event:
         event.fire_event(data, tag)
 
@@ -766,7 +765,7 @@ def remind():
 
         salt-run deploytoken.remind
     """
-    return _run(lambda config, store: __utils__["deploytoken_remind.remind"](config, store))
+    return _run(lambda config, store: reminders.remind(config, store))
 
 
 @_strict
@@ -785,7 +784,7 @@ def notify_me(name=None):
 
         salt-run deploytoken.notify_me
     """
-    return _run(lambda config, store: __utils__["deploytoken_waiting.ask"](store, config, _caller(config, store), name))
+    return _run(lambda config, store: waiting.ask(store, config, _caller(config, store), name))
 
 
 @_strict
@@ -813,24 +812,23 @@ def announce(tag, data=None):
               - data: {{ data | json }}
     """
     try:
-        config = __utils__["deploytoken_settings.from_opts"](__opts__)
-        return __utils__["deploytoken_events.announce"](config, tag, data, __utils__["deploytoken_pillar.master_key"](
-            __opts__))
+        config = settings.from_opts(__opts__)
+        return events.announce(config, tag, data, token_pillar.master_key(__opts__))
     except SaltException as exc:
         return {"posted": False, "message": str(exc)}
 
 
 def _waiter(config, store, name, timeout):
     """``progress`` for acquire: its first report means the caller waits, so the released message names
-    them. It is called from inside the _utils code, where __utils__ cannot be reached: bind what it needs."""
-    who, add, caller = __utils__["deploytoken_token.who"], __utils__["deploytoken_waiting.add"], _caller(config, store)
+    them. It is called back from the core, where Salt's ``__user__`` may not be set: bind the caller now."""
+    caller = _caller(config, store)
     noted = []
 
     def progress(message):
         if not noted:
             noted.append(True)
             try:
-                add(config.cachedir, *who(caller, name, config.people), seconds=timeout)
+                waiting.add(config.cachedir, *commands.who(caller, name, config.people), seconds=timeout)
             except SaltException as exc:  # the wait goes on; only the name in the chat message is lost
                 log.warning("deploytoken: %s", exc)
         _progress(message)

@@ -21,19 +21,18 @@ from typing import TYPE_CHECKING
 
 from salt.exceptions import SaltException
 
+from deploytoken.guard import held as guard
+
 if TYPE_CHECKING:
     __grains__: dict
     __opts__: dict
     __salt__: dict
-    __utils__: dict
     __pillar__: dict
 
 __virtualname__ = "deploytoken"
 
 
 def __virtual__():
-    if "deploytoken_guard.decide" not in __utils__:
-        return (False, "deploytoken: the _utils modules are not synced; run saltutil.sync_all")
     return __virtualname__
 
 
@@ -76,24 +75,23 @@ def held(name):
         salt-call state.single deploytoken.held name=guard test=True
     """
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
-    guard = "deploytoken_guard."
-    memory = __utils__[guard + "store_memory"](__opts__)
+    memory = guard.store_memory(__opts__)
     try:
-        job = __utils__[guard + "find_job"](os.path.join(__opts__["cachedir"], "proc"), os.getpid(), _jid())
-        pillar, master_key = __utils__[guard + "token_data"](__opts__, __grains__, __pillar__, job)
-        ssh = __utils__[guard + "operator_login"](pillar) is not None
-        decision = __utils__[guard + "decide"](
+        job = guard.find_job(os.path.join(__opts__["cachedir"], "proc"), os.getpid(), _jid())
+        pillar, master_key = guard.token_data(__opts__, __grains__, __pillar__, job)
+        ssh = guard.operator_login(pillar) is not None
+        decision = guard.decide(
             pillar,
-            None if ssh else __utils__[guard + "login_of_job"](job),
+            None if ssh else guard.login_of_job(job),
             __opts__["id"],
             test=bool(__opts__.get("test")),
-            ssh_auth=__utils__[guard + "ssh_auth_keys"](os.environ) if ssh else None,
-            remembered=__utils__[guard + "remembered_store"](memory),
+            ssh_auth=guard.ssh_auth_keys(os.environ) if ssh else None,
+            remembered=guard.remembered_store(memory),
             memory=memory,
             master_key=master_key,
         )
         if decision["remember"]:
-            __utils__[guard + "remember_store"](memory, decision["remember"], decision["comment"])
+            guard.remember_store(memory, decision["remember"], decision["comment"])
     except (SaltException, OSError) as exc:
         ret["comment"] = f"The deploy token guard failed, so nothing may deploy: {exc}"
         return ret

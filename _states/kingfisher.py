@@ -21,19 +21,20 @@ from typing import TYPE_CHECKING
 
 from salt.exceptions import SaltException
 
+from deploytoken.guard import held as token_guard
+from deploytoken.kingfisher import guard as kf_guard
+from deploytoken.kingfisher import sources
+
 if TYPE_CHECKING:
     __grains__: dict
     __opts__: dict
     __salt__: dict
-    __utils__: dict
     __pillar__: dict
 
 __virtualname__ = "kingfisher"
 
 
 def __virtual__():
-    if "kingfisher_guard.decide" not in __utils__ or "deploytoken_guard.consent" not in __utils__:
-        return (False, "kingfisher: the _utils modules are not synced; run saltutil.sync_all")
     return __virtualname__
 
 
@@ -60,7 +61,7 @@ def not_interrupted(name, source, **settings):
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     given = {key: value for key, value in settings.items() if value is not None and not key.startswith("__")}
     try:
-        found = __utils__["kingfisher_sources.get"](source)
+        found = sources.get(source)
     except SaltException as exc:
         ret["comment"] = str(exc)
         return ret
@@ -83,17 +84,17 @@ def not_interrupted(name, source, **settings):
             unchecked = f" The consent recorded with the deploy token cannot be checked, so none counts: {exc}"
     kingfisher = __pillar__.get("kingfisher")
     typed = kingfisher.get("consent") if isinstance(kingfisher, dict) else None
-    decision = __utils__["kingfisher_guard.decide"](reasons, consent, found.what, test=bool(__opts__.get("test")),
-                                                    typed=typed)
+    decision = kf_guard.decide(reasons, consent, found.what, test=bool(__opts__.get("test")),
+                               typed=typed)
     ret.update(result=decision["result"], comment=decision["comment"] + unchecked)
     return ret
 
 
 def _consent():
     """The consent recorded with the claim that holds the token, from token data the master signed."""
-    data, master_key = __utils__["deploytoken_guard.token_data"](__opts__, __grains__, __pillar__)
-    consent = __utils__["deploytoken_guard.consent"](data, __opts__["id"], master_key=master_key)
-    return __utils__["kingfisher_guard.check_consent"](consent)
+    data, master_key = token_guard.token_data(__opts__, __grains__, __pillar__)
+    consent = token_guard.consent(data, __opts__["id"], master_key=master_key)
+    return kf_guard.check_consent(consent)
 
 
 def no_running_jobs(name, url=None, username=None, password=None):

@@ -5,7 +5,7 @@ A fleet's pillar refresh: what does the deploytoken ext_pillar cost the token st
 For each store (SQLite, PostgreSQL on a throwaway cluster started here, and the Google store against the
 fake Docs/Sheets server of the tests), with alice holding the token: a pool of master workers (separate
 processes forked from this one, as a salt-master forks its workers; ``--workers``, default 5, Salt's
-``worker_threads``) starts at once and each calls the ext_pillar's code (``deploytoken_pillar.pillar``, what
+``worker_threads``) starts at once and each calls the ext_pillar's code (``token_pillar.pillar``, what
 the ext_pillar function runs, signing with a 2048-bit master key as Salt's master makes it) for its share
 of the minion ids, back to back. The sizes are interleaved store by store, and each size runs ``--rounds`` times.
 
@@ -41,18 +41,18 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from figures import Machine, goal, percentile  # noqa: E402
 
-import deploytoken_cache  # noqa: E402
-import deploytoken_pillar  # noqa: E402
-import deploytoken_settings  # noqa: E402
-import deploytoken_stores  # noqa: E402
-import deploytoken_token as token  # noqa: E402
+from deploytoken import cache  # noqa: E402
+from deploytoken import commands as token  # noqa: E402
+from deploytoken import settings as token_settings  # noqa: E402
+from deploytoken import stores as token_stores  # noqa: E402
+from deploytoken.guard import pillar as token_pillar  # noqa: E402
 from fake_google import FakeGoogle  # noqa: E402
 from google_fixtures import HEADER, HISTORY_RANGE, free_doc  # noqa: E402
 from pg_fixtures import section_for, store_cluster  # noqa: E402
 
 PEOPLE = {"alice": "Alice Smith"}
 READ_RECORD = "deploytoken: reading the token store for the ext_pillar"
-TIMEOUT = deploytoken_cache.LOCK_WAIT
+TIMEOUT = cache.LOCK_WAIT
 P99_GOAL_MS = 5
 BASELINE_SIZE = 100
 
@@ -71,7 +71,7 @@ class ReadCounter(logging.Handler):
 
 def worker(opts, minions, barrier, results):
     counter = ReadCounter()
-    logger = logging.getLogger(deploytoken_pillar.__name__)
+    logger = logging.getLogger(token_pillar.__name__)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     logger.addHandler(counter)
@@ -81,7 +81,7 @@ def worker(opts, minions, barrier, results):
     for minion in minions:
         start, start_cpu = time.perf_counter(), time.thread_time()
         try:
-            data = deploytoken_pillar.pillar(opts, minion)
+            data = token_pillar.pillar(opts, minion)
             problem = data["error"] or (None if data["login"] == "alice" and data["signature"] else "no holder")
         except Exception as exc:  # counted and shown, never hidden
             problem = repr(exc)
@@ -95,7 +95,7 @@ def worker(opts, minions, barrier, results):
 
 def burst(opts, size, workers):
     """All ``size`` ids at once over ``workers`` processes: one dict of figures."""
-    deploytoken_pillar.forget(opts)  # a cold read cache, as after a change of holder
+    token_pillar.forget(opts)  # a cold read cache, as after a change of holder
     context = multiprocessing.get_context("fork")
     barrier, results = context.Barrier(workers), context.Queue()
     minions = [f"minion-{number:05d}" for number in range(size)]
@@ -110,7 +110,7 @@ def burst(opts, size, workers):
     warm_cpu = [seconds for one in found for seconds in one["cpu"][1:]]
     first = [one["times"][0] for one in found if one["times"]]
     wall = max(one["ended"] for one in found) - min(one["started"] for one in found)
-    cache = deploytoken_settings.from_opts(opts).pillar_cache
+    cache = token_settings.from_opts(opts).pillar_cache
     # A burst of ``wall`` seconds starting at a cold cache spans at most floor(wall / period) + 1 periods.
     periods = math.floor(wall / cache) + 1 if cache > 0 else None
     every = [seconds for one in found for seconds in one["times"]]
@@ -206,8 +206,8 @@ def main():
         pki = master_key(folder)
         opts = {store: master_opts(folder, pki, store, section) for store, section in found.items()}
         for store, options in opts.items():
-            settings = deploytoken_settings.from_opts(options)
-            assert token.acquire(deploytoken_stores.open_store(settings), "alice", PEOPLE).get("changed"), store
+            settings = token_settings.from_opts(options)
+            assert token.acquire(token_stores.open_store(settings), "alice", PEOPLE).get("changed"), store
         calls_before = dict(fake.calls)
         for _ in range(args.rounds):
             for size in sizes:
@@ -218,7 +218,7 @@ def main():
                                  args.workers) for store in opts}
 
     print(f"The ext_pillar for a fleet at once: {args.workers} worker processes, {args.rounds} bursts per store and "
-          f"size, read cache {deploytoken_settings.PILLAR_CACHE} s ({machine}):")
+          f"size, read cache {token_settings.PILLAR_CACHE} s ({machine}):")
     worst = {"per_period": 0, "p99": 0, "errors": 0, "timeouts": 0}
     for (store, size), bursts in results.items():
         for one in bursts:

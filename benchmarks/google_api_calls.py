@@ -25,9 +25,9 @@ sys.path.insert(0, str(REPO / "tests"))
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
-import deploytoken_settings  # noqa: E402
-import deploytoken_stores  # noqa: E402
-import deploytoken_token as token  # noqa: E402
+from deploytoken import commands as token  # noqa: E402
+from deploytoken import settings as token_settings  # noqa: E402
+from deploytoken import stores as token_stores  # noqa: E402
 from fake_google import FakeGoogle  # noqa: E402
 from google_fixtures import HEADER, HISTORY_RANGE, free_doc  # noqa: E402
 
@@ -59,10 +59,10 @@ def main():
                   "history_range": HISTORY_RANGE, "api_endpoint": url}
 
         def store(**extra):
-            settings = deploytoken_settings.Settings(
+            settings = token_settings.Settings(
                 cachedir=f"{directory}/cache", backend="google", sections={"google": dict(config, **extra)}
             )
-            return deploytoken_stores.open_store(settings)
+            return token_stores.open_store(settings)
 
         def api_calls(action):
             before = {op: count for op, count in fake.calls.items() if op != "token"}

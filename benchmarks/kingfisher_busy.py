@@ -31,10 +31,10 @@ sys.path[:0] = [str(REPO / "_utils"), str(REPO / "tests")]
 
 from guard_overhead import BIN, MINION, Salt  # noqa: E402
 
-import kingfisher_busy  # noqa: E402
 import kingfisher_fixtures as services  # noqa: E402
-import kingfisher_sources  # noqa: E402
-import kingfisher_tmux  # noqa: E402
+from deploytoken.kingfisher import busy as busy_check  # noqa: E402
+from deploytoken.kingfisher import sources  # noqa: E402
+from deploytoken.kingfisher import tmux  # noqa: E402
 
 PANES = 200
 CONNECTIONS = 500
@@ -133,11 +133,11 @@ def main():
         for name in names:
             services.create_user(name)
             services.run_as(name, "tmux", "new-session", "-d", "-s", "work", "sleep", "3600")
-        only = kingfisher_tmux.Settings.parse({"users": ",".join(names)})
-        report = kingfisher_tmux.sessions(only)
+        only = tmux.Settings.parse({"users": ",".join(names)})
+        report = tmux.sessions(only)
         assert len(report["sessions"]) == len(names), report
 
-        tmux_time = median_seconds(lambda: kingfisher_tmux.sessions(only), options.repeat)
+        tmux_time = median_seconds(lambda: tmux.sessions(only), options.repeat)
         loop_time = median_seconds(lambda: su_loop(names), options.repeat)
         print(f"tmux_sessions, {len(names)} users:  {tmux_time * 1000:8.1f} ms (median of {options.repeat})")
         print(f"su loop,       {len(names)} users:  {loop_time * 1000:8.1f} ms")
@@ -146,7 +146,7 @@ def main():
         for name in names:
             for _ in range(windows - 1):
                 services.run_as(name, "tmux", "new-window", "-d", "-t", "work", "sleep", "3600")
-        panes = sum(len(s["panes"]) for s in kingfisher_tmux.sessions(only)["sessions"])
+        panes = sum(len(s["panes"]) for s in tmux.sessions(only)["sessions"])
         scrapyd = services.start_scrapyd(jobs=1)
         cluster = services.start_postgres(max_connections=CONNECTIONS + 20)
         for index in range(CONNECTIONS):
@@ -161,11 +161,11 @@ def main():
             "tmux": {"users": ",".join(names)},
             "postgres": {"threshold": 1, "socket_dir": cluster.socket_dir, "port": cluster.port},
         }
-        settings = {name: kingfisher_sources.settings(name, given[name], lambda key, default: default)
-                    for name in kingfisher_sources.names()}
+        settings = {name: sources.settings(name, given[name], lambda key, default: default)
+                    for name in sources.names()}
 
         def busy():
-            return kingfisher_busy.busy(settings, postgres_mode="always")
+            return busy_check.busy(settings, postgres_mode="always")
 
         result = busy()
         queries = len(result["sources"]["postgres"]["queries"])

@@ -3,9 +3,9 @@ What do chat notifications and reminders cost?
 
 1. Sealing one event with a 2048-bit master key (added to every acquire/release) against one
    acquire + release cycle on the embedded SQLite store (the call it is added to).
-2. ``deploytoken_remind.remind`` when no reminder is due (what the schedule runs every few minutes)
+2. ``deploytoken.chat.remind.remind`` when no reminder is due (what the schedule runs every few minutes)
    against a bare read of the token (``store.read()``).
-3. One post to a loopback webhook through ``deploytoken_notify.post`` against a bare
+3. One post to a loopback webhook through ``deploytoken.chat.notify.post`` against a bare
    ``requests.post`` of the same body.
 
 Run with the project's venv: ``.venv/bin/python benchmarks/notify.py [--runs N]``
@@ -25,12 +25,12 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "_utils"))
 sys.path.insert(0, str(REPO / "tests"))
 
-import deploytoken_notify as notify  # noqa: E402
-import deploytoken_remind as remind  # noqa: E402
-import deploytoken_seal as seal  # noqa: E402
-import deploytoken_settings as settings  # noqa: E402
-import deploytoken_sqlite  # noqa: E402
-import deploytoken_token as token  # noqa: E402
+from deploytoken import commands as token  # noqa: E402
+from deploytoken import settings as token_settings  # noqa: E402
+from deploytoken.chat import notify  # noqa: E402
+from deploytoken.chat import remind  # noqa: E402
+from deploytoken.guard import seal  # noqa: E402
+from deploytoken.stores import sqlite as sqlite_store  # noqa: E402
 from webhook_server import Webhook  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def main():
         salt.crypt.write_keys(folder, "master", 2048)
         (root / "webhook").write_text(hook.url)
         (root / "webhook").chmod(0o600)
-        store = deploytoken_sqlite.SqliteStore(str(root / "token.sqlite"))
+        store = sqlite_store.SqliteStore(str(root / "token.sqlite"))
         event = {"holder": "Alice Smith", "login": "alice", "claim": "3f9c0a1b2c3d4e5f", "reason": "benchmark"}
 
         def cycle():
@@ -67,7 +67,7 @@ def main():
         report("seal one event", median(lambda: seal.seal(event, str(root / "master.pem")), runs),
                median(cycle, runs), "acquire + release")
 
-        config = settings.from_opts({"cachedir": folder, "deploytoken": {"remind_after": "4h"}})
+        config = token_settings.from_opts({"cachedir": folder, "deploytoken": {"remind_after": "4h"}})
         token.acquire(store, "alice", {}, reason="benchmark")
         report("remind, nothing due", median(lambda: remind.remind(config, store), runs),
                median(store.read, runs), "store.read()")

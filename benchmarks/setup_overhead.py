@@ -35,10 +35,10 @@ sys.path.append(str(REPO / "_utils"))
 
 from guard_overhead import MINION, Salt  # noqa: E402
 
-import deploytoken_model as model  # noqa: E402
-import deploytoken_sqlite  # noqa: E402
 import git_fixtures  # noqa: E402
 import kingfisher_fixtures as services  # noqa: E402
+from deploytoken import model  # noqa: E402
+from deploytoken.stores import sqlite as sqlite_store  # noqa: E402
 
 REPOSITORIES = 4
 NOBODY = "dtkbnobody"  # no such user, so tmux is asked about one user and finds no server
@@ -65,7 +65,7 @@ def bare_work(salt, clones):
 
 def store_write(path):
     """Seconds of one in-process acquire on a SQLite store (released again, untimed)."""
-    store = deploytoken_sqlite.SqliteStore(str(path))
+    store = sqlite_store.SqliteStore(str(path))
     holding = model.Holding(holder="Bench", login="bench", claim=os.urandom(8).hex(),
                             since=model.isoformat(model.utcnow()))
     start = time.perf_counter()

@@ -21,8 +21,8 @@ import time
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "_utils"))
 
-import deploytoken_sqlite  # noqa: E402
-import deploytoken_token as token  # noqa: E402
+from deploytoken import commands as token  # noqa: E402
+from deploytoken.stores import sqlite as sqlite_store  # noqa: E402
 
 
 def write_master_config(root):
@@ -72,7 +72,7 @@ def main():
         subprocess.run(base + ["saltutil.sync_all"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         baseline = time_command(base + ["test.arg", "x"], args.runs)
         ours = time_command(base + ["deploytoken.status"], args.runs)
-        cycle = time_cycles(deploytoken_sqlite.SqliteStore(str(root / "cycle.sqlite")), args.cycles)
+        cycle = time_cycles(sqlite_store.SqliteStore(str(root / "cycle.sqlite")), args.cycles)
 
     print(f"salt-run test.arg          median {baseline * 1000:8.1f} ms  ({args.runs} runs, baseline)")
     print(f"salt-run deploytoken.status median {ours * 1000:8.1f} ms  ratio {ours / baseline:.2f}x")

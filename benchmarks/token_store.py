@@ -1,7 +1,7 @@
 """
 SQLite against PostgreSQL as the token store, side by side in one run (PostgreSQL 15 cluster started here).
 
-1. Median time of one acquire + release cycle in-process (``deploytoken_token``), each store.
+1. Median time of one acquire + release cycle in-process (``deploytoken.commands``), each store.
 2. Hand-off latency: from the holder's release to the moment the next waiter (another process, already
    waiting) holds the token. The waiter runs ``acquire wait=True interval=10`` on both: it stands in the
    store's line and wakes at the release (SQLite: inotify on the store file; PostgreSQL: LISTEN), not at
@@ -27,15 +27,15 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from token_runner import time_cycles  # noqa: E402
 
-import deploytoken_sqlite  # noqa: E402
-import deploytoken_token as token  # noqa: E402
+from deploytoken import commands as token  # noqa: E402
+from deploytoken.stores import sqlite as sqlite_store  # noqa: E402
 from pg_fixtures import postgres_store, section_for, store_cluster, take_in_turn  # noqa: E402
 
 INTERVAL = 10
 
 
 def _sqlite_waiter(path, results):
-    ret = token.acquire(deploytoken_sqlite.SqliteStore(path), "bob", {}, wait=True, timeout=120, interval=INTERVAL)
+    ret = token.acquire(sqlite_store.SqliteStore(path), "bob", {}, wait=True, timeout=120, interval=INTERVAL)
     results.put(time.time() if ret.get("changed") else None)
 
 
@@ -80,7 +80,7 @@ def main():
         with tempfile.TemporaryDirectory(prefix="dt-bench-") as folder:
             path = str(pathlib.Path(folder) / "token.sqlite")
             section = section_for(cluster, schema="bench")
-            sqlite_cycle = time_cycles(deploytoken_sqlite.SqliteStore(path), args.cycles)
+            sqlite_cycle = time_cycles(sqlite_store.SqliteStore(path), args.cycles)
             postgres_cycle = time_cycles(postgres_store(section), args.cycles)
 
             def in_line(store):
@@ -90,7 +90,7 @@ def main():
 
             listened = handoffs(lambda: postgres_store(section), _listening_waiter, (section,), args.handoffs,
                                 in_line, (0.2, 1.0))
-            watched = handoffs(lambda: deploytoken_sqlite.SqliteStore(path), _sqlite_waiter, (path,), args.handoffs,
+            watched = handoffs(lambda: sqlite_store.SqliteStore(path), _sqlite_waiter, (path,), args.handoffs,
                                in_line, (0.2, 1.0))
     finally:
         cluster.stop()

@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from figures import Machine, goal, shown  # noqa: E402
 
-import deploytoken_token as token  # noqa: E402
 import racing  # noqa: E402
+from deploytoken import commands as token  # noqa: E402
 from pg_fixtures import drop_schema, postgres_settings, postgres_store, section_for, store_cluster  # noqa: E402
 
 PEOPLE = {}

@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-import deploytoken_settings
-import deploytoken_stores
 from conftest import PEOPLE
+from deploytoken import settings as token_settings
+from deploytoken import stores as token_stores
 from fake_google import FakeGoogle
 
 HISTORY_RANGE = "'Deploy history'!A:M"
@@ -32,13 +32,13 @@ def google_settings(config, people=PEOPLE, **extra):
     """The settings of the Google store for ``google_config`` (with ``extra`` keys changed)."""
     section = dict(config, **extra)
     cachedir = section.pop("cachedir")
-    return deploytoken_settings.Settings(cachedir=cachedir, backend="google", sections={"google": section},
-                                         people=people)
+    return token_settings.Settings(cachedir=cachedir, backend="google", sections={"google": section},
+                                   people=people)
 
 
 def google_store(config, people=PEOPLE, **extra):
     """The Google store for ``google_config`` (with ``extra`` keys changed), opened as the runner opens it."""
-    return deploytoken_stores.open_store(google_settings(config, people, **extra))
+    return token_stores.open_store(google_settings(config, people, **extra))
 
 
 @pytest.fixture(scope="module")

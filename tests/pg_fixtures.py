@@ -22,10 +22,10 @@ import os
 
 import pytest
 
-import deploytoken_settings
-import deploytoken_stores
 import racing
 from conftest import PEOPLE
+from deploytoken import settings as token_settings
+from deploytoken import stores as token_stores
 from kingfisher_fixtures import start_postgres, wait_for
 
 STORE_ROLE = "dtkstore"
@@ -36,14 +36,14 @@ _schemas = itertools.count(1)
 
 def postgres_settings(section, people=PEOPLE, **extra):
     """The settings of the PostgreSQL store for ``section`` (with ``extra`` keys changed)."""
-    return deploytoken_settings.Settings(
+    return token_settings.Settings(
         cachedir="/nonexistent", backend="postgres", sections={"postgres": dict(section, **extra)}, people=people
     )
 
 
 def postgres_store(section, people=PEOPLE, **extra):
     """The PostgreSQL store for ``section`` (with ``extra`` keys changed), opened as the runner opens it."""
-    return deploytoken_stores.open_store(postgres_settings(section, people, **extra))
+    return token_stores.open_store(postgres_settings(section, people, **extra))
 
 
 @contextlib.contextmanager

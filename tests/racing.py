@@ -22,10 +22,10 @@ import time
 
 from salt.exceptions import SaltException
 
-import deploytoken_cache
-import deploytoken_model as model
-import deploytoken_stores
-import deploytoken_token as token
+from deploytoken import cache
+from deploytoken import commands as token
+from deploytoken import model
+from deploytoken import stores as token_stores
 
 CONTEXT = multiprocessing.get_context("forkserver")
 CONTEXT.set_forkserver_preload(["racing"])
@@ -105,13 +105,13 @@ def _run(racer, args, barrier, results):
 
 def acquire(settings, login, people=None):
     """``salt-run deploytoken.acquire reason="by <login>"``: (won or refused, login, claim, retcode, message)."""
-    ret = token.acquire(deploytoken_stores.open_store(settings), login, people or {}, reason=f"by {login}")
+    ret = token.acquire(token_stores.open_store(settings), login, people or {}, reason=f"by {login}")
     return ("won" if ret.get("changed") else "refused", login, ret.get("claim"), ret.get("retcode"), ret["message"])
 
 
 def release(settings, login, claim, force, people=None):
     """``salt-run deploytoken.release`` of ``claim`` (forced: ``force=True reason=race``)."""
-    ret = token.release(deploytoken_stores.open_store(settings), login, people or {}, claim=claim, force=force,
+    ret = token.release(token_stores.open_store(settings), login, people or {}, claim=claim, force=force,
                         reason="race" if force else "")
     return ("released" if ret.get("released") else "refused", login, claim, ret.get("retcode"), ret["message"])
 
@@ -119,13 +119,13 @@ def release(settings, login, claim, force, people=None):
 def write_holding(settings, number):
     """The store's own acquire of a holding for racer ``number``: (number, holder seen, claim seen, won)."""
     wanted = model.Holding(holder=f"Racer {number}", login=f"racer{number}", claim=f"claim{number}")
-    current = deploytoken_stores.open_store(settings).acquire(wanted)
+    current = token_stores.open_store(settings).acquire(wanted)
     return number, current.holder, current.claim, current.claim == wanted.claim
 
 
 def take_in_turn(settings, login, people, timeout=120, interval=10):
     """``acquire wait=True`` in the store's line, then give the token back: (login, when it held it)."""
-    store = deploytoken_stores.open_store(settings)
+    store = token_stores.open_store(settings)
     taken = token.acquire(store, login, people, wait=True, timeout=timeout, interval=interval)
     if not taken.get("acquired"):
         raise TimeoutError(f"{login} never got the token: {taken['message']}")
@@ -140,7 +140,7 @@ def serve_line(settings, role, login, people, waiters):
     ``login``'s claim once ``waiters`` stand in line: ("line", the line's order, when)."""
     if role == "waiter":
         return ("served", *take_in_turn(settings, login, people, interval=30))
-    store = deploytoken_stores.open_store(settings)
+    store = token_stores.open_store(settings)
     deadline = time.monotonic() + 60
     while len(store.waiting()) < waiters:
         if time.monotonic() > deadline:
@@ -153,7 +153,7 @@ def serve_line(settings, role, login, people, waiters):
 
 def release_later(settings, login, people, seconds):
     time.sleep(seconds)
-    token.release(deploytoken_stores.open_store(settings), login, people)
+    token.release(token_stores.open_store(settings), login, people)
 
 
 def read_through_cache(path, counter):
@@ -164,7 +164,7 @@ def read_through_cache(path, counter):
             handle.write("x")
         return {"read": True}
 
-    return deploytoken_cache.cached(path, 30, read)
+    return cache.cached(path, 30, read)
 
 
 def command(argv, env):
@@ -176,12 +176,14 @@ def command(argv, env):
         return done.returncode, done.stdout + done.stderr
 
 
-def cycle(settings, login, turns):
-    """Take and give back the token ``turns`` times as ``login``, as a person running the procedure in a
-    loop would: the claims this racer released (each must be in the history exactly once)."""
-    store = deploytoken_stores.open_store(settings)
+def cycle(settings, login, seconds):
+    """Take and give back the token as ``login`` for ``seconds``, as a person running the procedure in a
+    loop would: the claims this racer released (each must be in the history exactly once). A time, not a
+    number of turns, so that a racer is still running when the drill kills it, however fast the store."""
+    store = token_stores.open_store(settings)
     released = []
-    for _ in range(turns):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         taken = token.acquire(store, login, {}, reason="drill")
         if taken.get("changed"):
             given = token.release(store, login, {}, note="drill")

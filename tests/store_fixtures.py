@@ -1,5 +1,5 @@
 """
-The one table of token stores the tests run against: every backend in ``deploytoken_stores.BACKENDS``
+The one table of token stores the tests run against: every backend in ``token_stores.BACKENDS``
 must have an entry in ``STORES`` below, or the ``backend`` fixture fails (a store without one would
 otherwise pass the conformance suite without ever being run).
 
@@ -15,9 +15,9 @@ import sqlite3
 
 import pytest
 
-import deploytoken_settings
-import deploytoken_stores
 from conftest import PEOPLE
+from deploytoken import settings as token_settings
+from deploytoken import stores as token_stores
 from google_fixtures import google_settings
 from pg_fixtures import STORE_ROLE, postgres_settings
 
@@ -45,19 +45,19 @@ OLD_INSERT = "INSERT INTO {schema}history (claim, holder, login, caller, acquire
 
 @dataclasses.dataclass
 class Backend:
-    settings: deploytoken_settings.Settings
+    settings: token_settings.Settings
     damage: object  # (store) -> (the name the refusal gives, () -> a snapshot of what was damaged)
     holder_count: object  # () -> how many holders the backing store shows (never more than one)
     old: object  # (rows) -> the settings of a store in the layout before history kinds, holding rows
 
     def open(self):
-        return deploytoken_stores.open_store(self.settings)
+        return token_stores.open_store(self.settings)
 
 
 def sqlite_backend(request, tmp_path):
     path = tmp_path / "token.sqlite"
-    settings = deploytoken_settings.Settings(cachedir=str(tmp_path), sections={"sqlite": {"path": str(path)}},
-                                             people=PEOPLE)
+    settings = token_settings.Settings(cachedir=str(tmp_path), sections={"sqlite": {"path": str(path)}},
+                                       people=PEOPLE)
 
     def damage(store):
         path.write_bytes(b"this is not a database at all, but somebody's notes" * 100)
@@ -142,7 +142,7 @@ TIER = {"postgres": "functional"}
 
 
 @pytest.fixture(params=[pytest.param(name, marks=getattr(pytest.mark, TIER.get(name, "unit")))
-                        for name in deploytoken_stores.BACKENDS])
+                        for name in token_stores.BACKENDS])
 def backend(request, tmp_path):
     make = STORES.get(request.param)
     if make is None:

@@ -24,10 +24,10 @@ import tempfile
 import pytest
 import salt
 
-import deploytoken_model as model
-import deploytoken_repos as repos
-import deploytoken_settings as settings
 from conftest import REPO
+from deploytoken import model
+from deploytoken import settings as token_settings
+from deploytoken.procedure import repos
 from kingfisher_fixtures import RUNUSER
 from pg_fixtures import STORE_ROLE, store_cluster
 from ssh_fixtures import SYSTEM_PATH
@@ -187,10 +187,10 @@ def guard_of(data):
 def test_relative_roots_stand_for_the_deploy_repository_salt_run_runs_in(git_world, tmp_path):
     top = git_world.clone(git_world.origin()).working_tree_dir
     opts = {"file_roots": {"base": ["salt/", "deploytoken/"]}, "pillar_roots": {"base": ["pillar/"]}}
-    assert repos.default_paths(settings.from_opts(opts), opts, cwd=top) == [top]
-    assert repos.default_paths(settings.from_opts(opts), opts, cwd=os.path.join(top, "salt")) == [top]
+    assert repos.default_paths(token_settings.from_opts(opts), opts, cwd=top) == [top]
+    assert repos.default_paths(token_settings.from_opts(opts), opts, cwd=os.path.join(top, "salt")) == [top]
     with pytest.raises(model.InputError, match="^No repositories to update: set deploytoken: repos:"):
-        repos.default_paths(settings.from_opts(opts), opts, cwd=str(tmp_path))
+        repos.default_paths(token_settings.from_opts(opts), opts, cwd=str(tmp_path))
 
 
 def test_the_example_repository_takes_two_operators_through_the_procedure(

@@ -41,15 +41,14 @@ import salt.utils.parsers
 import yaml
 from salt.exceptions import SaltInvocationError
 
-import deploytoken_doctor as doctor
-import deploytoken_google_client
-import deploytoken_google_history
-import deploytoken_postgres
-import deploytoken_settings as settings
-import deploytoken_stores
-import kingfisher_busy
-import kingfisher_sources
 from conftest import REPO, TIERS
+from deploytoken import settings as token_settings
+from deploytoken import stores as token_stores
+from deploytoken.kingfisher import busy as busy_check
+from deploytoken.kingfisher import sources
+from deploytoken.procedure import doctor
+from deploytoken.stores import postgres as pg_store
+from deploytoken.stores.google import client, history
 
 PAGES = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
 FENCE = re.compile(r"^(?P<indent> *)```(?P<info>[a-z]*)\n(?P<body>.*?)^(?P=indent)```$", re.M | re.S)
@@ -220,7 +219,7 @@ def check_python(words):
 
 def check_gcloud(words):
     # The login the Google store's own sentence tells people to run.
-    assert shlex.join(words) == deploytoken_google_client.USER_LOGIN
+    assert shlex.join(words) == client.USER_LOGIN
 
 
 def check_command(line):
@@ -285,25 +284,25 @@ def check_output(block):
 
 def check_deploytoken(block):
     """Our settings read it; each store's block passes that store's own checks (no connection made)."""
-    found = settings.from_opts({"cachedir": "/var/cache/salt/master", "deploytoken": block})
-    assert found.backend in deploytoken_stores.BACKENDS
+    found = token_settings.from_opts({"cachedir": "/var/cache/salt/master", "deploytoken": block})
+    assert found.backend in token_stores.BACKENDS
     if "sqlite" in block:
-        deploytoken_stores.BACKENDS["sqlite"].from_settings(found)
+        token_stores.backend("sqlite").from_settings(found)
     if "postgres" in block:
         section = dict(found.section("postgres"))
         password_file = section.pop("password_file", None)
         assert password_file is None or os.path.isabs(password_file)
-        deploytoken_postgres.PostgresStore(section)
+        pg_store.PostgresStore(section)
     if "google" in block:
         section = found.section("google")
         known = set()
-        for name in ("deploytoken_google", "deploytoken_google_client"):
+        for name in ("deploytoken.stores.google.store", "deploytoken.stores.google.client"):
             source = inspect.getsource(importlib.import_module(name))
             known |= set(re.findall(r"section(?:\.get\(|\[)\"(\w+)\"", source))
         assert set(section) <= known, f"deploytoken:google has no setting {sorted(set(section) - known)}"
         for key in ("document_id", "spreadsheet_id", "history_range"):
             assert section.get(key), f"deploytoken:google:{key} is missing"
-        deploytoken_google_history.check_history_range(section["history_range"])
+        history.check_history_range(section["history_range"])
 
 
 def check_kingfisher(block):
@@ -318,10 +317,10 @@ def check_kingfisher(block):
         return value
 
     for name, value in block.items():
-        if name in kingfisher_sources.SOURCES:
-            kingfisher_sources.settings(name, {}, lookup)
+        if name in sources.SOURCES:
+            sources.settings(name, {}, lookup)
         elif name == "busy":
-            kingfisher_busy.check_mode(value["postgres"])
+            busy_check.check_mode(value["postgres"])
         else:
             assert name in EXAMPLE_SOURCES, f"kingfisher:{name} is not a Kingfisher source"
 
@@ -376,10 +375,10 @@ def check_part(block):
 def check_busy_json(block):
     """``kingfisher.busy``'s answer: its keys, its sources and statuses, and the summary they make."""
     answer = json.loads(block.text)
-    assert set(answer) == set(kingfisher_busy.decide({}))
-    assert set(answer["sources"]) <= set(kingfisher_sources.SOURCES)
+    assert set(answer) == set(busy_check.decide({}))
+    assert set(answer["sources"]) <= set(sources.SOURCES)
     assert {source["status"] for source in answer["sources"].values()} <= {"busy", "idle", "skipped", "unknown"}
-    assert answer["summary"] == kingfisher_busy.summary(answer["busy"], answer["sources"])
+    assert answer["summary"] == busy_check.summary(answer["busy"], answer["sources"])
 
 
 CHECKS = {
@@ -470,7 +469,7 @@ def test_salt_accepts_the_example_master_config_and_our_settings_read_it(tmp_pat
     assert opts["reactor"] == [{"deploytoken/*": ["salt://reactor/deploytoken.sls"]}]
     assert opts["schedule"]["deploytoken-remind"]["function"] == "deploytoken.remind"
     assert (REPO / "reactor" / "deploytoken.sls").is_file()
-    found = settings.from_opts(dict(opts, cachedir=str(tmp_path)))
+    found = token_settings.from_opts(dict(opts, cachedir=str(tmp_path)))
     assert (found.backend, found.people["bob"], found.emails, found.notify.kind) == (
         "sqlite", "Bob Jones", {"bob@example.org": "bob"}, "slack")
     assert (found.remind_after, found.remind_every, found.pillar_cache, found.pillar_max_age) == (14400, 14400, 2, 300)

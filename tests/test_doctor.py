@@ -5,18 +5,17 @@ import subprocess
 
 import pytest
 
-import deploytoken_doctor as doctor
-import deploytoken_facts as facts
-import deploytoken_guard as guard
-import deploytoken_settings
 from conftest import MINION_ID, as_user
-from deploytoken_sqlite import SqliteStore
+from deploytoken import settings as token_settings
+from deploytoken.guard import held as guard
+from deploytoken.procedure import doctor, facts
+from deploytoken.stores.sqlite import SqliteStore
 
 ALL_OFF = {"kingfisher:scrapyd": False, "kingfisher:tmux": False, "kingfisher:postgres": False}
 
 
 def settings_of(tmp_path, **deploytoken):
-    return deploytoken_settings.from_opts({"cachedir": str(tmp_path), "deploytoken": deploytoken})
+    return token_settings.from_opts({"cachedir": str(tmp_path), "deploytoken": deploytoken})
 
 
 def lookup_in(values):

@@ -30,10 +30,10 @@ import salt.minion
 import salt.utils.args
 from salt.exceptions import SaltException
 
-import deploytoken_model as model
-import deploytoken_sqlite
-import deploytoken_token as token
 from conftest import PEOPLE, REPO
+from deploytoken import commands as token
+from deploytoken import model
+from deploytoken.stores import sqlite as sqlite_store
 
 INPUTS = int(os.environ.get("DEPLOYTOKEN_FUZZ_INPUTS", "20"))
 SEED = int(os.environ.get("DEPLOYTOKEN_FUZZ_SEED") or random.SystemRandom().randrange(1 << 32))
@@ -192,7 +192,7 @@ def master(tmp_path_factory):
                 sock_dir=str(root / "sock"), runner_dirs=[str(REPO / "_runners")], utils_dirs=[str(REPO / "_utils")],
                 file_roots={"base": []}, pillar_roots={"base": []},
                 deploytoken={"sqlite": {"path": str(store_path)}, "people": PEOPLE})
-    store = deploytoken_sqlite.SqliteStore(str(store_path))
+    store = sqlite_store.SqliteStore(str(store_path))
     for login in ("bob", "carol"):
         held = token.acquire(store, login, PEOPLE, reason="earlier")
         token.release(store, login, PEOPLE, note="done", claim=held["claim"])

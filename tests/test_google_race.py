@@ -2,9 +2,9 @@
 
 import random
 
-import deploytoken_model as model
-import deploytoken_token as token_store
 import racing
+from deploytoken import commands as token_store
+from deploytoken import model
 from google_fixtures import google_settings
 from google_fixtures import google_store as _store
 

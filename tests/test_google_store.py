@@ -2,10 +2,10 @@
 
 import pytest
 
-import deploytoken_gdoc as gdoc
-import deploytoken_model as model
-import deploytoken_token as token_store
 from conftest import PEOPLE
+from deploytoken import commands as token_store
+from deploytoken import model
+from deploytoken.stores.google import doc as gdoc
 from google_fixtures import HEADER, free_doc
 from google_fixtures import google_store as store_for
 

@@ -6,10 +6,10 @@ import urllib.parse
 
 import pytest
 
-import deploytoken_model as model
-import deploytoken_settings
-import deploytoken_token as token
 from conftest import PEOPLE
+from deploytoken import commands as token
+from deploytoken import model
+from deploytoken import settings as token_settings
 from google_fixtures import google_store
 from kingfisher_fixtures import free_port
 
@@ -43,7 +43,7 @@ def test_user_credentials_acquire_and_release_recording_the_email(fake_google, u
 
 
 def test_the_email_maps_to_a_login_through_people():
-    settings = deploytoken_settings.from_opts({"cachedir": "/tmp", "deploytoken": {
+    settings = token_settings.from_opts({"cachedir": "/tmp", "deploytoken": {
         "people": {"alice": {"name": "Alice Smith", "email": "Alice.Smith@example.org"}}}})
     assert settings.emails["Alice.Smith@example.org".casefold()] == "alice"
 

@@ -11,14 +11,13 @@ import pytest
 import salt.crypt
 import salt.payload
 
-import deploytoken_cache
-import deploytoken_guard as guard
-import deploytoken_model as model
-import deploytoken_pillar
-import deploytoken_seal as seal
 import racing
 from conftest import PEOPLE
-from deploytoken_sqlite import SqliteStore
+from deploytoken import cache, model
+from deploytoken.guard import held as guard
+from deploytoken.guard import pillar as token_pillar
+from deploytoken.guard import seal
+from deploytoken.stores.sqlite import SqliteStore
 from kingfisher_fixtures import free_port
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -36,7 +35,7 @@ def sealed(data, master_key=None, **extra):
 
 
 def pillar(holding=ALICE, **extra):
-    return sealed(deploytoken_pillar.snapshot(holding, PEOPLE), **extra)
+    return sealed(token_pillar.snapshot(holding, PEOPLE), **extra)
 
 
 def test_holder_passes():
@@ -74,7 +73,7 @@ def test_a_login_without_a_display_name_is_shown_as_is():
     [
         (pillar(None), "alice", "Nobody holds the deploy token, so Alice Smith (alice) may not deploy on m1. "
          "Take it first with: salt-run deploytoken.acquire reason='...'"),
-        (sealed(deploytoken_pillar.unreadable("The token store /x is broken.", PEOPLE)), "alice",
+        (sealed(token_pillar.unreadable("The token store /x is broken.", PEOPLE)), "alice",
          "The deploy token cannot be read, so nobody may deploy: The token store /x is broken. "
          "Check with salt-run deploytoken.status."),
         (None, "alice", "The deploy token cannot be checked: this minion's pillar has no deploytoken data. Add "
@@ -127,14 +126,14 @@ def test_an_override_passes_only_where_the_server_obeys_its_store():
     ret = guard.decide(pillar(override=mine, store=private), "bob", "m1", now=NOW, remembered=TEAM)
     assert ret["result"] is False and ret["comment"].startswith("m1 obeys the deploy token of PostgreSQL ")
     # The team's store is down: a private override still spooled on a laptop is refused by its name.
-    down = sealed(deploytoken_pillar.unreadable("The store is down.", PEOPLE), override=mine)
+    down = sealed(token_pillar.unreadable("The store is down.", PEOPLE), override=mine)
     ret = guard.decide(down, "bob", "m1", now=NOW, remembered=TEAM)
     assert ret == {"result": False, "override": None, "remember": None, "comment": (
         "Override o1 was made in SQLite store /home/bob/token.sqlite on laptop, but m1 obeys the deploy token of "
         "PostgreSQL deploytoken@db:5432/deploy, so it lets nothing through: ask for the override in the store the "
         "team shares.")}
     # The team's override while the team's store is down: the emergency still works.
-    down = sealed(deploytoken_pillar.unreadable("The store is down.", PEOPLE), override=OVERRIDE)
+    down = sealed(token_pillar.unreadable("The store is down.", PEOPLE), override=OVERRIDE)
     assert guard.decide(down, "bob", "m1", now=NOW, remembered=TEAM)["result"] is True
     # An override that names no store (an earlier version's) lets nothing through.
     bare = {key: value for key, value in OVERRIDE.items() if key != "store"}
@@ -145,14 +144,14 @@ def test_an_override_passes_only_where_the_server_obeys_its_store():
 def test_with_the_masters_key_only_signed_data_is_believed(tmp_path):
     salt.crypt.write_keys(str(tmp_path), "master", 2048)
     private, public = str(tmp_path / "master.pem"), str(tmp_path / "master.pub")
-    data = deploytoken_pillar.snapshot(ALICE, PEOPLE)
+    data = token_pillar.snapshot(ALICE, PEOPLE)
     assert guard.decide(sealed(data, private), "alice", "m1", now=NOW, master_key=public)["result"] is True
     unsigned = guard.decide(sealed(data), "alice", "m1", now=NOW, master_key=public)
     assert unsigned["result"] is False and "is not signed by the master" in unsigned["comment"]
     for key, value in (("login", "bob"), ("holder", "Bob Jones"), ("held", True), ("error", None), ("claim", "c9")):
-        honest = deploytoken_pillar.snapshot(None, PEOPLE)
+        honest = token_pillar.snapshot(None, PEOPLE)
         if key == "error":
-            honest = deploytoken_pillar.unreadable("Google is down.", PEOPLE)
+            honest = token_pillar.unreadable("Google is down.", PEOPLE)
         forged = dict(sealed(honest, private), **{key: value})
         forged["digest"] = seal.seal(forged)["digest"]  # even with a digest made to match
         ret = guard.decide(forged, "bob", "m1", now=NOW, master_key=public)
@@ -196,7 +195,7 @@ def test_pillar_reads_the_store_like_the_runner(tmp_path):
     opts = {"cachedir": str(tmp_path), "deploytoken": {"people": PEOPLE}}
     SqliteStore(str(tmp_path / "deploytoken.sqlite")).acquire(ALICE)
     store = SqliteStore(str(tmp_path / "deploytoken.sqlite"))
-    data = deploytoken_pillar.pillar(opts, "m1", now=NOW)
+    data = token_pillar.pillar(opts, "m1", now=NOW)
     assert data == {"held": True, "people": PEOPLE, "error": None, "holder": "Alice Smith", "login": "alice",
                     "claim": "c1", "since": "2026-11-26T14:02:00Z", "reason": "pg", "store": store.identity,
                     "minion": "m1", "issued": "2026-11-26T14:40:00Z", "max_age": 300, "ssh_keys": {},
@@ -208,21 +207,21 @@ def test_pillar_reads_the_store_like_the_runner(tmp_path):
 def test_pillar_of_an_unreadable_store_carries_the_error(tmp_path):
     (tmp_path / "junk").write_text("not a store\n" * 50)
     opts = {"cachedir": str(tmp_path), "deploytoken": {"sqlite": {"path": str(tmp_path / "junk")}}}
-    data = deploytoken_pillar.pillar(opts, "m1")
+    data = token_pillar.pillar(opts, "m1")
     assert data["held"] is None and str(tmp_path / "junk") in data["error"]
 
 
 def test_pillar_of_a_postgres_store_that_is_down_names_host_and_port(tmp_path):
     opts = {"cachedir": str(tmp_path), "deploytoken": {"backend": "postgres", "postgres": {
         "host": "127.0.0.1", "port": free_port(), "dbname": "deploytoken", "user": "deploytoken"}}}
-    data = deploytoken_pillar.pillar(opts, "m1")
+    data = token_pillar.pillar(opts, "m1")
     assert data["held"] is None and "127.0.0.1:" in data["error"] and "cannot be reached" in data["error"]
     assert guard.decide(data, "alice", "m1")["comment"].startswith(
         "The deploy token cannot be read, so nobody may deploy: The PostgreSQL token store at 127.0.0.1:")
 
 
 def test_pillar_of_a_bad_setting_carries_the_sentence(tmp_path):
-    data = deploytoken_pillar.pillar({"cachedir": str(tmp_path), "deploytoken": {"pillar_cache": "soon"}}, "m1")
+    data = token_pillar.pillar({"cachedir": str(tmp_path), "deploytoken": {"pillar_cache": "soon"}}, "m1")
     assert data["held"] is None and seal.intact(data)
     assert data["error"].startswith("The deploytoken:pillar_cache must be a number of seconds")
 
@@ -245,12 +244,12 @@ def test_cache_reads_again_once_too_old_and_ignores_a_damaged_file(tmp_path):
         reads.append(1)
         return len(reads)
 
-    assert deploytoken_cache.cached(path, 2, read, clock=lambda: 100.0) == 1
-    assert deploytoken_cache.cached(path, 2, read, clock=lambda: 101.5) == 1
-    assert deploytoken_cache.cached(path, 2, read, clock=lambda: 102.0) == 2
+    assert cache.cached(path, 2, read, clock=lambda: 100.0) == 1
+    assert cache.cached(path, 2, read, clock=lambda: 101.5) == 1
+    assert cache.cached(path, 2, read, clock=lambda: 102.0) == 2
     with open(path, "w") as handle:
         handle.write("{half")
-    assert deploytoken_cache.cached(path, 2, read, clock=lambda: 102.1) == 3
+    assert cache.cached(path, 2, read, clock=lambda: 102.1) == 3
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".deploytoken-cache-")]
 
 
@@ -261,7 +260,7 @@ KEYS = {"SHA256:alicekey": "alice", "SHA256:bobkey": "bob"}
 
 
 def ssh_pillar(holding=ALICE, operator="alice", **extra):
-    data = dict(deploytoken_pillar.snapshot(holding, PEOPLE), store=SHARED)
+    data = dict(token_pillar.snapshot(holding, PEOPLE), store=SHARED)
     return sealed(data, ssh_keys=KEYS, operator={"login": operator, "host": "laptop"}, **extra)
 
 
@@ -333,10 +332,10 @@ def test_the_remembered_store_is_private_to_root_and_a_damaged_one_blocks(tmp_pa
 
 def test_loading_the_guard_loads_no_store_and_no_google_client():
     code = (
-        "import sys; sys.path.insert(0, '_utils'); import deploytoken_guard; "
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('googleapiclient', 'google', 'deploytoken_token', "
-        "'deploytoken_sqlite', 'deploytoken_google', 'sqlite3', 'requests', "
-        "'confusable_homoglyphs')]; print(bad); sys.exit(1 if bad else 0)"
+        "import sys; sys.path.insert(0, '_utils'); import deploytoken.guard.held; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('googleapiclient', 'google', 'psycopg', 'sqlite3', "
+        "'requests', 'confusable_homoglyphs') or m.startswith(('deploytoken.commands', 'deploytoken.stores'))]; "
+        "print(bad); sys.exit(1 if bad else 0)"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -20,16 +20,16 @@ import time
 
 import pytest
 
-import deploytoken_cache as cache
-import deploytoken_guard
-import deploytoken_model as model
-import deploytoken_pillar
-import deploytoken_seal as seal
-import deploytoken_settings
-import deploytoken_sqlite
-import deploytoken_token as token
-import kingfisher_tmux
 from conftest import PEOPLE, REPO
+from deploytoken import cache
+from deploytoken import commands as token
+from deploytoken import model
+from deploytoken import settings as token_settings
+from deploytoken.guard import held as guard
+from deploytoken.guard import pillar as token_pillar
+from deploytoken.guard import seal
+from deploytoken.kingfisher import tmux
+from deploytoken.stores import sqlite as sqlite_store
 from kingfisher_fixtures import listen_as, run_as
 from pg_fixtures import PASSWORD_ROLE, STORE_ROLE, postgres_store
 from test_store_files import as_nobody
@@ -75,7 +75,7 @@ def salt_run(root, *args):
 
 
 def holder(root):
-    return deploytoken_sqlite.SqliteStore(str(root / "cache" / "deploytoken.sqlite")).read()
+    return sqlite_store.SqliteStore(str(root / "cache" / "deploytoken.sqlite")).read()
 
 
 @pytest.mark.parametrize("args, sentence", [
@@ -161,7 +161,7 @@ def test_a_store_in_another_users_folder_is_refused(tmp_path):
     folder.mkdir(mode=0o755)
     os.chown(folder, NOBODY.pw_uid, NOBODY.pw_gid)
     with pytest.raises(model.StoreError) as caught:
-        deploytoken_sqlite.SqliteStore(str(folder / "token.sqlite")).read()
+        sqlite_store.SqliteStore(str(folder / "token.sqlite")).read()
     assert str(caught.value) == (
         f"The token store's folder {folder} belongs to nobody, not to the master's user (root) or root, so its owner "
         f"could rewrite the token: run chown root {folder}, or set deploytoken:sqlite:path to a file in a folder of "
@@ -171,18 +171,18 @@ def test_a_store_in_another_users_folder_is_refused(tmp_path):
 
 def test_a_store_or_journal_planted_by_another_user_is_refused_and_left_alone(tmp_path):
     path = tmp_path / "token.sqlite"
-    token.acquire(deploytoken_sqlite.SqliteStore(str(path)), "alice", PEOPLE)
+    token.acquire(sqlite_store.SqliteStore(str(path)), "alice", PEOPLE)
     for planted, what in ((path, "The token store"), (pathlib.Path(f"{path}-journal"), "The token store's journal")):
         planted.touch()
         os.chown(planted, NOBODY.pw_uid, -1)
         before = planted.read_bytes()
         with pytest.raises(model.StoreError, match=f"^{what} {planted} belongs to nobody, not to the master's user"):
-            deploytoken_sqlite.SqliteStore(str(path)).read()
+            sqlite_store.SqliteStore(str(path)).read()
         assert planted.read_bytes() == before
         os.chown(planted, 0, -1)
         if planted != path:
             planted.unlink()
-    assert deploytoken_sqlite.SqliteStore(str(path)).read().holder == "Alice Smith"
+    assert sqlite_store.SqliteStore(str(path)).read().holder == "Alice Smith"
 
 
 def test_a_postgres_schema_of_another_role_is_refused(pg_store_cluster, pg_section):
@@ -260,12 +260,12 @@ def test_a_forged_proc_net_unix_line_leaves_another_users_stale_socket_stale(tmu
         os.chown(base, pwd.getpwnam(hostile_user).pw_uid, -1)
         run_as(hostile_user, "mkdir", "-p", str(folder))
         with listen_as(hostile_user, str(folder / "default")):
-            assert stale in kingfisher_tmux.listening_sockets()
-            report = kingfisher_tmux.sessions(kingfisher_tmux.Settings.parse({"users": stale_user}))
+            assert stale in tmux.listening_sockets()
+            report = tmux.sessions(tmux.Settings.parse({"users": stale_user}))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     assert report["errors"] == [] and report["stale"] == [{"socket": stale, "owner": stale_user}]
-    assert kingfisher_tmux.reasons(report) == []
+    assert tmux.reasons(report) == []
 
 
 def test_a_tmux_folder_linked_to_roots_private_folder_is_not_listed(hostile_user):
@@ -277,7 +277,7 @@ def test_a_tmux_folder_linked_to_roots_private_folder_is_not_listed(hostile_user
     try:
         run_as(hostile_user, "ln", "-s", str(private), str(link))
         assert stat.S_ISLNK(os.lstat(link).st_mode)
-        report = kingfisher_tmux.sessions(kingfisher_tmux.Settings.parse({}))
+        report = tmux.sessions(tmux.Settings.parse({}))
     finally:
         link.unlink(missing_ok=True)
         shutil.rmtree(private, ignore_errors=True)
@@ -288,23 +288,23 @@ def test_a_tmux_folder_linked_to_roots_private_folder_is_not_listed(hostile_user
 
 
 def test_a_consent_counts_only_from_the_token_data_of_the_claim_it_was_given_with(tmp_path):
-    store = deploytoken_sqlite.SqliteStore(str(tmp_path / "token.sqlite"))
+    store = sqlite_store.SqliteStore(str(tmp_path / "token.sqlite"))
     token.take(store, token.request("alice", PEOPLE, reason="new spider", consent="Dana Lee: fine"))
     assert store.read().reason == "new spider [consent: Dana Lee: fine]"
-    settings = deploytoken_settings.Settings(cachedir=str(tmp_path), sections={}, people=PEOPLE)
-    data = deploytoken_pillar.stamp(deploytoken_pillar.snapshot(store.read(), PEOPLE), settings, "m1", False)
+    settings = token_settings.Settings(cachedir=str(tmp_path), sections={}, people=PEOPLE)
+    data = token_pillar.stamp(token_pillar.snapshot(store.read(), PEOPLE), settings, "m1", False)
     sealed = seal.seal(data)
-    assert deploytoken_guard.consent(sealed, "m1") == "Dana Lee: fine"
-    assert deploytoken_guard.consent(sealed, "m2") is None  # made for another minion
-    assert deploytoken_guard.consent(dict(sealed, consent="Eve: typed"), "m1") is None  # changed after the seal
-    assert deploytoken_guard.consent(seal.seal(dict(data, issued="2020-01-01T00:00:00Z")), "m1") is None  # replayed
+    assert guard.consent(sealed, "m1") == "Dana Lee: fine"
+    assert guard.consent(sealed, "m2") is None  # made for another minion
+    assert guard.consent(dict(sealed, consent="Eve: typed"), "m1") is None  # changed after the seal
+    assert guard.consent(seal.seal(dict(data, issued="2020-01-01T00:00:00Z")), "m1") is None  # replayed
     token.release(store, "alice", PEOPLE, note="done")
-    data = deploytoken_pillar.stamp(deploytoken_pillar.snapshot(store.read(), PEOPLE), settings, "m1", False)
-    assert deploytoken_guard.consent(seal.seal(data), "m1") is None  # the next holder starts without one
+    data = token_pillar.stamp(token_pillar.snapshot(store.read(), PEOPLE), settings, "m1", False)
+    assert guard.consent(seal.seal(data), "m1") is None  # the next holder starts without one
 
 
 def test_only_setup_writes_a_consent_mark(tmp_path):
-    store = deploytoken_sqlite.SqliteStore(str(tmp_path / "token.sqlite"))
+    store = sqlite_store.SqliteStore(str(tmp_path / "token.sqlite"))
     with pytest.raises(model.InputError, match=r"^The reason may not hold '\[consent:': a consent is given with "
                                                "salt-run deploytoken.setup consent="):
         token.acquire(store, "bob", PEOPLE, reason="quick fix [consent: Dana Lee: fine]")

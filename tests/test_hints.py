@@ -1,6 +1,6 @@
 """Commands in the runner's messages carry the -c folder of the call: pure functions, no daemon."""
 
-import deploytoken_hints as hints
+from deploytoken import hints
 
 
 def test_the_default_folder_needs_no_option_and_changes_nothing():

@@ -5,12 +5,10 @@ import subprocess
 
 import pytest
 
-import kingfisher_busy
-import kingfisher_packages
-import kingfisher_sources
-import kingfisher_tmux
-from deploytoken_model import human_duration
-from kingfisher_errors import InputError, SourceError
+from deploytoken.kingfisher import busy as busy_check
+from deploytoken.kingfisher import packages, sources, tmux
+from deploytoken.kingfisher.errors import InputError, SourceError
+from deploytoken.model import human_duration
 
 SESSION = {
     "owner": "alice", "socket": "/tmp/tmux-1000/default", "name": "crawl",
@@ -23,7 +21,7 @@ QUERY = {"pid": 42, "usename": "alice", "client_addr": "10.0.0.5", "application_
 
 
 def test_nothing_running_is_not_busy():
-    report = kingfisher_busy.decide({
+    report = busy_check.decide({
         "scrapyd": {"running": [], "pending": [], "unlisted": []},
         "tmux": {"sessions": [IDLE_SESSION], "stale": [{"socket": "/tmp/tmux-1/default", "owner": "bob"}],
                  "errors": []},
@@ -35,7 +33,7 @@ def test_nothing_running_is_not_busy():
 
 
 def test_each_reason_is_one_sentence_naming_the_owner():
-    report = kingfisher_busy.decide({
+    report = busy_check.decide({
         "scrapyd": {"running": [{"project": "kingfisher", "spider": "zambia", "job": "j1", "pid": 7,
                                  "running_for": 59}], "pending": [], "unlisted": []},
         "tmux": {"sessions": [SESSION, IDLE_SESSION], "errors": []},
@@ -51,7 +49,7 @@ def test_each_reason_is_one_sentence_naming_the_owner():
 
 
 def test_unknown_source_counts_as_busy():
-    report = kingfisher_busy.decide({
+    report = busy_check.decide({
         "tmux": {"sessions": [], "errors": [{"socket": "/tmp/tmux-5/default", "owner": "eve",
                                             "error": "tmux failed: timed out."}]},
         "postgres": {"status": "unknown", "error": "PostgreSQL at /run/postgresql port 5432 cannot be queried: x"},
@@ -73,7 +71,7 @@ def test_duration(seconds, text):
 @pytest.mark.parametrize("mode", ["sometimes", "", None, "ALWAYS"])
 def test_unknown_postgres_mode_is_refused(mode):
     with pytest.raises(InputError) as info:
-        kingfisher_busy.check_mode(mode)
+        busy_check.check_mode(mode)
     assert str(info.value) == f"postgres must be one of auto, always or never; got {mode!r}."
 
 
@@ -89,22 +87,22 @@ def test_restart_pending_from_package_upgrades_and_state_test():
         "pkg_|-postgresql_|-postgresql-15_|-installed": {"name": "postgresql-15", "comment": "installed"},
     }
     upgrades = {"postgresql-15": "15.9-0+deb12u1", "tmux": "3.3a-4", "libpq5": "15.9-0+deb12u1"}
-    assert kingfisher_busy.restart_reasons(upgrades, state) == {
+    assert busy_check.restart_reasons(upgrades, state) == {
         "restart": True,
         "reasons": [
             "Package postgresql-15 would be upgraded to 15.9-0+deb12u1.",
             "The state 'postgresql' says: Service is set to be restarted",
         ],
     }
-    assert kingfisher_busy.restart_reasons({"tmux": "3.3a-4"}, None) == {"restart": False, "reasons": []}
+    assert busy_check.restart_reasons({"tmux": "3.3a-4"}, None) == {"restart": False, "reasons": []}
 
 
 def test_auto_mode_skips_postgres_when_no_restart_is_pending(tmp_path):
     given = {"scrapyd": {"url": "http://127.0.0.1:1"}, "tmux": {"users": "root"},
              "postgres": {"threshold": 3600, "socket_dir": str(tmp_path), "port": 1}}
-    settings = {name: kingfisher_sources.settings(name, given[name], lambda key, default: default)
-                for name in kingfisher_sources.names()}
-    report = kingfisher_busy.busy(settings, postgres_mode="auto", restart=lambda: {"restart": False, "reasons": []})
+    settings = {name: sources.settings(name, given[name], lambda key, default: default)
+                for name in sources.names()}
+    report = busy_check.busy(settings, postgres_mode="auto", restart=lambda: {"restart": False, "reasons": []})
     assert report["sources"]["postgres"] == {"status": "skipped", "why": "the next deployment would not restart "
                                              "PostgreSQL", "restart": {"restart": False, "reasons": []}}
     assert report["sources"]["scrapyd"]["status"] == "busy", "Scrapyd at port 1 cannot be read"
@@ -113,13 +111,13 @@ def test_auto_mode_skips_postgres_when_no_restart_is_pending(tmp_path):
 def test_auto_mode_checks_postgres_when_the_restart_question_fails(tmp_path):
     given = {"scrapyd": {"url": "http://127.0.0.1:1"}, "tmux": {"users": "root"},
              "postgres": {"threshold": 3600, "socket_dir": str(tmp_path), "port": 1, "runas": ""}}
-    settings = {name: kingfisher_sources.settings(name, given[name], lambda key, default: default)
-                for name in kingfisher_sources.names()}
+    settings = {name: sources.settings(name, given[name], lambda key, default: default)
+                for name in sources.names()}
 
     def restart():
         raise SourceError("Pending package upgrades cannot be listed: apt-cache failed: exit status 100.")
 
-    postgres = kingfisher_busy.busy(settings, postgres_mode="auto", restart=restart)["sources"]["postgres"]
+    postgres = busy_check.busy(settings, postgres_mode="auto", restart=restart)["sources"]["postgres"]
     assert postgres["status"] == "busy" and postgres["error"].startswith(f"PostgreSQL at {tmp_path} port 1 ")
     assert postgres["restart"] == {"restart": None, "reasons": [], "error": "Pending package upgrades cannot be "
                                    "listed: apt-cache failed: exit status 100.; PostgreSQL is checked anyway."}
@@ -144,12 +142,12 @@ postgresql-doc-15:
 
 
 def test_apt_policy_gives_the_packages_that_would_change():
-    assert kingfisher_packages.parse_policy(POLICY) == {"postgresql-15": "15.20-0+deb12u1"}
+    assert packages.parse_policy(POLICY) == {"postgresql-15": "15.20-0+deb12u1"}
 
 
-@pytest.mark.skipif(kingfisher_packages.tools() is None, reason="not a Debian-family system")
+@pytest.mark.skipif(packages.tools() is None, reason="not a Debian-family system")
 def test_postgres_upgrades_are_those_apt_lists_as_upgradable():
-    found = kingfisher_packages.pending(kingfisher_packages.tools(), "postgresql*")
+    found = packages.pending(packages.tools(), "postgresql*")
     listed = subprocess.run(["apt", "list", "--upgradable", "postgresql*"], capture_output=True, text=True,
                             env={"PATH": os.environ["PATH"], "LC_ALL": "C"}).stdout
     # postgresql-15/bookworm-security 15.20-0+deb12u1 amd64 [upgradable from: 15.18-0+deb12u1]
@@ -158,7 +156,7 @@ def test_postgres_upgrades_are_those_apt_lists_as_upgradable():
     assert found["age"] == 0 and found["how"] == "dpkg-query and apt-cache policy for postgresql*"
 
 
-@pytest.mark.skipif(kingfisher_packages.tools() is None, reason="not a Debian-family system")
+@pytest.mark.skipif(packages.tools() is None, reason="not a Debian-family system")
 def test_the_answer_is_kept_with_its_age_until_an_input_changes(tmp_path):
     dpkg_status = tmp_path / "status"
     dpkg_status.write_text("one")
@@ -166,8 +164,8 @@ def test_the_answer_is_kept_with_its_age_until_an_input_changes(tmp_path):
     clock = [1000.0]
 
     def ask():
-        return kingfisher_packages.pending(kingfisher_packages.tools(), "dtk-no-such-package*", cache,
-                                           now=lambda: clock[0], inputs=(str(dpkg_status), str(tmp_path / "absent")))
+        return packages.pending(packages.tools(), "dtk-no-such-package*", cache,
+                                now=lambda: clock[0], inputs=(str(dpkg_status), str(tmp_path / "absent")))
 
     first = ask()
     assert first == {"upgrades": {}, "checked": "1970-01-01T00:16:40Z", "age": 0,
@@ -177,23 +175,23 @@ def test_the_answer_is_kept_with_its_age_until_an_input_changes(tmp_path):
     assert ask() == dict(first, age=90.0), "reused with its age"
     dpkg_status.write_text("two: a package was installed")
     assert ask()["checked"] == "1970-01-01T00:18:10Z"
-    clock[0] += kingfisher_packages.MAX_AGE
+    clock[0] += packages.MAX_AGE
     assert ask()["age"] == 0, "too old to be reused"
 
 
-@pytest.mark.skipif(kingfisher_packages.tools() is None, reason="not a Debian-family system")
+@pytest.mark.skipif(packages.tools() is None, reason="not a Debian-family system")
 def test_a_failing_package_tool_is_one_sentence():
-    dpkg_query, _ = kingfisher_packages.tools()
+    dpkg_query, _ = packages.tools()
     with pytest.raises(SourceError) as info:
-        kingfisher_packages.pending((dpkg_query, "/bin/false"), "dpkg")
+        packages.pending((dpkg_query, "/bin/false"), "dpkg")
     assert str(info.value) == "Pending package upgrades cannot be listed: false failed: exit status 1."
 
 
 def test_tmux_lines_become_sessions():
-    line = kingfisher_tmux.SEP.join(["crawl", "1700000000", "2", "1700000600", "0", "bash", "0", "999999999",
-                                     "sleep"])
-    (session,) = kingfisher_tmux.parse_panes(line + "\nmalformed line\n", "alice", "/tmp/tmux-1000/default",
-                                             now=1700001000)
+    line = tmux.SEP.join(["crawl", "1700000000", "2", "1700000600", "0", "bash", "0", "999999999",
+                          "sleep"])
+    (session,) = tmux.parse_panes(line + "\nmalformed line\n", "alice", "/tmp/tmux-1000/default",
+                                  now=1700001000)
     assert session["name"] == "crawl" and session["attached"] == 2 and session["owner"] == "alice"
     assert session["created"].startswith("2023-11-1") and session["idle"] is False
     assert session["panes"] == [{"window": "0:bash", "pane": 0, "command": "sleep", "cmdline": None,
@@ -210,4 +208,4 @@ def test_only_listening_stream_sockets_are_live(tmp_path):
         "0000: 00000002 00000000 00010000 0001 01 4 /tmp/tmux-1003/with space\n"
         "0000: 00000003 00000000 00000000 0001 03 5\n"
     )
-    assert kingfisher_tmux.listening_sockets(str(table)) == {"/tmp/tmux-1001/default", "/tmp/tmux-1003/with space"}
+    assert tmux.listening_sockets(str(table)) == {"/tmp/tmux-1001/default", "/tmp/tmux-1003/with space"}

@@ -5,19 +5,19 @@ import time
 
 import pytest
 
-import kingfisher_postgres
-from kingfisher_errors import InputError, SourceError
+from deploytoken.kingfisher import postgres as pg_source
+from deploytoken.kingfisher.errors import InputError, SourceError
 from kingfisher_fixtures import lean_python
 
 SLEEP = "SELECT pg_sleep(600)"
 
 
 def settings(**kwargs):
-    return kingfisher_postgres.Settings.parse(kwargs)
+    return pg_source.Settings.parse(kwargs)
 
 
 def long_queries(cluster, **kwargs):
-    return kingfisher_postgres.long_queries(settings(socket_dir=cluster.socket_dir, port=cluster.port, **kwargs))
+    return pg_source.long_queries(settings(socket_dir=cluster.socket_dir, port=cluster.port, **kwargs))
 
 
 def test_long_queries_name_their_owners(pg_cluster, pg_query):
@@ -39,11 +39,12 @@ def test_long_queries_name_their_owners(pg_cluster, pg_query):
 
 
 READ_WITH_PSQL = """
-import json, kingfisher_postgres
-settings = kingfisher_postgres.Settings.parse({{"socket_dir": {socket_dir!r}, "port": {port}, "threshold": 1,
+import json
+from deploytoken.kingfisher import postgres as pg_source
+settings = pg_source.Settings.parse({{"socket_dir": {socket_dir!r}, "port": {port}, "threshold": 1,
                                                "user": {user!r}}})
 try:
-    print(json.dumps(kingfisher_postgres.long_queries(settings)))
+    print(json.dumps(pg_source.long_queries(settings)))
 except Exception as exc:
     print(json.dumps({{"error": str(exc)}}))
 """
@@ -107,7 +108,7 @@ def test_connecting_without_switching_user_works_too(pg_cluster, pg_query):
 def test_server_down_and_unknown_role_are_named(pg_cluster):
     with pytest.raises(SourceError, match=r"^PostgreSQL at /tmp/nowhere port 1 cannot be queried: no server listens "
                                           r"on that socket \(is PostgreSQL running\?\) "):
-        kingfisher_postgres.long_queries(settings(socket_dir="/tmp/nowhere", port=1))
+        pg_source.long_queries(settings(socket_dir="/tmp/nowhere", port=1))
     with pytest.raises(SourceError, match=r"cannot be queried: the server refused this role \(.*role \"dtk-nobody\" "
                                           "does not exist"):
         long_queries(pg_cluster, user="dtk-nobody")
@@ -142,4 +143,4 @@ def test_unknown_runas_user_is_refused():
     ],
 )
 def test_leading_comment(query, comment):
-    assert kingfisher_postgres.leading_comment(query) == comment
+    assert pg_source.leading_comment(query) == comment

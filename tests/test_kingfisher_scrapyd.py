@@ -7,13 +7,13 @@ import threading
 
 import pytest
 
-import kingfisher_busy
-import kingfisher_scrapyd
-from kingfisher_errors import InputError, SourceError
+from deploytoken.kingfisher import busy as busy_check
+from deploytoken.kingfisher import scrapyd
+from deploytoken.kingfisher.errors import InputError, SourceError
 
 
 def settings(url, username=None, password=None):
-    return kingfisher_scrapyd.Settings.parse({"url": url, "username": username, "password": password})
+    return scrapyd.Settings.parse({"url": url, "username": username, "password": password})
 
 
 @contextlib.contextmanager
@@ -41,7 +41,7 @@ def answering(body, content_type, routes=None):
 
 
 def test_running_and_pending_jobs_are_listed(scrapyd_busy):
-    report = kingfisher_scrapyd.jobs(settings(scrapyd_busy.url, scrapyd_busy.username, scrapyd_busy.password))
+    report = scrapyd.jobs(settings(scrapyd_busy.url, scrapyd_busy.username, scrapyd_busy.password))
     (running,) = report["running"]
     assert running["job"] == scrapyd_busy.running and running["pid"] == scrapyd_busy.pid
     assert running["project"] == "dtkproject" and running["spider"] == "sleeper"
@@ -51,14 +51,14 @@ def test_running_and_pending_jobs_are_listed(scrapyd_busy):
 
 
 def test_crawl_of_a_live_scrapyd_is_not_reported_as_unlisted(scrapyd_busy):
-    crawl = next(crawl for crawl in kingfisher_scrapyd.crawl_processes() if crawl["pid"] == scrapyd_busy.pid)
+    crawl = next(crawl for crawl in scrapyd.crawl_processes() if crawl["pid"] == scrapyd_busy.pid)
     assert crawl["orphaned"] is False and crawl["job"] == scrapyd_busy.running
-    assert scrapyd_busy.pid not in [crawl["pid"] for crawl in kingfisher_scrapyd.unlisted([])]
+    assert scrapyd_busy.pid not in [crawl["pid"] for crawl in scrapyd.unlisted([])]
 
 
 def test_wrong_password_is_a_clear_error(scrapyd_busy):
     with pytest.raises(SourceError) as info:
-        kingfisher_scrapyd.jobs(settings(scrapyd_busy.url, scrapyd_busy.username, "wrong"))
+        scrapyd.jobs(settings(scrapyd_busy.url, scrapyd_busy.username, "wrong"))
     assert str(info.value) == (
         f"Scrapyd at {scrapyd_busy.url} refused the username and password (HTTP 401): check kingfisher:scrapyd."
     )
@@ -66,7 +66,7 @@ def test_wrong_password_is_a_clear_error(scrapyd_busy):
 
 def test_a_scrapyd_name_that_does_not_resolve_is_named_as_dns():
     with pytest.raises(SourceError) as info:
-        kingfisher_scrapyd.jobs(settings("http://nonexistent.invalid:6800", None, None))
+        scrapyd.jobs(settings("http://nonexistent.invalid:6800", None, None))
     assert str(info.value) == ("Scrapyd at http://nonexistent.invalid:6800 cannot be reached: the name "
                                "nonexistent.invalid cannot be resolved (DNS).")
 
@@ -74,7 +74,7 @@ def test_a_scrapyd_name_that_does_not_resolve_is_named_as_dns():
 def test_https_to_a_plain_http_server_is_named_as_tls(fake_google):
     # Scrapyd itself waits for a line that a TLS hello never sends; this server answers at once.
     with pytest.raises(SourceError, match=r"cannot be reached: the TLS handshake with 127\.0\.0\.1 failed \("):
-        kingfisher_scrapyd.jobs(settings(fake_google.url.replace("http://", "https://").rstrip("/")))
+        scrapyd.jobs(settings(fake_google.url.replace("http://", "https://").rstrip("/")))
 
 
 def test_stopped_scrapyd_is_unknown_and_its_orphaned_crawl_is_reported(make_scrapyd):
@@ -82,12 +82,12 @@ def test_stopped_scrapyd_is_unknown_and_its_orphaned_crawl_is_reported(make_scra
     server.kill()
     refused = rf"^Scrapyd at {server.url} cannot be reached: 127\.0\.0\.1 refused the connection "
     with pytest.raises(SourceError, match=refused):
-        kingfisher_scrapyd.jobs(settings(server.url, server.username, server.password))
-    report = kingfisher_busy.read("scrapyd", settings(server.url, server.username, server.password))
+        scrapyd.jobs(settings(server.url, server.username, server.password))
+    report = busy_check.read("scrapyd", settings(server.url, server.username, server.password))
     assert report["status"] == "unknown"
     orphan = next(crawl for crawl in report["unlisted"] if crawl["pid"] == server.pid)
     assert orphan["spider"] == "sleeper" and orphan["job"] == server.running and orphan["orphaned"] is True
-    decided = kingfisher_busy.decide({"scrapyd": report})
+    decided = busy_check.decide({"scrapyd": report})
     assert decided["busy"] is True and decided["sources"]["scrapyd"]["status"] == "busy"
     assert decided["reasons"][0].startswith("scrapyd cannot be read, so it counts as busy: Scrapyd at ")
     assert f"Crawl process {server.pid} of spider sleeper (job {server.running})" in " ".join(decided["reasons"])
@@ -96,7 +96,7 @@ def test_stopped_scrapyd_is_unknown_and_its_orphaned_crawl_is_reported(make_scra
 def test_html_answer_is_a_clear_error():
     with answering("<html><body>Welcome</body></html>", "text/html") as url:
         with pytest.raises(SourceError) as info:
-            kingfisher_scrapyd.jobs(settings(url))
+            scrapyd.jobs(settings(url))
     assert str(info.value) == (
         f"Scrapyd at {url} answered listprojects.json with text/html, not JSON: is the URL Scrapyd's?"
     )
@@ -106,7 +106,7 @@ def test_status_error_answer_is_a_clear_error():
     body = json.dumps({"status": "error", "message": "project 'x' not found"})
     with answering(body, "application/json") as url:
         with pytest.raises(SourceError) as info:
-            kingfisher_scrapyd.jobs(settings(url))
+            scrapyd.jobs(settings(url))
     assert str(info.value) == f"Scrapyd at {url} answered listprojects.json with an error: project 'x' not found."
 
 
@@ -124,7 +124,7 @@ def test_scrapyd_1_2_answers_are_read_per_project():
     }
     with answering(json.dumps({"status": "error", "message": "project required"}), "application/json",
                    routes) as url:
-        report = kingfisher_scrapyd.jobs(settings(url))
+        report = scrapyd.jobs(settings(url))
     (running,) = report["running"]
     assert running["project"] == "kingfisher" and running["job"] == "j1" and running["pid"] == 7
     assert running["started"].startswith("2020-01-01T10:00:00") and running["running_for"] > 3600

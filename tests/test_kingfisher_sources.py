@@ -8,10 +8,9 @@ import sys
 import pytest
 from salt.exceptions import CommandExecutionError
 
-import kingfisher_busy
-import kingfisher_scrapyd
-import kingfisher_sources
-from kingfisher_errors import InputError, SourceError
+from deploytoken.kingfisher import busy as busy_check
+from deploytoken.kingfisher import scrapyd, sources
+from deploytoken.kingfisher.errors import InputError, SourceError
 from kingfisher_fixtures import lean_python
 
 
@@ -20,9 +19,9 @@ def defaults(key, default):
 
 
 def test_every_source_has_settings_with_defaults_a_reader_reasons_and_wording():
-    assert list(kingfisher_sources.SOURCES) == ["scrapyd", "tmux", "postgres"]
-    for name, source in kingfisher_sources.SOURCES.items():
-        parsed = kingfisher_sources.settings(name, {}, defaults)
+    assert list(sources.SOURCES) == ["scrapyd", "tmux", "postgres"]
+    for name, source in sources.SOURCES.items():
+        parsed = sources.settings(name, {}, defaults)
         assert dataclasses.is_dataclass(parsed) and callable(source.read) and source.what
         assert source.reasons({}) == []
 
@@ -34,7 +33,7 @@ def test_settings_take_arguments_first_then_config_by_key():
         asked.append(key)
         return {"kingfisher:postgres:threshold": "600"}.get(key, default)
 
-    parsed = kingfisher_sources.settings("postgres", {"port": "5433", "user": None}, lookup)
+    parsed = sources.settings("postgres", {"port": "5433", "user": None}, lookup)
     assert (parsed.threshold, parsed.port, parsed.user) == (600.0, 5433, "postgres")
     assert asked == ["kingfisher:postgres", "kingfisher:postgres:threshold", "kingfisher:postgres:socket_dir",
                      "kingfisher:postgres:user", "kingfisher:postgres:runas"]
@@ -42,10 +41,10 @@ def test_settings_take_arguments_first_then_config_by_key():
 
 def test_unknown_source_and_unknown_setting_are_one_sentence():
     with pytest.raises(InputError) as info:
-        kingfisher_sources.get("celery")
+        sources.get("celery")
     assert str(info.value) == "There is no Kingfisher source 'celery'; the sources are scrapyd, tmux, postgres."
     with pytest.raises(InputError) as info:
-        kingfisher_sources.settings("tmux", {"user": "alice"}, defaults)
+        sources.settings("tmux", {"user": "alice"}, defaults)
     assert str(info.value) == "tmux has no setting 'user'; its settings are users."
 
 
@@ -53,10 +52,10 @@ def test_a_source_turned_off_is_skipped_and_named_in_the_summary():
     def lookup(key, default):
         return {"kingfisher:scrapyd": False, "kingfisher:postgres": False}.get(key, default)
 
-    parsed = {name: kingfisher_sources.settings(name, {"url": "http://127.0.0.1:1"} if name == "scrapyd" else {},
-                                                lookup) for name in ("scrapyd", "postgres")}
+    parsed = {name: sources.settings(name, {"url": "http://127.0.0.1:1"} if name == "scrapyd" else {},
+                                     lookup) for name in ("scrapyd", "postgres")}
     assert parsed == {"scrapyd": None, "postgres": None}
-    report = kingfisher_busy.decide({name: kingfisher_busy.read(name, value) for name, value in parsed.items()})
+    report = busy_check.decide({name: busy_check.read(name, value) for name, value in parsed.items()})
     assert report["busy"] is False and report["reasons"] == []
     assert report["sources"]["scrapyd"] == {"status": "skipped", "why": "turned off: kingfisher:scrapyd is false"}
     assert report["summary"] == (
@@ -66,7 +65,7 @@ def test_a_source_turned_off_is_skipped_and_named_in_the_summary():
 
 def test_a_source_switch_that_is_neither_settings_nor_false_is_refused():
     with pytest.raises(InputError) as info:
-        kingfisher_sources.settings("tmux", {}, lambda key, default: "off" if key == "kingfisher:tmux" else default)
+        sources.settings("tmux", {}, lambda key, default: "off" if key == "kingfisher:tmux" else default)
     assert str(info.value) == "kingfisher:tmux must be its settings or false (turned off); got 'off'."
 
 
@@ -82,20 +81,20 @@ SECRET_URL = "http://kf:s3cret@127.0.0.1:1"
 
 def test_credentials_in_a_bad_url_are_not_echoed():
     with pytest.raises(InputError) as info:
-        kingfisher_scrapyd.Settings.parse({"url": "http://kf:s3cret@host:port"})
+        scrapyd.Settings.parse({"url": "http://kf:s3cret@host:port"})
     assert str(info.value) == (
         "The Scrapyd URL 'http://***@host:port' is not valid: give one like http://localhost:6800.")
 
 
 def test_credentials_in_the_url_are_not_in_errors_reports_or_repr():
-    settings = kingfisher_scrapyd.Settings.parse({"url": SECRET_URL})
+    settings = scrapyd.Settings.parse({"url": SECRET_URL})
     assert "s3cret" not in repr(settings)
     with pytest.raises(SourceError) as info:
-        kingfisher_scrapyd.jobs(settings)
+        scrapyd.jobs(settings)
     assert str(info.value) == (
         "Scrapyd at http://***@127.0.0.1:1 cannot be reached: 127.0.0.1 refused the connection "
         "(nothing listens there).")
-    report = kingfisher_busy.decide({"scrapyd": kingfisher_busy.read("scrapyd", settings)})
+    report = busy_check.decide({"scrapyd": busy_check.read("scrapyd", settings)})
     assert report["busy"] is True and report["sources"]["scrapyd"]["url"] == "http://***@127.0.0.1:1"
     assert "s3cret" not in json.dumps(report)
 
@@ -103,7 +102,7 @@ def test_credentials_in_the_url_are_not_in_errors_reports_or_repr():
 def test_credentials_in_the_url_still_log_in_but_are_not_returned(scrapyd_busy):
     host = scrapyd_busy.url.split("://", 1)[1]
     url = f"http://{scrapyd_busy.username}:{scrapyd_busy.password}@{host}"
-    report = kingfisher_scrapyd.read(kingfisher_scrapyd.Settings.parse({"url": url}))
+    report = scrapyd.read(scrapyd.Settings.parse({"url": url}))
     assert scrapyd_busy.running in [job["job"] for job in report["running"]]
     assert report["url"] == f"http://***@{host}" and scrapyd_busy.password not in json.dumps(report)
 
@@ -113,11 +112,12 @@ def test_credentials_in_the_url_still_log_in_but_are_not_returned(scrapyd_busy):
 
 READ_ALL = """
 import json
-import kingfisher_busy, kingfisher_sources
+from deploytoken.kingfisher import busy as busy_check
+from deploytoken.kingfisher import sources
 given = {"scrapyd": {}, "postgres": {"socket_dir": "/tmp/dtk-nowhere", "port": 1, "runas": ""}}
 for name, settings in given.items():
-    settings = kingfisher_sources.settings(name, settings, lambda key, default: default)
-    print(json.dumps(kingfisher_busy.read(name, settings)))
+    settings = sources.settings(name, settings, lambda key, default: default)
+    print(json.dumps(busy_check.read(name, settings)))
 """
 
 
@@ -131,4 +131,4 @@ def test_missing_requests_is_one_sentence_and_postgres_falls_back_to_psql(tmp_pa
         'PostgreSQL at /tmp/dtk-nowhere port 1 cannot be queried: no server listens on that socket (is PostgreSQL '
         'running?) (connection to server on socket "/tmp/dtk-nowhere/.s.PGSQL.1" failed: No such file or '
         'directory'), "psql's own sentence, led by its cause"
-    assert kingfisher_busy.decide({"postgres": postgres})["busy"] is True
+    assert busy_check.decide({"postgres": postgres})["busy"] is True

@@ -10,15 +10,15 @@ import tempfile
 
 import pytest
 
-import kingfisher_tmux
-from kingfisher_errors import InputError
+from deploytoken.kingfisher import tmux as kf_tmux
+from deploytoken.kingfisher.errors import InputError
 from kingfisher_fixtures import listen_as, run_as
 
-AUTO = kingfisher_tmux.Settings.parse({})
+AUTO = kf_tmux.Settings.parse({})
 
 
 def only(*users):
-    return kingfisher_tmux.Settings.parse({"users": ",".join(users)})
+    return kf_tmux.Settings.parse({"users": ",".join(users)})
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def by_owner(report, owner):
 
 
 def test_sessions_of_every_user_are_found_with_commands(tmux_users):
-    report = kingfisher_tmux.sessions(AUTO)
+    report = kf_tmux.sessions(AUTO)
     idle_user, idle_name = tmux_users["idle"]
     sleep_user, sleep_name = tmux_users["sleep"]
     other_user, other_name = tmux_users["other"]
@@ -59,7 +59,7 @@ def test_sessions_of_every_user_are_found_with_commands(tmux_users):
 
 def test_stale_socket_is_reported_as_stale(tmux_users):
     stale_user, _ = tmux_users["stale"]
-    report = kingfisher_tmux.sessions(AUTO)
+    report = kf_tmux.sessions(AUTO)
     assert [stale["owner"] for stale in report["stale"] if stale["owner"] == stale_user] == [stale_user]
     assert by_owner(report, stale_user) == []
     assert report["errors"] == []
@@ -67,14 +67,14 @@ def test_stale_socket_is_reported_as_stale(tmux_users):
 
 def test_users_argument_limits_the_report(tmux_users):
     sleep_user, _ = tmux_users["sleep"]
-    report = kingfisher_tmux.sessions(only(sleep_user))
+    report = kf_tmux.sessions(only(sleep_user))
     assert {session["owner"] for session in report["sessions"]} == {sleep_user}
     assert report["stale"] == [] and report["checked"] == [sleep_user]
 
 
 def test_user_without_server_is_simply_absent(tmux_users):
     # nobody never runs a tmux server; the users that do (tmux_users) are not asked about.
-    report = kingfisher_tmux.sessions(only("nobody"))
+    report = kf_tmux.sessions(only("nobody"))
     assert report["checked"] == ["nobody"]
     assert report["sessions"] == [] and report["stale"] == [] and report["errors"] == []
 
@@ -82,7 +82,7 @@ def test_user_without_server_is_simply_absent(tmux_users):
 @pytest.mark.parametrize("users", ["alice;rm -rf /", ["bob", "$(touch /tmp/x)"], [], 42])
 def test_bad_users_argument_is_refused(users):
     with pytest.raises(InputError, match="not a valid user name|must be 'auto' or a list"):
-        kingfisher_tmux.Settings.parse({"users": users})
+        kf_tmux.Settings.parse({"users": users})
 
 
 def test_home_entry_with_shell_metacharacters_is_skipped_and_nothing_runs(tmp_path, monkeypatch):
@@ -91,8 +91,8 @@ def test_home_entry_with_shell_metacharacters_is_skipped_and_nothing_runs(tmp_pa
     try:
         for name in odd:
             os.mkdir(f"/home/{name}")
-        names, warnings = kingfisher_tmux.home_users()
-        report = kingfisher_tmux.sessions(AUTO)
+        names, warnings = kf_tmux.home_users()
+        report = kf_tmux.sessions(AUTO)
     finally:
         for name in odd:
             shutil.rmtree(f"/home/{name}", ignore_errors=True)
@@ -109,7 +109,7 @@ def test_a_server_that_cannot_be_read_is_an_error(tmux_users, shared_dir):
     broken = shared_dir / "tmux"
     broken.write_text("#!/bin/sh\necho 'no server running' >&2\nexit 1\n")
     broken.chmod(0o755)
-    report = kingfisher_tmux.sessions(only(sleep_user), tmux=str(broken))
+    report = kf_tmux.sessions(only(sleep_user), tmux=str(broken))
     assert report["sessions"] == []
     (error,) = report["errors"]
     assert error["owner"] == sleep_user and error["error"] == "tmux failed: no server running."
@@ -117,7 +117,7 @@ def test_a_server_that_cannot_be_read_is_an_error(tmux_users, shared_dir):
 
 def test_discovery_creates_no_directory(tmux_users):
     before = sorted(entry for entry in os.listdir("/tmp") if entry.startswith("tmux-"))
-    kingfisher_tmux.sessions(AUTO)
+    kf_tmux.sessions(AUTO)
     assert sorted(entry for entry in os.listdir("/tmp") if entry.startswith("tmux-")) == before
     assert shutil.which("tmux")
 
@@ -157,8 +157,8 @@ def test_socket_replaced_by_a_symlink_is_a_warning_and_never_queried(hostile_use
     path = evil_dir / "default"
     with listen_as(hostile_user, str(path)):
         run_as(hostile_user, "ln", "-sf", "/etc/passwd", str(path))
-        assert str(path) in kingfisher_tmux.listening_sockets()
-        report = kingfisher_tmux.sessions(only(hostile_user), tmux=str(tmux))
+        assert str(path) in kf_tmux.listening_sockets()
+        report = kf_tmux.sessions(only(hostile_user), tmux=str(tmux))
     assert skipped(report, path, "it is a symbolic link, not a socket")
     assert report["sessions"] == [] and report["errors"] == [] and report["stale"] == []
     assert calls.read_text() == "", "no tmux client ran, as root or anyone"
@@ -171,7 +171,7 @@ def test_socket_of_another_owner_in_a_users_directory_is_never_queried(hostile_u
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(path))
         server.listen()
-        report = kingfisher_tmux.sessions(only("root", hostile_user), tmux=str(tmux))
+        report = kf_tmux.sessions(only("root", hostile_user), tmux=str(tmux))
     assert skipped(report, path, f"it belongs to root but its directory belongs to {hostile_user}")
     assert calls.read_text() == ""
 
@@ -181,7 +181,7 @@ def test_socket_in_a_directory_open_to_others_is_never_queried(hostile_user, evi
     path = evil_dir / "default"
     run_as(hostile_user, "chmod", "0777", str(evil_dir))
     with listen_as(hostile_user, str(path)):
-        report = kingfisher_tmux.sessions(only(hostile_user), tmux=str(tmux))
+        report = kf_tmux.sessions(only(hostile_user), tmux=str(tmux))
     assert skipped(report, path, "other users can enter or change its directory (mode 0777)")
     assert calls.read_text() == ""
 
@@ -189,23 +189,23 @@ def test_socket_in_a_directory_open_to_others_is_never_queried(hostile_user, evi
 def test_client_talks_to_the_server_that_was_checked_even_if_the_path_is_swapped(hostile_user, evil_dir):
     run_as(hostile_user, "tmux", "new-session", "-d", "-s", "checked", "sleep", "3600")
     path = str(evil_dir / "default")
-    server = kingfisher_tmux.open_server(path)
+    server = kf_tmux.open_server(path)
     try:
         # Between the check and the connection the user swaps the directory for one of their making.
         run_as(hostile_user, "mv", str(evil_dir), f"{evil_dir}.old")
         run_as(hostile_user, "mkdir", "-m", "0700", str(evil_dir))
         run_as(hostile_user, "ln", "-s", "/etc/passwd", path)
-        answer = kingfisher_tmux.query(server)
+        answer = kf_tmux.query(server)
     finally:
         os.close(server.dir_fd)
         subprocess.run(["pkill", "-KILL", "-u", hostile_user], check=False)
-    assert answer.startswith("checked" + kingfisher_tmux.SEP)
+    assert answer.startswith("checked" + kf_tmux.SEP)
 
 
 def test_client_runs_as_the_owner_through_the_checked_directory(tmux_users, spy):
     tmux, calls = spy
     sleep_user, _ = tmux_users["sleep"]
-    kingfisher_tmux.sessions(only(sleep_user), tmux=str(tmux))
+    kf_tmux.sessions(only(sleep_user), tmux=str(tmux))
     (call,) = calls.read_text().splitlines()
     user, socket_path = call.split(" ", 1)
     assert user == sleep_user and socket_path.startswith("/proc/self/fd/") and socket_path.endswith("/default")
@@ -215,7 +215,7 @@ def test_client_runs_as_the_owner_without_setpriv_too(tmux_users, spy, monkeypat
     tmux, calls = spy
     sleep_user, _ = tmux_users["sleep"]
     monkeypatch.setenv("PATH", str(tmux.parent))
-    kingfisher_tmux.sessions(only(sleep_user), tmux=str(tmux))
+    kf_tmux.sessions(only(sleep_user), tmux=str(tmux))
     assert calls.read_text().split(" ", 1)[0] == sleep_user
 
 
@@ -231,8 +231,8 @@ def test_forged_line_in_proc_net_unix_is_checked_like_any_socket(hostile_user, e
         os.chown(base, pwd.getpwnam(hostile_user).pw_uid, -1)
         run_as(hostile_user, "mkdir", "-p", str(folder))
         with listen_as(hostile_user, str(folder / "forged")):
-            assert str(forged) in kingfisher_tmux.listening_sockets()
-            report = kingfisher_tmux.sessions(only(hostile_user), tmux=str(tmux))
+            assert str(forged) in kf_tmux.listening_sockets()
+            report = kf_tmux.sessions(only(hostile_user), tmux=str(tmux))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     assert skipped(report, forged, "it is a symbolic link, not a socket")

@@ -7,7 +7,7 @@ import ssl
 import pytest
 import requests
 
-import deploytoken_network as network
+from deploytoken import network
 
 
 def wrapped(inner):

@@ -16,9 +16,9 @@ import time
 import pytest
 import yaml
 
-import deploytoken_model as model
-import deploytoken_waiting
 from conftest import PEOPLE, REPO, extension_root
+from deploytoken import model
+from deploytoken.chat import waiting as waiters
 from test_docs_examples import BLOCKS
 from webhook_server import Webhook
 
@@ -191,7 +191,7 @@ def test_a_signed_pillar_resent_as_a_released_event_is_not_posted_and_leaves_the
     for its tag): a minion's own signed pillar, fired as deploytoken/released while Alice holds the
     token, is not posted and empties nobody's wait."""
     as_user(salt_run, "alice", "deploytoken.acquire", "reason=upgrade postgres")
-    deploytoken_waiting.add(chat_master.config["cachedir"], "bob", "Bob Jones", seconds=600)
+    waiters.add(chat_master.config["cachedir"], "bob", "Bob Jones", seconds=600)
     before = waiting_list(chat_master)
     shown = salt_run.run("pillar.show_pillar", "collect-1")
     assert shown.returncode == 0 and shown.data["deploytoken"]["signature"], shown

@@ -10,16 +10,13 @@ import pathlib
 import pytest
 import salt.crypt
 
-import deploytoken_events as events
-import deploytoken_model as model
-import deploytoken_notify as notify
-import deploytoken_remind as remind
-import deploytoken_seal as seal
-import deploytoken_settings as settings
-import deploytoken_setup as setup
-import deploytoken_sqlite
-import deploytoken_token as token
-import deploytoken_waiting as waiting
+from deploytoken import commands as token
+from deploytoken import model
+from deploytoken import settings as token_settings
+from deploytoken.chat import events, notify, remind, waiting
+from deploytoken.guard import seal
+from deploytoken.procedure import setup
+from deploytoken.stores import sqlite as sqlite_store
 from webhook_server import Webhook, dead_port
 
 PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones", "carol": "Carol Díaz"}
@@ -63,12 +60,12 @@ def info_log():
 
 
 def config(tmp_path, **deploytoken):
-    return settings.from_opts({"cachedir": str(tmp_path), "deploytoken": dict(people=PEOPLE, **deploytoken)})
+    return token_settings.from_opts({"cachedir": str(tmp_path), "deploytoken": dict(people=PEOPLE, **deploytoken)})
 
 
 @pytest.fixture
 def store(tmp_path):
-    return deploytoken_sqlite.SqliteStore(str(tmp_path / "token.sqlite"))
+    return sqlite_store.SqliteStore(str(tmp_path / "token.sqlite"))
 
 
 # ---- settings ---------------------------------------------------------------------------------

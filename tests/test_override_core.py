@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-import deploytoken_model as model
-import deploytoken_override as override
-import deploytoken_pillar
 from conftest import PEOPLE
-from deploytoken_sqlite import SqliteStore
+from deploytoken import model
+from deploytoken.guard import overrides as override
+from deploytoken.guard import pillar as token_pillar
+from deploytoken.stores.sqlite import SqliteStore
 
 
 @pytest.fixture
@@ -72,10 +72,10 @@ def test_the_pillar_of_any_machine_on_the_store_carries_the_override_for_its_min
     ada, ben = laptops
     made = make(store, ada)
     opts = {"cachedir": ben, "deploytoken": {"people": PEOPLE, "sqlite": {"path": store.path}}}
-    data = deploytoken_pillar.pillar(opts, "kingfisher-main")
+    data = token_pillar.pillar(opts, "kingfisher-main")
     assert data["override"] == {key: made[key] for key in override.PUBLIC}
     assert "overrides" not in data
-    assert deploytoken_pillar.pillar(dict(opts, cachedir=ada), "web1")["override"] is None
+    assert token_pillar.pillar(dict(opts, cachedir=ada), "web1")["override"] is None
 
 
 def test_a_store_that_is_down_keeps_the_row_and_writes_it_once_later(store, laptops, tmp_path):
@@ -89,7 +89,7 @@ def test_a_store_that_is_down_keeps_the_row_and_writes_it_once_later(store, lapt
     assert made["store"]["id"] == SqliteStore(str(saved)).identity["id"]
     # Meanwhile the pillar made here carries the override, naming the store it is for.
     opts = {"cachedir": ada, "deploytoken": {"people": PEOPLE, "sqlite": {"path": store.path}}}
-    data = deploytoken_pillar.pillar(opts, "kingfisher-main")
+    data = token_pillar.pillar(opts, "kingfisher-main")
     assert data["error"] and data["override"]["id"] == made["id"] and data["override"]["store"] == made["store"]
     assert override.status(store, ada) == {"overrides": [{key: made[key] for key in override.PUBLIC}],
                                            "overrides_pending": 1}
@@ -121,7 +121,7 @@ def test_the_overrides_file_of_earlier_versions_is_delivered_and_obeyed_no_more(
     legacy.write_text(json.dumps([{"id": row.claim, "targets": "*", "until": row.released, "cancelled": None,
                                    "pending": [row.to_dict()]}]))
     opts = {"cachedir": cachedir, "deploytoken": {"people": PEOPLE, "sqlite": {"path": store.path}}}
-    assert deploytoken_pillar.pillar(opts, "m1")["override"] is None
+    assert token_pillar.pillar(opts, "m1")["override"] is None
     assert override.deliver(cachedir, store) == 0
     assert not legacy.exists() and store.history(10) == [row]
 

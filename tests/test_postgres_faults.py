@@ -10,9 +10,9 @@ import contextlib
 
 import pytest
 
-import deploytoken_token as token
 import racing
 from conftest import PEOPLE
+from deploytoken import commands as token
 from kingfisher_fixtures import wait_for
 from pg_fixtures import drop_schema, postgres_settings, postgres_store, section_for, waiters
 

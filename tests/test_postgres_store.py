@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-import deploytoken_migrate
-import deploytoken_model as model
-import deploytoken_postgres
-import deploytoken_sqlite
-import deploytoken_token as token
 import racing
 from conftest import PEOPLE
+from deploytoken import commands as token
+from deploytoken import model
+from deploytoken.stores import migrate
+from deploytoken.stores import postgres as pg_store
+from deploytoken.stores import sqlite as sqlite_store
 from kingfisher_fixtures import free_port, wait_for
 from pg_fixtures import PASSWORD_ROLE, PG_PASSWORD, postgres_settings, postgres_store, waiters
 
@@ -121,7 +121,7 @@ def test_schema_is_created_on_first_use_with_its_version(pg_store_cluster, pg_se
         meta = dict(conn.execute(f"SELECT key, value FROM {pg_section['schema']}.meta"))
         tables = {name for (name,) in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = %s", (pg_section["schema"],))}
-    assert meta["application"] == "deploytoken" and meta["schema_version"] == deploytoken_postgres.SCHEMA_VERSION
+    assert meta["application"] == "deploytoken" and meta["schema_version"] == pg_store.SCHEMA_VERSION
     assert tables == {"meta", "token", "history", "waiters"}
     assert identity["id"] == f"postgres:{meta['store_id']}"
     assert postgres_store(pg_section).identity == identity
@@ -193,15 +193,15 @@ def test_append_history_is_idempotent_by_claim(pg_section):
 
 
 def test_migrate_copies_holder_and_history_once(tmp_path, pg_section):
-    sqlite = deploytoken_sqlite.SqliteStore(str(tmp_path / "token.sqlite"))
+    sqlite = sqlite_store.SqliteStore(str(tmp_path / "token.sqlite"))
     claims = []
     for login in ("alice", "bob"):
         claims.append(token.acquire(sqlite, login, PEOPLE)["claim"])
         token.release(sqlite, login, PEOPLE, note=f"by {login}")
     held = token.acquire(sqlite, "carol", PEOPLE, reason="moving")["claim"]
     target = postgres_store(pg_section)
-    assert deploytoken_migrate.migrate(sqlite, target) == {"history_rows": 2, "holder": held}
-    assert deploytoken_migrate.migrate(sqlite, postgres_store(pg_section)) == {"history_rows": 0, "holder": held}
+    assert migrate.migrate(sqlite, target) == {"history_rows": 2, "holder": held}
+    assert migrate.migrate(sqlite, postgres_store(pg_section)) == {"history_rows": 0, "holder": held}
     assert [r.to_dict() for r in target.history(10)] == [r.to_dict() for r in sqlite.history(10)]
     assert target.read() == sqlite.read()
     refused = token.acquire(target, "alice", PEOPLE)
@@ -209,15 +209,15 @@ def test_migrate_copies_holder_and_history_once(tmp_path, pg_section):
 
 
 def test_migrate_does_not_replace_another_holder(tmp_path, pg_section):
-    sqlite = deploytoken_sqlite.SqliteStore(str(tmp_path / "token.sqlite"))
+    sqlite = sqlite_store.SqliteStore(str(tmp_path / "token.sqlite"))
     token.acquire(sqlite, "alice", PEOPLE)
     target = postgres_store(pg_section)
     other = token.acquire(target, "bob", PEOPLE)["claim"]
     with pytest.raises(model.StoreError, match=f"is already held by Bob Jones under claim {other}; 0 history row"):
-        deploytoken_migrate.migrate(sqlite, target)
+        migrate.migrate(sqlite, target)
     assert target.read().claim == other
     with pytest.raises(model.InputError, match="is already the store in use"):
-        deploytoken_migrate.migrate(target, postgres_store(pg_section))
+        migrate.migrate(target, postgres_store(pg_section))
 
 
 # ---- waiting: the line and LISTEN -------------------------------------------------------------
@@ -276,8 +276,8 @@ def test_a_waiter_marks_its_row_while_it_waits(pg_store_cluster, pg_section):
     with pg_store_cluster.connect(autocommit=True) as conn:
         before = conn.execute(query, (ticket,)).fetchone()[0]
         started = time.monotonic()
-        store.wait(deploytoken_postgres.HEARTBEAT_SECONDS + 1)
-        assert time.monotonic() - started >= deploytoken_postgres.HEARTBEAT_SECONDS + 1
+        store.wait(pg_store.HEARTBEAT_SECONDS + 1)
+        assert time.monotonic() - started >= pg_store.HEARTBEAT_SECONDS + 1
         assert conn.execute(query, (ticket,)).fetchone()[0] > before
     store.dequeue(ticket)
 

@@ -13,10 +13,9 @@ import subprocess
 
 import pytest
 
-import deploytoken_model as model
-import deploytoken_report as report
-import deploytoken_sqlite
 from conftest import hint_prefix
+from deploytoken import model, report
+from deploytoken.stores import sqlite as sqlite_store
 
 NOW = model.utcnow()
 HOSTILE = '<script>alert("x")</script> & <img src="http://example.org/x.png">'
@@ -59,7 +58,7 @@ HOLDINGS_THIS_WEEK = 6
 
 @pytest.fixture
 def seeded(tmp_path):
-    store = deploytoken_sqlite.SqliteStore(str(tmp_path / "token.sqlite"))
+    store = sqlite_store.SqliteStore(str(tmp_path / "token.sqlite"))
     for row in ROWS:
         assert store.append_history(row)
     return store

@@ -5,9 +5,9 @@ import os
 import git
 import pytest
 
-import deploytoken_model as model
-import deploytoken_repos as repos
-import deploytoken_settings as settings
+from deploytoken import model
+from deploytoken import settings as token_settings
+from deploytoken.procedure import repos
 
 
 def read(repo, name):
@@ -234,12 +234,12 @@ def test_default_paths_are_the_git_checkouts_among_the_roots(git_world):
     plain = git_world.path("plain")
     plain.mkdir()
     opts = {"file_roots": {"base": [checkout, str(plain)]}, "pillar_roots": {"base": [checkout]}}
-    assert repos.default_paths(settings.from_opts(opts), opts) == [checkout]
+    assert repos.default_paths(token_settings.from_opts(opts), opts) == [checkout]
     configured = dict(opts, deploytoken={"repos": ["/srv/x"]})
-    assert repos.default_paths(settings.from_opts(configured), configured) == ["/srv/x"]
+    assert repos.default_paths(token_settings.from_opts(configured), configured) == ["/srv/x"]
     only_plain = {"file_roots": {"base": [str(plain)]}}
     with pytest.raises(model.InputError, match="^No repositories to update: set deploytoken: repos:"):
-        repos.default_paths(settings.from_opts(only_plain), only_plain)
+        repos.default_paths(token_settings.from_opts(only_plain), only_plain)
 
 
 @pytest.mark.parametrize("hostile", ["--orphan=x", "-b"])

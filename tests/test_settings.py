@@ -4,9 +4,9 @@ import subprocess
 
 import pytest
 
-import deploytoken_model as model
-import deploytoken_settings as settings
-import deploytoken_sshkey as sshkey
+from deploytoken import model
+from deploytoken import settings as token_settings
+from deploytoken import sshkey
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_sshd_auth_info_gives_the_fingerprints_of_public_keys_only(keypair, tmp_
 
 def test_people_may_list_names_emails_and_keys(keypair):
     line, printed = keypair
-    found = settings.from_opts({"cachedir": "/c", "deploytoken": {"people": {
+    found = token_settings.from_opts({"cachedir": "/c", "deploytoken": {"people": {
         "alice": {"name": "Alice Smith", "email": "Alice@Example.org", "ssh_keys": [line]},
         "bob": "Bob Jones",
     }}})
@@ -62,5 +62,5 @@ def test_people_may_list_names_emails_and_keys(keypair):
 )
 def test_a_wrong_setting_is_named(config, sentence):
     with pytest.raises(model.InputError) as raised:
-        settings.from_opts({"cachedir": "/c", "deploytoken": config})
+        token_settings.from_opts({"cachedir": "/c", "deploytoken": config})
     assert str(raised.value).startswith(sentence)

@@ -8,8 +8,8 @@ import re
 import git
 import pytest
 
-import deploytoken_model as model
 from conftest import MINION_ID as MINION
+from deploytoken import model
 
 pytestmark = [pytest.mark.daemons, pytest.mark.usefixtures("free_token")]
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-import deploytoken_model as model
-import deploytoken_setup as setup
-import deploytoken_sqlite
+from deploytoken import model
+from deploytoken.procedure import setup
+from deploytoken.stores import sqlite as sqlite_store
 
 
 def test_targets_left_out_or_given():
@@ -68,7 +68,7 @@ def test_verdicts_fail_closed():
 def test_every_argument_is_checked_before_the_repositories_are_touched(tmp_path, git_world, arguments, sentence):
     clone = git_world.clone(git_world.origin(default="trunk"))
     clone.git.checkout("-b", "feature")
-    store = deploytoken_sqlite.SqliteStore(str(tmp_path / "token.sqlite"))
+    store = sqlite_store.SqliteStore(str(tmp_path / "token.sqlite"))
     asked = []
     given = dict({"targets": None, "tgt_type": "glob", "reason": "x", "consent": None, "busy_args": None},
                  **arguments)

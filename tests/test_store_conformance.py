@@ -4,7 +4,7 @@ fake through the real client, PostgreSQL on a real cluster (a schema of its own 
 gets the whole suite with one entry in ``tests/store_fixtures.py`` (the fixture ``backend`` fails for a
 backend that has none).
 
-Each test opens stores the way the runner does (``deploytoken_stores.open_store``); the races open one
+Each test opens stores the way the runner does (``token_stores.open_store``); the races open one
 store per process (``tests/racing.py``), as separate ``salt-run`` processes would.
 """
 
@@ -13,12 +13,12 @@ import os
 
 import pytest
 
-import deploytoken_model as model
-import deploytoken_storebase
-import deploytoken_stores
-import deploytoken_token as token
 import racing
 from conftest import PEOPLE
+from deploytoken import commands as token
+from deploytoken import model
+from deploytoken import stores as token_stores
+from deploytoken.stores import noline
 
 # One round of 20 racers proves the point in every run; scripts/stress runs 20 rounds of 50 racers.
 PROCESSES = int(os.environ.get("DEPLOYTOKEN_RACE_PROCESSES", "20"))
@@ -173,14 +173,14 @@ OLD_ROWS = [
 
 def test_a_store_written_before_history_kinds_reads_with_kinds_and_true_times(backend):
     settings = backend.old(OLD_ROWS)
-    rows = token.history(deploytoken_stores.open_store(settings))
+    rows = token.history(token_stores.open_store(settings))
     assert [row["kind"] for row in rows] == ["override", "override_cancelled", "override", "forced", "holding"]
     running, _, cancelled = rows[:3]
     assert (running["acquired"], running["until"], running["released"]) == (
         "2026-01-04T10:00:00Z", "2999-01-01T00:00:00Z", None)
     assert (cancelled["until"], cancelled["released"], cancelled["duration"]) == (
         "2026-01-03T11:00:00Z", "2026-01-03T10:20:00Z", 1200)
-    store = deploytoken_stores.open_store(settings)
+    store = token_stores.open_store(settings)
     assert [row.claim for row in store.overrides(model.utcnow())] == ["override-00000000000000bb"]
     # It takes new rows: a holding, and an override whose end is not known yet.
     token.acquire(store, "alice", PEOPLE)
@@ -189,7 +189,7 @@ def test_a_store_written_before_history_kinds_reads_with_kinds_and_true_times(ba
         claim="override-00000000000000cc", holder="Bob Jones", login="bob", caller="bob",
         acquired="2026-02-01T10:00:00Z", released=None, duration=None, note=OVERRIDE_NOTE + "*",
         kind=model.OVERRIDE, until="2999-02-01T00:00:00Z")) is True
-    rows = token.history(deploytoken_stores.open_store(settings), 3)
+    rows = token.history(token_stores.open_store(settings), 3)
     assert [(row["kind"], row["until"], row["released"]) for row in rows[:2]] == [
         ("override", "2999-02-01T00:00:00Z", None), ("holding", None, rows[1]["released"])]
     assert rows[1]["released"] and rows[2]["claim"] == "override-00000000000000bb"
@@ -217,8 +217,8 @@ def test_a_waiter_in_line_is_listed_and_leaves_it(backend):
     ticket = store.enqueue("Bob Jones")
     assert store.ahead(ticket) == 0
     waiting = [entry["who"] for entry in backend.open().waiting()]
-    # A store without a line (deploytoken_storebase.NoWaitingLine) lists nobody; every other lists Bob.
-    assert waiting == ([] if isinstance(store, deploytoken_storebase.NoWaitingLine) else ["Bob Jones"])
+    # A store without a line (noline.NoWaitingLine) lists nobody; every other lists Bob.
+    assert waiting == ([] if isinstance(store, noline.NoWaitingLine) else ["Bob Jones"])
     store.wait(0.1)
     store.dequeue(ticket)
     assert backend.open().waiting() == []

@@ -14,12 +14,11 @@ import time
 
 import pytest
 
-import deploytoken_cache as cache
-import deploytoken_files as files
-import deploytoken_model as model
-import deploytoken_sqlite
-import deploytoken_token as token
 from conftest import PEOPLE
+from deploytoken import cache
+from deploytoken import commands as token
+from deploytoken import files, model
+from deploytoken.stores import sqlite as sqlite_store
 
 # Other users are played by forked processes switched to nobody: root only.
 pytestmark = pytest.mark.functional
@@ -53,7 +52,7 @@ def as_nobody(action, *args):
 
 def test_new_store_and_its_journal_and_wal_are_private(tmp_path):
     path = tmp_path / "token.sqlite"
-    token.acquire(deploytoken_sqlite.SqliteStore(str(path)), "alice", PEOPLE)
+    token.acquire(sqlite_store.SqliteStore(str(path)), "alice", PEOPLE)
     assert mode(path) == 0o600
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("BEGIN IMMEDIATE")
@@ -70,12 +69,12 @@ def test_a_journal_that_vanishes_while_its_owner_is_checked_is_no_error(tmp_path
     # Every commit of another process creates and deletes the rollback journal, so the journal seen a
     # moment ago may be gone when its owner is read (CI met this with twenty waiters on one store).
     missing = str(tmp_path / "token.sqlite-journal")
-    deploytoken_sqlite._check_owner(missing, "The token store's journal", "chown root " + missing, follow=False)
+    sqlite_store._check_owner(missing, "The token store's journal", "chown root " + missing, follow=False)
 
 
 def _read_store(path):
     try:
-        deploytoken_sqlite.SqliteStore(path).read()
+        sqlite_store.SqliteStore(path).read()
         return "read"
     except model.StoreError as exc:
         return str(exc)
@@ -83,7 +82,7 @@ def _read_store(path):
 
 def test_unreadable_store_file_is_named(tmp_path):
     path = tmp_path / "token.sqlite"
-    token.acquire(deploytoken_sqlite.SqliteStore(str(path)), "alice", PEOPLE)
+    token.acquire(sqlite_store.SqliteStore(str(path)), "alice", PEOPLE)
     with open(path, "rb") as handle:
         before = handle.read()
     assert as_nobody(_read_store, str(path)) == (
@@ -104,15 +103,15 @@ def test_unreadable_store_file_is_named(tmp_path):
 @pytest.mark.parametrize("file_mode", [0o644, 0o640, 0o606])
 def test_store_others_can_read_is_refused_with_path_and_fix(tmp_path, file_mode):
     path = tmp_path / "token.sqlite"
-    token.acquire(deploytoken_sqlite.SqliteStore(str(path)), "alice", PEOPLE)
+    token.acquire(sqlite_store.SqliteStore(str(path)), "alice", PEOPLE)
     path.chmod(file_mode)
     with pytest.raises(model.StoreError, match=(
         f"^The token store {path} can be read by other users \\(mode 0{file_mode:o}\\), who could read every "
         f"reason and note or stall the store: run chmod 600 {path}\\.$"
     )):
-        deploytoken_sqlite.SqliteStore(str(path)).read()
+        sqlite_store.SqliteStore(str(path)).read()
     path.chmod(0o600)
-    assert deploytoken_sqlite.SqliteStore(str(path)).read().login == "alice"
+    assert sqlite_store.SqliteStore(str(path)).read().login == "alice"
 
 
 @pytest.mark.parametrize("folder_mode", [0o777, 0o1777, 0o775])
@@ -121,22 +120,22 @@ def test_store_in_a_folder_others_can_write_is_refused(tmp_path, folder_mode):
     folder.mkdir()
     folder.chmod(folder_mode)
     with pytest.raises(model.StoreError, match=f"^The token store's folder {folder} can be written by other users"):
-        token.acquire(deploytoken_sqlite.SqliteStore(str(folder / "token.sqlite")), "alice", PEOPLE)
+        token.acquire(sqlite_store.SqliteStore(str(folder / "token.sqlite")), "alice", PEOPLE)
     assert os.listdir(folder) == []
 
 
 def test_sqlite_identity_is_made_with_the_store_and_added_once_to_an_older_one(tmp_path):
     path = tmp_path / "token.sqlite"
-    store = deploytoken_sqlite.SqliteStore(str(path))
+    store = sqlite_store.SqliteStore(str(path))
     identity = store.identity
     assert identity["id"].startswith("sqlite:") and len(identity["id"]) == len("sqlite:") + 32
     assert identity["name"] == f"SQLite store {path} on {os.uname().nodename}"
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0] == identity["id"][7:]
         db.execute("DELETE FROM meta WHERE key = 'store_id'")  # a store made before ids existed
-    added = deploytoken_sqlite.SqliteStore(str(path)).identity
+    added = sqlite_store.SqliteStore(str(path)).identity
     assert added["id"] != identity["id"]
-    assert deploytoken_sqlite.SqliteStore(str(path)).identity == added
+    assert sqlite_store.SqliteStore(str(path)).identity == added
 
 
 # ---- the read cache ---------------------------------------------------------------------------

@@ -5,17 +5,17 @@ import sqlite3
 
 import pytest
 
-import deploytoken_model as model
-import deploytoken_settings as settings
-import deploytoken_sqlite
-import deploytoken_stores as stores
-import deploytoken_token as token
 from conftest import PEOPLE
+from deploytoken import commands as token
+from deploytoken import model
+from deploytoken import settings as token_settings
+from deploytoken import stores as token_stores
+from deploytoken.stores import sqlite as sqlite_store
 
 
 @pytest.fixture
 def store(tmp_path):
-    return deploytoken_sqlite.SqliteStore(str(tmp_path / "token.sqlite"))
+    return sqlite_store.SqliteStore(str(tmp_path / "token.sqlite"))
 
 
 def snapshot(path):
@@ -153,17 +153,18 @@ def test_force_without_reason_refused_and_store_unchanged(store):
 
 def test_unknown_backend_refused(tmp_path):
     with pytest.raises(model.InputError, match="Unknown deploytoken:backend 'etcd': use one of sqlite, google"):
-        stores.open_store(settings.from_opts({"deploytoken": {"backend": "etcd"}, "cachedir": str(tmp_path)}))
+        token_stores.open_store(
+            token_settings.from_opts({"deploytoken": {"backend": "etcd"}, "cachedir": str(tmp_path)}))
 
 
 def test_relative_store_path_refused(tmp_path):
     with pytest.raises(model.InputError, match="must be an absolute file path"):
         config = {"deploytoken": {"sqlite": {"path": "token.sqlite"}}, "cachedir": str(tmp_path)}
-        stores.open_store(settings.from_opts(config))
+        token_stores.open_store(token_settings.from_opts(config))
 
 
 def test_default_store_lives_in_the_cachedir(tmp_path):
-    store = stores.open_store(settings.from_opts({"cachedir": str(tmp_path)}))
+    store = token_stores.open_store(token_settings.from_opts({"cachedir": str(tmp_path)}))
     assert store.path == str(tmp_path / "deploytoken.sqlite")
 
 
@@ -175,7 +176,7 @@ def test_corrupt_store_file_is_named_and_left_untouched(tmp_path):
     path.write_bytes(b"this is not a database at all, but somebody's notes" * 100)
     path.chmod(0o600)
     before = snapshot(path)
-    store = deploytoken_sqlite.SqliteStore(str(path))
+    store = sqlite_store.SqliteStore(str(path))
     for action in (store.read, lambda: token.acquire(store, "alice", PEOPLE), lambda: store.history(5)):
         with pytest.raises(model.StoreError, match=f"The token store {path} is damaged or not a SQLite file"):
             action()
@@ -189,12 +190,12 @@ def test_other_sqlite_database_is_refused_untouched(tmp_path):
     path.chmod(0o600)
     before = snapshot(path)
     with pytest.raises(model.StoreError, match="is a SQLite database but not a deploy token store"):
-        token.acquire(deploytoken_sqlite.SqliteStore(str(path)), "alice", PEOPLE)
+        token.acquire(sqlite_store.SqliteStore(str(path)), "alice", PEOPLE)
     assert snapshot(path) == before
 
 
 def test_store_in_missing_folder_is_refused(tmp_path):
-    store = deploytoken_sqlite.SqliteStore(str(tmp_path / "nowhere" / "token.sqlite"))
+    store = sqlite_store.SqliteStore(str(tmp_path / "nowhere" / "token.sqlite"))
     with pytest.raises(model.StoreError, match="folder .* does not exist"):
         store.read()
     assert not (tmp_path / "nowhere").exists()
@@ -202,7 +203,7 @@ def test_store_in_missing_folder_is_refused(tmp_path):
 
 def test_store_path_that_is_a_folder_is_refused(tmp_path):
     with pytest.raises(model.StoreError, match="is a folder, not a file"):
-        deploytoken_sqlite.SqliteStore(str(tmp_path)).read()
+        sqlite_store.SqliteStore(str(tmp_path)).read()
 
 
 # ---- decisions --------------------------------------------------------------------------------

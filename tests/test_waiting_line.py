@@ -12,12 +12,12 @@ import statistics
 
 import pytest
 
-import deploytoken_model as model
-import deploytoken_settings
-import deploytoken_sqlite
-import deploytoken_token as token
 import racing
 from conftest import PEOPLE, as_user
+from deploytoken import commands as token
+from deploytoken import model
+from deploytoken import settings as token_settings
+from deploytoken.stores import sqlite as sqlite_store
 from kingfisher_fixtures import wait_for
 
 WAITERS = 20
@@ -34,13 +34,13 @@ def gap(start, end):
 
 
 def sqlite_settings(path):
-    return deploytoken_settings.Settings(cachedir=os.path.dirname(path), sections={"sqlite": {"path": path}},
-                                         people=PEOPLE)
+    return token_settings.Settings(cachedir=os.path.dirname(path), sections={"sqlite": {"path": path}},
+                                   people=PEOPLE)
 
 
 def test_a_plain_acquire_while_people_wait_is_refused_naming_the_first(store_file):
-    store = deploytoken_sqlite.SqliteStore(store_file)
-    bob = deploytoken_sqlite.SqliteStore(store_file)
+    store = sqlite_store.SqliteStore(store_file)
+    bob = sqlite_store.SqliteStore(store_file)
     ticket = bob.enqueue("Bob Jones")
     since = model.since_text(store.waiting()[0]["since"])
     refused = token.acquire(store, "carol", PEOPLE, reason="my turn")
@@ -56,7 +56,7 @@ def test_a_plain_acquire_while_people_wait_is_refused_naming_the_first(store_fil
         token.acquire(store, "carol", PEOPLE, force=True, wait=True, reason="hotfix")
     taken = token.acquire(store, "carol", PEOPLE, force=True, reason="hotfix, agreed with Bob")
     assert taken["changed"] and taken["holder"] == "Carol Díaz" and taken["reason"] == "hotfix, agreed with Bob"
-    held = token.acquire(deploytoken_sqlite.SqliteStore(store_file), "alice", PEOPLE)
+    held = token.acquire(sqlite_store.SqliteStore(store_file), "alice", PEOPLE)
     assert held["retcode"] == 1 and held["message"].endswith(
         f"In line already: Bob Jones has waited for it since {model.since_text(store.waiting()[0]['since'])}.")
     bob.dequeue(ticket)
@@ -64,7 +64,7 @@ def test_a_plain_acquire_while_people_wait_is_refused_naming_the_first(store_fil
 
 
 def test_twenty_concurrent_waiters_are_served_in_the_order_they_joined(store_file):
-    store = deploytoken_sqlite.SqliteStore(store_file)
+    store = sqlite_store.SqliteStore(store_file)
     token.acquire(store, "alice", PEOPLE)
     logins = [f"w{i:02d}" for i in range(WAITERS)]
     settings = sqlite_settings(store_file)
@@ -85,7 +85,7 @@ def test_twenty_concurrent_waiters_are_served_in_the_order_they_joined(store_fil
 
 
 def test_a_killed_waiter_leaves_the_line_at_once(store_file):
-    store = deploytoken_sqlite.SqliteStore(store_file)
+    store = sqlite_store.SqliteStore(store_file)
     token.acquire(store, "alice", PEOPLE)
     with racing.started(racing.take_in_turn, barrier=False) as race:
         for login in ("w0", "w1", "w2"):
@@ -98,7 +98,7 @@ def test_a_killed_waiter_leaves_the_line_at_once(store_file):
         token.release(store, "alice", PEOPLE)
         served = [login for login, _ in racing.returned(race.collect(2))]
     assert served == ["w1", "w2"]
-    later = deploytoken_sqlite.SqliteStore(store_file)
+    later = sqlite_store.SqliteStore(store_file)
     ticket = later.enqueue("later")  # the next waiter to join removes the dead row and its lock file
     assert not dead_lock & set(os.listdir(store_file + ".line")) - {later._place[2]}
     assert [entry["who"] for entry in later.waiting()] == ["later"]

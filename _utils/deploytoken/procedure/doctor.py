@@ -1,0 +1,216 @@
+"""
+``salt-run deploytoken.doctor``: what is right and what to fix in one operator's (or one master's)
+set-up, one finding per line. Each check is a plain function of what the runner gathered (the
+config files, the settings, the store, the keys on this machine, each server's facts from
+``deploytoken.procedure.facts``), so every finding can be tested without Salt.
+"""
+
+import glob
+import os
+import pwd
+
+import yaml
+
+from deploytoken import sshkey
+
+OK, WARNING, PROBLEM = "ok", "warning", "problem"
+# The keys ssh offers when it is told none (ssh_config(5), IdentityFile), in its order.
+DEFAULT_KEYS = ("id_rsa", "id_ecdsa", "id_ecdsa_sk", "id_ed25519", "id_ed25519_sk", "id_dsa")
+# What a roster entry or ssh_priv says when ssh is to choose the key itself.
+SSH_CHOOSES = (None, "", "agent-forwarding")
+
+
+def finding(level, text):
+    return {"level": level, "text": text}
+
+
+def report(findings):
+    """The runner's answer: one line per finding, exit status 0 only when every one is ok."""
+    counts = {level: sum(1 for found in findings if found["level"] == level) for level in (OK, WARNING, PROBLEM)}
+    return {
+        "findings": [f"{found['level']}: {found['text']}" for found in findings],
+        "warnings": counts[WARNING],
+        "problems": counts[PROBLEM],
+        "retcode": 0 if counts[OK] == len(findings) else 1,
+    }
+
+
+# ---- the configuration files ------------------------------------------------------------------
+
+
+def config_files(conf_file):
+    """The master file and the ``master.d/*.conf`` files Salt reads with it."""
+    if not conf_file:
+        return []
+    return [conf_file] + sorted(glob.glob(os.path.join(os.path.dirname(conf_file), "master.d", "*.conf")))
+
+
+def deploytoken_blocks(paths):
+    """Findings about the ``deploytoken:`` blocks of ``paths``. Salt skips a file whose YAML holds a key
+    twice, and runs on without its settings (the ext_pillar silently off), so the files are read here."""
+    findings, defining = [], []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                node = yaml.compose(handle)
+        except OSError as exc:
+            findings.append(finding(PROBLEM, f"{path} cannot be read ({exc.strerror}), so Salt runs without it."))
+            continue
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark else ""
+            findings.append(finding(PROBLEM, f"{path} is not valid YAML{where}, so Salt skips the whole file: "
+                                    "fix it."))
+            continue
+        keys = [key.value for key, _ in node.value] if isinstance(node, yaml.MappingNode) else []
+        top = [key for key in keys if isinstance(key, str)]
+        twice = sorted({key for key in top if top.count(key) > 1})
+        if twice:
+            findings.append(finding(PROBLEM, f"{path} defines {', '.join(k + ':' for k in twice)} more than once, so "
+                                    "Salt skips the whole file (and the ext_pillar with it): merge them into one "
+                                    "block."))
+        if "deploytoken" in top:
+            defining.append(path)
+    if len(defining) > 1:
+        findings.append(finding(PROBLEM, f"deploytoken: is defined in {' and '.join(defining)}; Salt keeps only one of "
+                                "them: keep one deploytoken: block, in one file."))
+    if not findings:
+        shown = defining[0] if defining else "no file (all defaults)"
+        findings.append(finding(OK, f"One deploytoken: block, in {shown}."))
+    return findings
+
+
+def ext_pillar(entries, conf_file):
+    """Whether the deploytoken ext_pillar is on: without it the guard blocks every run."""
+    if any(isinstance(entry, dict) and "deploytoken" in entry for entry in entries or []):
+        return finding(OK, "The deploytoken ext_pillar is configured.")
+    return finding(PROBLEM, f"The deploytoken ext_pillar is not configured, so deploytoken.held blocks every run: add "
+                   f"ext_pillar: [{{deploytoken: {{}}}}] to {conf_file}.")
+
+
+# ---- the store ------------------------------------------------------------------------------------
+
+
+def store(settings, location, identity, error, ssh):
+    """Whether the store can be read, and whether it is one the whole team shares.
+
+    ``ssh``: this machine deploys with salt-ssh (a roster, or ``deploytoken:ssh``), so a SQLite file here
+    is this operator's own token.
+    """
+    if error:
+        return [finding(PROBLEM, f"The token store cannot be read: {error}")]
+    found = [finding(OK, f"The token store {identity['name']} can be read.")]
+    if settings.backend == "sqlite" and ssh:
+        found.append(finding(WARNING, (
+            f"The token store is the SQLite file {location} on this machine: every operator who runs salt-ssh "
+            "from their own machine has a token of their own there, and the first to deploy claims the servers "
+            "for it. Use a store the team shares (deploytoken:backend postgres or google) unless everyone runs "
+            "salt-ssh with this one configuration on this machine.")))
+    return found
+
+
+# ---- the person and their key -----------------------------------------------------------------
+
+
+def person(login, settings, conf_file):
+    if login in settings.people:
+        return finding(OK, f"You ({login}) are in deploytoken:people as {settings.people[login]}.")
+    return finding(PROBLEM, f"You ({login}) are not in deploytoken:people, so the guard names you by your login only "
+                   f"and no key is yours: add {login}: {{name: ..., email: ..., ssh_keys: [...]}} under "
+                   f"deploytoken: people: in {conf_file}.")
+
+
+def key_files(priv, home):
+    """The private keys ssh logs in with: ``priv`` (a roster entry's ``priv`` or ``ssh_priv``), or where ssh
+    chooses (``agent-forwarding``, nothing said) the default keys under ``home`` that exist."""
+    if priv not in SSH_CHOOSES:
+        priv = str(priv)
+        return [os.path.join(home, priv[2:]) if priv.startswith("~/") else priv]
+    return [path for path in (os.path.join(home, ".ssh", name) for name in DEFAULT_KEYS) if os.path.exists(path)]
+
+
+def login_keys(login, settings, keys, home, sudo):
+    """Whether the public half of a key in ``keys`` (private key paths) is listed for ``login``.
+
+    ``home``: the home ssh reads (root's under sudo, which ``sudo`` says).
+    """
+    under_sudo = f" (under sudo, ~ is {home})" if sudo else ""
+    if not keys:
+        return finding(PROBLEM, f"No SSH key was found in {home}/.ssh{under_sudo}, so salt-ssh has no key of yours to "
+                       "log in with: make one with ssh-keygen -t ed25519 and list its .pub line under "
+                       f"deploytoken: people: {login}: ssh_keys.")
+    seen = []
+    for key in keys:
+        try:
+            with open(f"{key}.pub", encoding="utf-8") as handle:
+                line = handle.read().strip()
+        except OSError:
+            seen.append(f"{key} (no {key}.pub next to it)")
+            continue
+        fingerprint = sshkey.fingerprint(line)
+        owner = settings.ssh_keys.get(fingerprint)
+        if owner == login:
+            return finding(OK, f"The key you log in with, {key} ({fingerprint}), is listed for you.")
+        seen.append(f"{key} ({fingerprint}{', listed for ' + owner if owner else ''})")
+    return finding(PROBLEM, f"The key you log in with{under_sudo}, {', '.join(seen)}, is not listed for {login}, so "
+                   f"the guard blocks your runs: add the line of its .pub file under deploytoken: people: {login}: "
+                   "ssh_keys, or log in with a key listed there.")
+
+
+def home_of_this_process():
+    """The home ssh reads: the effective user's own, whatever ``$HOME`` says (so root's under sudo)."""
+    return pwd.getpwuid(os.geteuid()).pw_dir
+
+
+# ---- each server ------------------------------------------------------------------------------------
+
+
+def target(name, facts, login, settings, identity, ssh):
+    """Findings about one server from its ``deploytoken.facts`` answer (a string or None: it did not answer)."""
+    if not isinstance(facts, dict) or "sources" not in facts:
+        return [finding(PROBLEM, f"{name} did not answer deploytoken.facts ({_shown(facts)}): check that it is up, "
+                        "that you can log in to it, and that its modules are synced.")]
+    found = []
+    if ssh:
+        found.append(_exposed_key(name, facts.get("ssh_auth"), login, settings))
+    found.append(_remembered(name, facts, identity))
+    states = facts.get("sources") or {}
+    unreadable = [finding(PROBLEM, (
+        f"{name}: the busy check cannot read {source}: {state.get('error')} Fix kingfisher:{source}: in {name}'s "
+        f"pillar, or turn the source off there (kingfisher: {{{source}: false}}) if {name} has none."))
+        for source, state in sorted(states.items()) if state.get("status") == "unreadable"]
+    readable = sorted(source for source, state in states.items() if state.get("status") == "readable")
+    off = sorted(source for source, state in states.items() if state.get("status") == "off")
+    return found + (unreadable or [finding(OK, (
+        f"{name}: the busy check reads {', '.join(readable) or 'no source'}"
+        f"{'; turned off: ' + ', '.join(off) if off else ''}."))])
+
+
+def _exposed_key(name, ssh_auth, login, settings):
+    if ssh_auth is None:
+        return finding(PROBLEM, f"sshd on {name} does not say which key logged in, so the guard cannot tell whose key "
+                       f"it was: add ExposeAuthInfo yes to {name}'s /etc/ssh/sshd_config and reload sshd.")
+    owners = [settings.ssh_keys.get(key) for key in ssh_auth]
+    if login in owners:
+        return finding(OK, f"{name}: sshd exposes the key that logged in, and it is yours.")
+    shown = ", ".join(f"{key}{' (' + owner + ')' if owner else ''}" for key, owner in zip(ssh_auth, owners))
+    return finding(PROBLEM, f"{name}: the key that logged in ({shown or 'none'}) is not listed for {login}, so the "
+                   f"guard blocks your runs: list it under deploytoken: people: {login}: ssh_keys, or log in with "
+                   "your own key.")
+
+
+def _remembered(name, facts, identity):
+    remembered = facts.get("remembered")
+    if not remembered:
+        return finding(OK, f"{name} remembers no token store yet; its next deployment makes it obey "
+                       f"{identity['name'] if identity else 'the store it comes from'}.")
+    if identity is None or remembered.get("id") == identity["id"]:
+        return finding(OK, f"{name} obeys the token store {remembered.get('name')}.")
+    return finding(PROBLEM, f"{name} obeys the token store {remembered.get('name')}, not this one "
+                   f"({identity['name']}), so the guard blocks every run from here: use the store the team shares, "
+                   f"or, if the team moved to {identity['name']} on purpose, remove {facts.get('memory')} on {name}.")
+
+
+def _shown(answer):
+    text = " ".join(str(answer).split()) if answer not in (None, "") else "no answer"
+    return text if len(text) <= 300 else text[:297] + "..."
