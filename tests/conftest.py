@@ -13,6 +13,7 @@ import pathlib
 import shlex
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 
@@ -33,8 +34,8 @@ pytest_plugins = [
     "store_fixtures",
 ]
 
-# What a file root of ours serves: Salt's extension folders and the reactor, never the checkout's .git,
-# .venv or tests (a file root is readable by every minion, and walking a virtualenv costs seconds).
+# What a file root of ours serves (scripts/file-root, as the README sets it up): Salt's extension folders and
+# the reactor, never the checkout's .git, .venv or tests (a file root is readable by every minion).
 SERVED = ("_modules", "_states", "_runners", "_utils", "_pillar", "_output", "reactor")
 MASTER_ID = "dt-master"
 PILLAR_MAX_AGE = 30
@@ -107,13 +108,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def extension_root(parent):
-    """A folder in ``parent`` holding links to this repository's ``SERVED`` folders: the file root to use."""
+    """A folder in ``parent`` made by ``scripts/file-root``: links to this repository's Salt folders only."""
     root = pathlib.Path(parent) / "extensions"
-    root.mkdir(exist_ok=True)
-    for name in SERVED:
-        if not (root / name).exists():
-            (root / name).symlink_to(REPO / name)
-    root.chmod(0o755)
+    subprocess.run([str(REPO / "scripts" / "file-root"), str(root)], check=True, capture_output=True)
     return str(root)
 
 

@@ -41,6 +41,7 @@ import salt.utils.parsers
 import yaml
 from salt.exceptions import SaltInvocationError
 
+import deploytoken
 from conftest import REPO, TIERS
 from deploytoken import settings as token_settings
 from deploytoken import stores as token_stores
@@ -204,6 +205,9 @@ def check_salt(program, words):
 def check_script(words):
     path = REPO / words[0]
     assert path.is_file() and os.access(path, os.X_OK), f"{words[0]} is not an executable script of the repository"
+    if words[0] == "scripts/file-root":  # its one argument is a folder it makes, outside the checkout
+        assert len(words) == 2 and os.path.isabs(words[1]), words
+        return
     words = words[1:]
     while words:
         word = words.pop(0)
@@ -215,6 +219,22 @@ def check_script(words):
 
 def check_python(words):
     assert words[1].startswith("benchmarks/") and (REPO / words[1]).is_file(), f"{words[1]} does not exist"
+
+
+def check_pip(words):
+    """``python3 -m pip wheel ... .`` or ``salt-pip``/``pip install`` of this checkout, its wheel or a
+    requirements file of the repository (tests/test_package.py builds and installs the wheel for real)."""
+    words = words[3:] if words[:3] == ["python3", "-m", "pip"] else words[1:]
+    assert words[0] in ("install", "wheel"), words
+    wheel = f"dist/deploytoken-{deploytoken.__version__}-py3-none-any.whl"
+    rest = words[1:]
+    while rest:
+        word = rest.pop(0)
+        if word in ("-r", "-w"):
+            target = rest.pop(0)
+            assert word == "-w" or (REPO / target).is_file(), f"{target} is not a file of the repository"
+        elif not word.startswith("-"):
+            assert word in (".", wheel), f"pip {words[0]} {word}: neither this checkout nor {wheel}"
 
 
 def check_gcloud(words):
@@ -233,6 +253,8 @@ def check_command(line):
         check_salt(program, words[1:])
     elif program.startswith("scripts/"):
         check_script(words)
+    elif program in ("pip", "salt-pip") or words[:3] == ["python3", "-m", "pip"]:
+        check_pip(words)
     elif program == "python":
         check_python(words)
     elif program == "gcloud":
@@ -418,6 +440,14 @@ def test_the_deploy_repository_and_the_master_config_are_quoted_whole():
 
 
 LINK = re.compile(r"\]\((?P<target>[^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_the_architecture_page_names_every_module_of_the_core():
+    page = (REPO / "docs" / "architecture.md").read_text()
+    modules = {path.name for path in (REPO / "_utils" / "deploytoken").rglob("*.py") if path.name != "__init__.py"}
+    folders = {path.name + "/" for path in (REPO / "_utils" / "deploytoken").iterdir() if path.is_dir()
+               and path.name != "__pycache__"}
+    assert not [name for name in sorted(modules | folders) if name not in page]
 
 
 def test_every_link_of_the_docs_names_a_file_of_the_repository():

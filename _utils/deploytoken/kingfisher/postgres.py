@@ -31,11 +31,6 @@ from deploytoken import model, network
 from deploytoken.kingfisher.errors import InputError, SourceError
 from deploytoken.model import human_duration as duration
 
-try:
-    import psycopg
-except ImportError:  # the target's own Python under salt-ssh may lack it: the server's psql is used instead
-    psycopg = None
-
 TIMEOUT = 30
 QUERY_START = 200
 LEADING_COMMENT = re.compile(r"^\s*(?:/\*(.*?)\*/|--([^\n]*))", re.S)
@@ -132,8 +127,19 @@ def report(rows):
     ]
 
 
+def _psycopg():
+    """psycopg, imported when a query is made (a master that only imports this module never loads it), or
+    None when this Python lacks it: a salt-ssh target's own Python may, and the server's psql is used instead."""
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    return psycopg
+
+
 def _fetch(params):
     """Connect and read; the answer is plain JSON-able data, errors included, so a child can send it."""
+    psycopg = _psycopg()
     try:
         with psycopg.connect(host=params["host"], port=params["port"], user=params["user"],
                              dbname=params["dbname"], connect_timeout=10, autocommit=True) as conn:
@@ -222,7 +228,7 @@ def long_queries(settings, dbname="postgres"):
     """
     params = {"host": settings.socket_dir, "port": settings.port, "user": settings.user, "dbname": dbname,
               "threshold": settings.threshold}
-    if psycopg is None:
+    if _psycopg() is None:
         client, answer = "psql", _fetch_psql(params, settings.runas)
     else:
         client, answer = "psycopg", _fetch_as(params, settings.runas)
