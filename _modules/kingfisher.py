@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     __context__: dict
 
 __virtualname__ = "kingfisher"
+# busy's answer, short for a person (_output/kingfisher.py) unless --out asks for the whole report.
+__outputter__ = {"busy": "kingfisher"}
 
 # Settings of the busy check itself, not of one source.
 DEFAULTS = {"postgres:state_test": False, "busy:postgres": "auto"}

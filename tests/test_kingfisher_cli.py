@@ -1,6 +1,8 @@
 """``salt collect-test kingfisher.*`` through the real salt CLI, master and minion (running as root)."""
 
+import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -47,6 +49,32 @@ def test_busy_names_every_owner_and_exits_1(salt, scrapyd_busy, tmux_users, pg_c
     assert {name: source["status"] for name, source in sources.items()} == {
         "scrapyd": "busy", "tmux": "busy", "postgres": "busy"}
     assert scrapyd_busy.password not in ret.stdout
+
+
+def test_busy_without_out_is_the_verdict_and_one_line_per_reason(salt_master, salt_minion, scrapyd_busy,
+                                                                 make_scrapyd, tmux_users):
+    script = salt_master.factories_manager.get_salt_script_path("salt")
+    conf_dir = os.path.dirname(salt_master.config_file)
+    sleep_user, sleep_session = tmux_users["sleep"]
+
+    def said(server, user, *out):
+        return subprocess.run([salt_master.python_executable, script, "-c", conf_dir, *out, MINION, "kingfisher.busy",
+                               "postgres=never", f"users={user}", *scrapyd_args(server)],
+                              capture_output=True, text=True, timeout=120)
+
+    busy = said(scrapyd_busy, sleep_user)
+    lines = busy.stdout.splitlines()
+    verdict = "checked scrapyd and tmux; skipped postgres (postgres=never)."
+    assert busy.returncode == 1 and lines[0] == f"{MINION}: Busy: {verdict}", busy
+    assert len(lines) == 4, lines  # one line per reason: the running job, the pending one, the tmux session
+    assert lines[1].startswith(f"    Scrapyd job {scrapyd_busy.running} of spider sleeper")
+    assert lines[3].startswith(f"    tmux session '{sleep_session}' of {sleep_user} runs 'sleep 3600'")
+    stale_user, _ = tmux_users["stale"]
+    idle = said(make_scrapyd(jobs=0), stale_user)
+    assert idle.returncode == 0 and idle.stdout.splitlines() == [
+        f"{MINION}: Not busy: {verdict}"], idle
+    whole = said(make_scrapyd(jobs=0), stale_user, "--out=json")
+    assert json.loads(whole.stdout)[MINION]["sources"]["tmux"]["stale"][0]["owner"] == stale_user
 
 
 def test_idle_server_exits_0(salt, make_scrapyd, tmux_users):
