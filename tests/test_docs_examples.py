@@ -96,6 +96,11 @@ BLOCKS = blocks()
 # ---- Salt's own loaders, on a configuration of this test -----------------------------------------
 
 
+# Module names of their own for the modules these loaders load: Salt keeps one module object per name in a
+# process, and the in-process runner of the shared master (tests/salt_inprocess.py) must keep its __opts__.
+OWN = "dt_docs_loaded"
+
+
 @functools.cache
 def master_opts():
     root = pathlib.Path(tempfile.mkdtemp(prefix="dt-docs-"))
@@ -109,7 +114,8 @@ def master_opts():
 
 @functools.cache
 def runners():
-    return salt.loader.runner(master_opts(), utils=salt.loader.utils(master_opts()))
+    return salt.loader.runner(master_opts(), utils=salt.loader.utils(master_opts(), loaded_base_name=OWN),
+                              loaded_base_name=OWN)
 
 
 @functools.cache
@@ -118,14 +124,14 @@ def minion():
     opts = salt.config.minion_config(None)
     opts.update(dict(master_opts(), module_dirs=[str(REPO / "_modules")], states_dirs=[str(REPO / "_states")],
                      file_client="local", grains={}))
-    utils = salt.loader.utils(opts)
-    functions = salt.loader.minion_mods(opts, utils=utils)
-    return functions, salt.loader.states(opts, functions, utils, salt.loader.serializers(opts))
+    utils = salt.loader.utils(opts, loaded_base_name=OWN)
+    functions = salt.loader.minion_mods(opts, utils=utils, loaded_base_name=OWN)
+    return functions, salt.loader.states(opts, functions, utils, salt.loader.serializers(opts), loaded_base_name=OWN)
 
 
 @functools.cache
 def outputters():
-    return salt.loader.outputters(master_opts())
+    return salt.loader.outputters(master_opts(), loaded_base_name=OWN)
 
 
 PARSERS = {

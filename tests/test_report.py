@@ -52,6 +52,13 @@ ROWS = [
                      acquired=None, released=hours_ago(50), duration=None, reason="new spider",
                      note="Setup stopped: Kingfisher is busy.", kind=model.SETUP_STOPPED),
     holding(7, "Carol <b>Díaz</b>", 20, 1),
+    # Two waits in the line: Carol's, from 86 to 80 hours ago (she gave up), the longest; Bob's before it.
+    model.HistoryRow(claim="wait-00000000000000aa", holder="Bob Jones", login="bob", caller="bob",
+                     acquired=hours_ago(141), released=hours_ago(140), duration=3600, reason="", note="took the token",
+                     kind=model.WAITED),
+    model.HistoryRow(claim="wait-00000000000000bb", holder="Carol <b>Díaz</b>", login="carol", caller="carol",
+                     acquired=hours_ago(86), released=hours_ago(80), duration=6 * 3600, reason="", note="gave up",
+                     kind=model.WAITED),
 ]
 HOLDINGS_THIS_WEEK = 6
 
@@ -91,6 +98,8 @@ def test_the_figures_of_a_seeded_week(seeded, tmp_path):
     assert found["longest_handoff"] == {"seconds": 57 * 3600, "from": "Bob Jones", "to": "Carol <b>Díaz</b>",
                                         "released": hours_ago(77)}
     assert found["people"][0] == {"holder": "Alice Smith", "holdings": 2, "seconds": 8 * 3600}
+    assert found["waits"] == 2 and found["longest_wait"] == {
+        "holder": "Carol <b>Díaz</b>", "seconds": 6 * 3600, "since": hours_ago(86), "outcome": "gave up"}
 
 
 def test_the_page_renders_in_chromium_with_one_bar_per_holding_and_fetches_nothing(seeded, tmp_path):
@@ -106,6 +115,7 @@ def test_the_page_renders_in_chromium_with_one_bar_per_holding_and_fetches_nothi
     assert timeline.count('<rect class="override"') == 1 and timeline.count('<path class="stopped"') == 1
     # Every value people wrote is text on the page, never markup.
     assert "<script" not in dom and "<img" not in dom and "<b>" not in dom
+    assert "<dt>Who waited longest</dt><dd>Carol &lt;b&gt;Díaz&lt;/b&gt;, " in dom
     assert "&lt;script&gt;alert(\"x\")&lt;/script&gt; &amp; &lt;img" in dom and "Carol &lt;b&gt;Díaz&lt;/b&gt;" in dom
 
     assert requested == []

@@ -8,6 +8,7 @@ Functions return plain dicts. Refusals carry ``retcode`` 1; bad input and unread
 """
 
 import dataclasses
+import logging
 import secrets
 import time
 
@@ -16,6 +17,8 @@ from deploytoken import model
 from deploytoken.model import describe, since_text
 
 REFUSED = 1
+
+log = logging.getLogger(__name__)
 
 
 def who(login, name, people):
@@ -136,7 +139,7 @@ def take(store, asked, progress=None, notify=None, sleep=None, clock=time.monoto
     """
     ticket = None
     try:
-        start = clock()
+        start, began = clock(), model.utcnow()
         while True:
             wanted = model.Holding(
                 holder=asked.shown,
@@ -153,11 +156,11 @@ def take(store, asked, progress=None, notify=None, sleep=None, clock=time.monoto
             else:
                 current = store.acquire(wanted)
             done = _taken(store, asked, wanted, current, notify)
-            if done:
-                return done
             waited = clock() - start
+            if done:
+                return _after_wait(store, asked, ticket, began, waited, done)
             if not asked.wait or waited >= asked.timeout:
-                return _refused(asked, current, waited, line)
+                return _after_wait(store, asked, ticket, began, waited, _refused(asked, current, waited, line))
             if ticket is None:
                 ticket = store.enqueue(asked.shown)
             if progress:
@@ -170,6 +173,31 @@ def take(store, asked, progress=None, notify=None, sleep=None, clock=time.monoto
     finally:
         if ticket is not None:
             store.dequeue(ticket)
+
+
+def _after_wait(store, asked, ticket, began, waited, answer):
+    """``answer``, once a wait in the line (``ticket``) is written down in the history as a row of kind
+    ``waited`` (the report's "who waited longest"). A wait that cannot be written down is only logged: the
+    token changed hands all the same."""
+    if ticket is None:
+        return answer
+    row = model.HistoryRow(
+        claim=model.WAIT_PREFIX + secrets.token_hex(8),
+        holder=asked.shown,
+        login=asked.login,
+        caller=asked.caller,
+        acquired=model.isoformat(began),
+        released=model.isoformat(model.utcnow()),
+        duration=int(waited),
+        reason=asked.reason,
+        note="took the token" if answer.get("acquired") else "gave up",
+        kind=model.WAITED,
+    )
+    try:
+        store.append_history(row)
+    except model.DeploytokenError as exc:
+        log.warning("deploytoken: the wait of %s is not in the history: %s", asked.shown, exc)
+    return answer
 
 
 def _taken(store, asked, wanted, current, notify):

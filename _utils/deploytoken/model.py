@@ -81,16 +81,18 @@ FORCED = "forced"  # a claim someone else ended (release force=True): forced_by,
 OVERRIDE = "override"  # an override of the guard: acquired its start, until its planned end, released its end
 OVERRIDE_CANCELLED = "override_cancelled"  # an override ended early: released when, forced_by who, force_reason why
 SETUP_STOPPED = "setup_stopped"  # a setup stopped by a busy Kingfisher server: released when, note why
-KINDS = (HOLDING, FORCED, OVERRIDE, OVERRIDE_CANCELLED, SETUP_STOPPED)
+WAITED = "waited"  # a wait in the line (acquire wait=True): acquired when it began, released when it ended
+KINDS = (HOLDING, FORCED, OVERRIDE, OVERRIDE_CANCELLED, SETUP_STOPPED, WAITED)
 
 OVERRIDE_PREFIX = "override-"
 CANCEL_SUFFIX = ".cancel"
 SETUP_PREFIX = "setup-"
+WAIT_PREFIX = "wait-"
 
 
 @dataclasses.dataclass
 class HistoryRow:
-    """One row of the history: a finished claim, an override, its cancellation, a stopped setup (``kind``).
+    """One row of the history: a finished claim, an override, its cancellation, a stopped setup, a wait (``kind``).
     Times are when things happened; an override's planned end is its ``until``."""
 
     claim: str | None
@@ -143,6 +145,8 @@ def kind_of(claim, forced_by):
         return OVERRIDE_CANCELLED if claim.endswith(CANCEL_SUFFIX) else OVERRIDE
     if claim.startswith(SETUP_PREFIX):
         return SETUP_STOPPED
+    if claim.startswith(WAIT_PREFIX):
+        return WAITED
     return FORCED if forced_by else HOLDING
 
 

@@ -106,7 +106,7 @@ def holdings_of(rows, holding, since, now):
 
 def figures(rows, holding, since, now):
     """The numbers of the period, plain data: counts, median and longest holding, the gaps between one
-    release and the next take (hand-offs), and each person's holdings and time."""
+    release and the next take (hand-offs), who waited longest in the line, and each person's holdings and time."""
     held = holdings_of(rows, holding, since, now)
     seconds = [int((end - start).total_seconds()) for _, start, end in held]
     gaps = [(int((later[1] - earlier[2]).total_seconds()), earlier[0], later[0])
@@ -119,6 +119,8 @@ def figures(rows, holding, since, now):
     events = [row for row in rows if _moment(row) and since <= _moment(row) <= now]
     longest = max(range(len(held)), key=lambda index: seconds[index], default=None)
     slowest = max(gaps, key=lambda gap: gap[0], default=None)
+    waits = [row for row in events if row.kind == model.WAITED and row.duration is not None]
+    waited = max(waits, key=lambda row: row.duration, default=None)
     return {
         "since": model.isoformat(since),
         "until": model.isoformat(now),
@@ -133,6 +135,9 @@ def figures(rows, holding, since, now):
         "median_handoff_seconds": int(statistics.median(gap for gap, _, _ in gaps)) if gaps else None,
         "longest_handoff": None if slowest is None else {
             "seconds": slowest[0], "from": slowest[1].holder, "to": slowest[2].holder, "released": slowest[1].released},
+        "waits": len(waits),
+        "longest_wait": None if waited is None else {
+            "holder": waited.holder, "seconds": waited.duration, "since": waited.acquired, "outcome": waited.note},
         "people": sorted(people.values(), key=lambda person: (-person["seconds"], person["holder"])),
     }
 
@@ -245,7 +250,7 @@ def _figures_html(found):
     def duration(seconds):
         return "none" if seconds is None else model.human_duration(seconds)
 
-    longest, handoff = found["longest_holding"], found["longest_handoff"]
+    longest, handoff, waited = found["longest_holding"], found["longest_handoff"], found["longest_wait"]
     lines = [
         ("Holdings", f"{found['holdings']} ({found['forced']} ended by someone else)"),
         ("Median holding", duration(found["median_holding_seconds"])),
@@ -255,6 +260,9 @@ def _figures_html(found):
         ("Longest time from a release to the next holder", "none" if handoff is None else
          f"{duration(handoff['seconds'])}, from {handoff['from']} to {handoff['to']} after "
          f"{model.clock(handoff['released'])}"),
+        ("Who waited longest", "nobody waited" if waited is None else
+         f"{waited['holder']}, {duration(waited['seconds'])} from {model.clock(waited['since'])} "
+         f"({waited['outcome']}; {found['waits']} wait(s) in the line)"),
         ("Overrides", str(found["overrides"])),
         ("Setups stopped by a busy server", str(found["setups_stopped"])),
     ]
