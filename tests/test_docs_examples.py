@@ -48,8 +48,8 @@ from deploytoken import stores as token_stores
 from deploytoken.kingfisher import busy as busy_check
 from deploytoken.kingfisher import sources
 from deploytoken.procedure import doctor
-from deploytoken.stores import postgres as pg_store
 from deploytoken.stores.google import client, history
+from deploytoken.stores.postgres import store as pg_store
 
 PAGES = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
 FENCE = re.compile(r"^(?P<indent> *)```(?P<info>[a-z]*)\n(?P<body>.*?)^(?P=indent)```$", re.M | re.S)

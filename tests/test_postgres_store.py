@@ -16,8 +16,9 @@ from conftest import PEOPLE
 from deploytoken import commands as token
 from deploytoken import model
 from deploytoken.stores import migrate
-from deploytoken.stores import postgres as pg_store
 from deploytoken.stores import sqlite as sqlite_store
+from deploytoken.stores.postgres import schema as pg_schema
+from deploytoken.stores.postgres import waiting_line as pg_line
 from kingfisher_fixtures import free_port, wait_for
 from pg_fixtures import PASSWORD_ROLE, PG_PASSWORD, postgres_settings, postgres_store, waiters
 
@@ -84,7 +85,7 @@ def test_dsn_and_keys_combine_and_name_the_store(pg_store_cluster, pg_section):
     address = f"{pg_store_cluster.socket_dir}:{pg_store_cluster.port}"
     assert store.identity["name"] == f"PostgreSQL {pg_section['schema']}@{address}/postgres"
     assert store.location == f"postgresql://{address}/postgres (schema {pg_section['schema']})"
-    assert "connect_timeout=3" in store._conninfo
+    assert "connect_timeout=3" in store.settings.conninfo
 
 
 def test_database_down_is_one_sentence_naming_host_and_port():
@@ -121,7 +122,7 @@ def test_schema_is_created_on_first_use_with_its_version(pg_store_cluster, pg_se
         meta = dict(conn.execute(f"SELECT key, value FROM {pg_section['schema']}.meta"))
         tables = {name for (name,) in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = %s", (pg_section["schema"],))}
-    assert meta["application"] == "deploytoken" and meta["schema_version"] == pg_store.SCHEMA_VERSION
+    assert meta["application"] == "deploytoken" and meta["schema_version"] == pg_schema.SCHEMA_VERSION
     assert tables == {"meta", "token", "history", "waiters"}
     assert identity["id"] == f"postgres:{meta['store_id']}"
     assert postgres_store(pg_section).identity == identity
@@ -276,8 +277,8 @@ def test_a_waiter_marks_its_row_while_it_waits(pg_store_cluster, pg_section):
     with pg_store_cluster.connect(autocommit=True) as conn:
         before = conn.execute(query, (ticket,)).fetchone()[0]
         started = time.monotonic()
-        store.wait(pg_store.HEARTBEAT_SECONDS + 1)
-        assert time.monotonic() - started >= pg_store.HEARTBEAT_SECONDS + 1
+        store.wait(pg_line.HEARTBEAT_SECONDS + 1)
+        assert time.monotonic() - started >= pg_line.HEARTBEAT_SECONDS + 1
         assert conn.execute(query, (ticket,)).fetchone()[0] > before
     store.dequeue(ticket)
 

@@ -69,7 +69,7 @@ class TokenStore(Protocol):
 BACKENDS = {
     "sqlite": ("deploytoken.stores.sqlite", "SqliteStore"),
     "google": ("deploytoken.stores.google.store", "GoogleStore"),
-    "postgres": ("deploytoken.stores.postgres", "PostgresStore"),
+    "postgres": ("deploytoken.stores.postgres.store", "PostgresStore"),
 }
 
 
