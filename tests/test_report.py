@@ -9,7 +9,9 @@ import datetime
 import html.parser
 import json
 import re
+import struct
 import subprocess
+import zlib
 
 import pytest
 
@@ -128,6 +130,52 @@ def test_the_page_renders_in_chromium_with_one_bar_per_holding_and_fetches_nothi
     taken = subprocess.run(CHROMIUM + [f"--screenshot={shot}", url], capture_output=True, timeout=120)
     assert taken.returncode == 0, taken.stderr
     assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and shot.stat().st_size > 20000
+    # On the screen: one blue bar per holding given back and one red bar per forced one (bars are at least
+    # 2 px by 20 px; text and marks are smaller), and the legend's swatch of each colour.
+    pixels = png_pixels(shot.read_bytes())
+    assert blocks_of(pixels, (0x3B, 0x7D, 0xD8)) == (HOLDINGS_THIS_WEEK - 1) + 1
+    assert blocks_of(pixels, (0xD8, 0x54, 0x3B)) == 1 + 1
+
+
+def png_pixels(data):
+    """The rows of an 8-bit, non-interlaced RGB or RGBA PNG (what Chromium writes) as lists of (r, g, b)."""
+    chunks, position = {}, 8
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        chunks.setdefault(kind, []).append(data[position + 8:position + 8 + length])
+        position += 12 + length
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"][0])
+    assert depth == 8 and colour in (2, 6) and interlace == 0
+    step = 3 if colour == 2 else 4
+    raw, stride, rows, previous = zlib.decompress(b"".join(chunks[b"IDAT"])), width * step, [], bytes(width * step)
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            left, up = line[i - step] if i >= step else 0, previous[i]
+            corner = previous[i - step] if i >= step else 0
+            guess = left + up - corner
+            paeth = min((abs(guess - left), 0, left), (abs(guess - up), 1, up), (abs(guess - corner), 2, corner))[2]
+            line[i] = (line[i] + (0, left, up, (left + up) // 2, paeth)[kind]) & 0xFF
+        rows.append([tuple(line[x:x + 3]) for x in range(0, stride, step)])
+        previous = line
+    return rows
+
+
+def blocks_of(pixels, colour, smallest=40):
+    """How many separate blocks (4-connected, at least ``smallest`` pixels) of exactly ``colour`` there are."""
+    todo = {(x, y) for y, row in enumerate(pixels) for x, value in enumerate(row) if value == colour}
+    blocks = 0
+    while todo:
+        stack, size = [todo.pop()], 0
+        while stack:
+            x, y = stack.pop()
+            size += 1
+            for near in ((x + 1, y), (x - 1, y), (x, y + 1), (x, y - 1)):
+                if near in todo:
+                    todo.remove(near)
+                    stack.append(near)
+        blocks += size >= smallest
+    return blocks
 
 
 class Markup(html.parser.HTMLParser):
