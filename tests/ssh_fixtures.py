@@ -13,11 +13,18 @@ Fixtures (stable names):
     sshd and listed in ``deploytoken: people:`` with their keys; cy's key is authorized on the sshd but
     belongs to nobody in ``people``. ``Operator.login``, ``.key`` (private key path), ``.public``.
 
+``operator_bin`` (session) -> the ``bin`` folder of the operators' own Salt
+    A virtualenv with ``salt-run`` and ``salt-ssh`` into which pip installed deploytoken from this checkout,
+    as docs/salt-ssh.md tells an operator to: Salt finds the runner and the ext_pillar through the package's
+    entry point, and salt-ssh's thin carries the package to the targets. ``operator_venv(path, package)``
+    makes one (``package=None``: Salt alone).
+
 ``ssh_world`` (session) -> ``SshWorld``
-    Writes one Salt configuration per operator (``.configure(op, deploytoken={...}, key=None)``, the
-    ext_pillar on, file_roots this repository and ``sls_dir``) and runs the real CLIs as that operator
-    through sudo: ``.salt_ssh(op, *args)``, ``.salt_run(op, *args)`` -> ``Ran`` (returncode, stdout,
-    stderr, data parsed from ``--out=json``). ``.memory`` is the target's file of the store it obeys.
+    Writes one Salt configuration per operator (``.configure(op, deploytoken={...})``, the ext_pillar on,
+    ``sls_dir`` the only file root: no ``_modules``, ``_states`` or ``_utils`` anywhere) and runs the real CLIs
+    of ``operator_bin`` as that operator through sudo: ``.salt_ssh(op, *args)``, ``.salt_run(op, *args)`` ->
+    ``Ran`` (returncode, stdout, stderr, data parsed from ``--out=json``). ``.memory`` is the target's file of
+    the store it obeys; ``.thin`` the target's thin_dir.
 """
 
 import contextlib
@@ -34,15 +41,17 @@ import tempfile
 import time
 
 import pytest
+import salt
 import yaml
 
-from conftest import extension_root
+from conftest import REPO
 from kingfisher_fixtures import RUN, RUNUSER, create_user, free_port, remove_user, wait_for
 
-BIN = pathlib.Path(sys.executable).parent
 SSHD = "/usr/sbin/sshd"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ROLES = {"ada": "Ada Lovelace", "ben": "Ben Okafor", "cy": None}
+# What pip does not need from a checkout to build the package (and what a build leaves in one).
+NOT_BUILT = shutil.ignore_patterns(".venv", ".git", ".local", "__pycache__", "build", "dist", "*.egg-info")
 
 
 @dataclasses.dataclass
@@ -141,14 +150,52 @@ def operators(sshd):
             remove_user(op.login)
 
 
+def operator_venv(path, package):
+    """An operator's Salt at ``path``: a virtualenv of the system's Python (the suite's own virtualenv lives
+    where the operators cannot read it) that sees the packages already installed for the suite, with
+    ``salt-run`` and ``salt-ssh``, and ``package`` (a folder pip can install, or None) installed into it by
+    pip, without its dependencies (they are the suite's). Returns its ``bin`` folder."""
+    path.mkdir(mode=0o755)
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(path)], check=True)
+    python = path / "bin" / "python"
+    purelib = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    pathlib.Path(purelib, "suite.pth").write_text(f"{pathlib.Path(salt.__file__).parent.parent}\n")
+    for program in ("salt-run", "salt-ssh"):
+        script = path / "bin" / program
+        script.write_text(f"#!{python}\nimport sys\nimport salt.scripts\n"
+                          f"sys.exit(salt.scripts.{program.replace('-', '_')}())\n")
+        script.chmod(0o755)
+    if package:
+        done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+                               "--no-deps", str(package)], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return path / "bin"
+
+
+@pytest.fixture(scope="session")
+def operator_bin():
+    """The operators' Salt with deploytoken installed by pip from a copy of this checkout (what an operator
+    installs; the copy keeps the build's leftovers out of the checkout)."""
+    root = pathlib.Path(tempfile.mkdtemp(prefix="dtkvenv-", dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        shutil.copytree(REPO, root / "checkout", ignore=NOT_BUILT)
+        yield operator_venv(root / "venv", package=root / "checkout")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 class SshWorld:
-    def __init__(self, root, sshd, operators, sls_dir):
+    def __init__(self, root, sshd, operators, sls_dir, bin):
         self.root = root
         self.sshd = sshd
         self.operators = operators
         self.sls_dir = sls_dir
+        self.bin = bin
         self.memory = root / "target" / "deploytoken-store.json"
         self.memory.parent.mkdir()
+        self.thin = root / "thin"
 
     def people(self):
         return {
@@ -159,7 +206,8 @@ class SshWorld:
         return self.root / op.login
 
     def configure(self, op, deploytoken):
-        """Write ``op``'s own Salt configuration with these deploytoken settings, and sync the modules."""
+        """Write ``op``'s own Salt configuration with these deploytoken settings. Nothing is synced: the
+        modules come from the package installed in ``bin``."""
         conf = self.confdir(op)
         for sub in ("cache/proc", "pki", "sock", "log", "pillar"):
             (conf / sub).mkdir(parents=True, exist_ok=True)
@@ -174,13 +222,12 @@ class SshWorld:
             "log_level_logfile": "info",
             "roster_file": str(conf / "roster"),
             "known_hosts_file": str(self.sshd.known_hosts),
-            "file_roots": {"base": [extension_root(conf), str(self.sls_dir)]},
+            "file_roots": {"base": [str(self.sls_dir)]},
             "pillar_roots": {"base": [str(conf / "pillar")]},
             "ext_pillar": [{"deploytoken": {}}],
             "deploytoken": dict(deploytoken, people=self.people()),
         }
         (conf / "master").write_text(yaml.safe_dump(master))
-        self.salt_run(op, "saltutil.sync_all", check=True)
 
     def use_key(self, op, key):
         roster = {
@@ -189,7 +236,7 @@ class SshWorld:
                 "port": self.sshd.port,
                 "user": "root",
                 "priv": str(key),
-                "thin_dir": str(self.root / "thin"),
+                "thin_dir": str(self.thin),
                 "set_path": SYSTEM_PATH,
                 "minion_opts": {"deploytoken": {"store_memory": str(self.memory)}},
             }
@@ -207,7 +254,7 @@ class SshWorld:
 
     def _run(self, op, program, args, timeout=180, check=False, as_root=False):
         """``program`` as ``op`` through real sudo (``as_root``: at a root shell, no sudo at all)."""
-        command = [str(BIN / program), "-c", str(self.confdir(op)), "--out=json", "--log-level=quiet", *args]
+        command = [str(self.bin / program), "-c", str(self.confdir(op)), "--out=json", "--log-level=quiet", *args]
         if not as_root:
             command = [RUNUSER, "-u", op.login, "--", "sudo", "-n", "--", *command]
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
@@ -228,10 +275,10 @@ class SshWorld:
 
 
 @pytest.fixture(scope="session")
-def ssh_world(sshd, operators, sls_dir):
+def ssh_world(sshd, operators, sls_dir, operator_bin):
     root = pathlib.Path(tempfile.mkdtemp(prefix="dtssh-", dir="/tmp"))
     try:
-        yield SshWorld(root, sshd, operators, sls_dir)
+        yield SshWorld(root, sshd, operators, sls_dir, operator_bin)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -1,15 +1,16 @@
 """
 The team's deploy repository as committed in ``examples/deploy-repo``, cloned by two real operators into
-their own homes and used as docs/salt-ssh.md says, as themselves (no sudo), against a real sshd on 127.0.0.1
-with ``ExposeAuthInfo yes``, a real PostgreSQL store, a real Scrapyd and a real user's tmux session.
+their own homes and used as docs/salt-ssh.md says, as themselves (no sudo), with the Salt in which deploytoken
+is installed (``operator_bin``), against a real sshd on 127.0.0.1 with ``ExposeAuthInfo yes``, a real
+PostgreSQL store, a real Scrapyd and a real user's tmux session.
 
 The team's repository is the committed example, copied; only the values a team fills in are changed,
 each by an exact replacement of the example's text that must occur exactly once (``fill_in``): the
 target's host and port in the roster (and this machine's PATH, see ``team_repo``), the store's DSN and
 the operators' logins and public keys in the master config, and the server's Scrapyd address and
-credentials and PostgreSQL socket and port in the pillar. This repository's extension folders are
-copied to ``deploytoken/``, where the team's submodule would be. It is committed and pushed to a bare
-origin, and each operator clones it with git as themselves.
+credentials and PostgreSQL socket and port in the pillar. It holds no copy of the modules: they come from
+the installed package. It is committed and pushed to a bare origin, and each operator clones it with git as
+themselves.
 """
 
 import contextlib
@@ -22,7 +23,6 @@ import subprocess
 import tempfile
 
 import pytest
-import salt
 
 from conftest import REPO
 from deploytoken import model
@@ -34,7 +34,6 @@ from ssh_fixtures import SYSTEM_PATH
 from test_setup_cli import CONSENT
 
 EXAMPLE = REPO / "examples" / "deploy-repo"
-EXTENSION = ("_modules", "_output", "_pillar", "_runners", "_states", "_utils")
 TARGET = "kingfisher-main"
 # What the example's kingfisher.sls writes on the server, and the file in which the server remembers its store.
 DEPLOYED = pathlib.Path("/var/lib/kingfisher-deploy/deployed")
@@ -58,27 +57,6 @@ def team_store():
     cluster = store_cluster()
     yield cluster
     cluster.stop()
-
-
-@pytest.fixture(scope="module")
-def operator_bin():
-    """The operators' own Salt: a venv of the system's Python (the test suite's venv lives where they cannot
-    read it) that sees the packages already installed for the suite, since the tests have no network."""
-    venv = pathlib.Path(tempfile.mkdtemp(prefix="dtkvenv-", dir="/tmp"))
-    try:
-        venv.chmod(0o755)
-        subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True)
-        purelib = subprocess.run([venv / "bin" / "python", "-c", "import site; print(site.getsitepackages()[0])"],
-                                 capture_output=True, text=True, check=True).stdout.strip()
-        pathlib.Path(purelib, "suite.pth").write_text(f"{pathlib.Path(salt.__file__).parent.parent}\n")
-        for program in ("salt-run", "salt-ssh"):
-            script = venv / "bin" / program
-            script.write_text(f"#!{venv}/bin/python\nimport sys\nimport salt.scripts\n"
-                              f"sys.exit(salt.scripts.{program.replace('-', '_')}())\n")
-            script.chmod(0o755)
-        yield venv / "bin"
-    finally:
-        shutil.rmtree(venv, ignore_errors=True)
 
 
 @pytest.fixture
@@ -115,8 +93,6 @@ def team_repo(operators, sshd, team_store, make_scrapyd, pg_cluster):
     try:
         work = root / "work"
         shutil.copytree(EXAMPLE, work)
-        for folder in EXTENSION:  # where the team's submodule of this repository would be
-            shutil.copytree(REPO / folder, work / "deploytoken" / folder, ignore=shutil.ignore_patterns("__pycache__"))
         fill_in(work / "salt-config" / "roster", {
             "host: kingfisher.example.org": "host: 127.0.0.1", "port: 22": f"port: {sshd.port}",
             # This server's own quirk: root's ~/.bashrc puts a pyenv shim first, which salt-ssh's shim cannot
@@ -186,7 +162,7 @@ def guard_of(data):
 
 def test_relative_roots_stand_for_the_deploy_repository_salt_run_runs_in(git_world, tmp_path):
     top = git_world.clone(git_world.origin()).working_tree_dir
-    opts = {"file_roots": {"base": ["salt/", "deploytoken/"]}, "pillar_roots": {"base": ["pillar/"]}}
+    opts = {"file_roots": {"base": ["salt/"]}, "pillar_roots": {"base": ["pillar/"]}}
     assert repos.default_paths(token_settings.from_opts(opts), opts, cwd=top) == [top]
     assert repos.default_paths(token_settings.from_opts(opts), opts, cwd=os.path.join(top, "salt")) == [top]
     with pytest.raises(model.InputError, match="^No repositories to update: set deploytoken: repos:"):
@@ -201,9 +177,7 @@ def test_the_example_repository_takes_two_operators_through_the_procedure(
     def as_(op, program, *args):
         return run(operator_bin, op, clones[op.role], program, *args)
 
-    for op in (ada, ben):
-        code, data, done = as_(op, "salt-run", "saltutil.sync_all")
-        assert code == 0, done.stdout + done.stderr[-2000:]
+    for op in (ada, ben):  # nothing to sync: the runner, the ext_pillar and the server's modules are the package's
         code, data, done = as_(op, "salt-run", "deploytoken.doctor")
         assert code == 0, "\n".join(data["findings"]) if data else done
         assert all(line.startswith("ok: ") for line in data["findings"])

@@ -156,8 +156,10 @@ def test_a_server_that_does_not_answer_is_a_problem(tmp_path):
     assert doctor.target("kf", "ssh: connect to host 127.0.0.1 port 1: Connection refused", "ada",
                          settings_of(tmp_path), None, ssh=True) == [doctor.finding("problem", (
                              "kf did not answer deploytoken.facts (ssh: connect to host 127.0.0.1 port 1: Connection "
-                             "refused): check that it is up, that you can log in to it, and that its modules are "
-                             "synced."))]
+                             "refused): check that it is up, that you can log in to it, and that deploytoken is "
+                             "installed in the Python that runs your salt-ssh (then run salt-ssh -t once)."))]
+    assert doctor.target("kf", None, "ada", settings_of(tmp_path), None, ssh=False)[0]["text"].endswith(
+        "check that it is up, that you can log in to it, and that its modules are synced.")
 
 
 @pytest.fixture

@@ -2,13 +2,18 @@
 against a real sshd; the guard on the target judges the operator, never the SSH account (root)."""
 
 import json
+import pathlib
 import re
+import shutil
 import subprocess
+import tempfile
 
 import pytest
+import yaml
 
+from conftest import REPO
 from guard_helpers import GUARDED
-from ssh_fixtures import guard_of
+from ssh_fixtures import SshWorld, guard_of, operator_venv
 from test_setup_cli import CONSENT, repos_arg
 
 
@@ -85,6 +90,47 @@ def test_holder_deploys_and_another_operator_is_stopped(ssh_world, team, token, 
     assert passed.returncode == 0, passed
     assert guard_of(passed.data)["comment"].startswith(f"Ada Lovelace ({ada.login}) holds the deploy token, since ")
     assert marker.read_text().strip() == "deployed"
+
+
+def test_the_modules_reach_the_target_from_the_installed_package_in_salt_ssh_thin(ssh_world, team, token, guarded):
+    ada = team["ada"]
+    roots = yaml.safe_load((ssh_world.confdir(ada) / "master").read_text())["file_roots"]["base"]
+    assert not [path for root in roots for path in pathlib.Path(root).glob("_*")], roots  # no _modules, _states...
+    sls, marker = guarded()
+    token.take(ada)
+    passed = ssh_world.salt_ssh(ada, "state.apply", sls)
+    assert passed.returncode == 0, passed
+    assert guard_of(passed.data)["comment"].startswith(f"Ada Lovelace ({ada.login}) holds the deploy token, since ")
+    assert marker.read_text().strip() == "deployed"
+    # On the target, the modules are the package's, in the thin with its entry point; none came from a file root.
+    thin = ssh_world.thin / "py3"
+    for kind in ("modules", "states"):
+        for module in (REPO / f"_{kind}").glob("*.py"):
+            assert (thin / "deploytoken" / "shells" / kind / module.name).read_bytes() == module.read_bytes()
+    entry_points = (thin / "deploytoken.dist-info" / "entry_points.txt").read_text()
+    assert "deploytoken = deploytoken.loader:salt_dirs" in entry_points
+    extmods = ssh_world.thin / "running_data" / "var" / "cache" / "salt" / "minion" / "extmods"
+    assert not list(extmods.rglob("*.py"))
+
+
+def test_without_the_package_the_target_has_no_guard_and_salt_run_no_runner(
+    sshd, operators, sls_dir, guarded, shared_store
+):
+    """What an operator sees when the Python that runs their salt-ssh lacks deploytoken (docs/salt-ssh.md)."""
+    root = pathlib.Path(tempfile.mkdtemp(prefix="dtsshbare-", dir="/tmp"))
+    try:
+        bare = SshWorld(root, sshd, operators, sls_dir, operator_venv(root / "venv", package=None))
+        ada = operators["ada"]
+        bare.configure(ada, {"sqlite": {"path": str(shared_store)}})
+        sls, marker = guarded()
+        ran = bare.salt_ssh(ada, "state.apply", sls)
+        assert ran.returncode != 0
+        assert guard_of(ran.data)["comment"] == (
+            f"State 'deploytoken.held' was not found in SLS '{sls}'\nReason: 'deploytoken.held' is not available.\n")
+        assert not marker.exists()
+        assert bare.salt_run(ada, "deploytoken.status").data == "'deploytoken.status' is not available."
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_token_data_given_with_pillar_on_the_command_line_blocks(ssh_world, team, token, guarded):

@@ -3,7 +3,9 @@ Where Salt finds this package's modules once it is installed: the ``salt.loader`
 
 The wheel carries the repository's ``_modules/``, ``_states/``, ``_runners/``, ``_pillar/`` and ``_output/``
 as ``deploytoken/shells/<kind>``; from a checkout (``pip install -e .``) they are the checkout's own folders.
-Salt's thin for salt-ssh takes the whole package, so the same folders travel to the targets.
+Salt's thin for salt-ssh takes the whole package folder with this entry point, so from a wheel the same
+folders travel to the targets; from an editable checkout the folder is ``_utils/deploytoken`` alone, and
+the targets get no modules.
 """
 
 import os

@@ -168,8 +168,11 @@ def home_of_this_process():
 def target(name, facts, login, settings, identity, ssh):
     """Findings about one server from its ``deploytoken.facts`` answer (a string or None: it did not answer)."""
     if not isinstance(facts, dict) or "sources" not in facts:
+        # Under salt-ssh the server's modules are the ones salt-ssh's thin took from the installed package.
+        modules = ("deploytoken is installed in the Python that runs your salt-ssh (then run salt-ssh -t once)"
+                   if ssh else "its modules are synced")
         return [finding(PROBLEM, f"{name} did not answer deploytoken.facts ({_shown(facts)}): check that it is up, "
-                        "that you can log in to it, and that its modules are synced.")]
+                        f"that you can log in to it, and that {modules}.")]
     found = []
     if ssh:
         found.append(_exposed_key(name, facts.get("ssh_auth"), login, settings))
