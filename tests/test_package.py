@@ -42,15 +42,15 @@ START_TIMEOUT = 120
 
 @pytest.fixture(scope="session")
 def wheel():
-    """The wheel pip builds from a copy of what the checkout's pyproject.toml packages (so the build's
-    ``build/`` and ``*.egg-info`` never land in the checkout)."""
+    """The wheel pip builds from a copy of the checkout's top-level files and the folders pyproject.toml
+    packages (so the build's ``build/`` and ``*.egg-info`` never land in the checkout)."""
     work = pathlib.Path(tempfile.mkdtemp(prefix="dt-wheel-", dir="/tmp"))
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())
     source = work / "source"
     source.mkdir()
-    files = ["pyproject.toml", project["project"]["readme"], project["project"]["license"]["file"]]
-    for name in files:
-        shutil.copy2(REPO / name, source / name)
+    for path in REPO.iterdir():
+        if path.is_file() and not path.name.startswith("."):
+            shutil.copy2(path, source / path.name)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
     for folder in project["tool"]["setuptools"]["package-dir"].values():
         shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "dist"), str(source)],
@@ -93,6 +93,8 @@ class PackageSalt:
 
     def configure(self):
         publish, ret = free_port(), free_port()
+        while ret == publish:
+            ret = free_port()
         self.file_root.mkdir(parents=True)
         (self.file_root / "deploy.sls").write_text(GUARDED.format(marker=self.marker))
         (self.file_root / "caught.sls").write_text(caught_errors.PROBE_SLS)
