@@ -31,11 +31,6 @@ from deploytoken import model, network
 from deploytoken.kingfisher.errors import InputError, SourceError
 from deploytoken.model import human_duration as duration
 
-try:
-    import psycopg
-except ImportError:  # the target's own Python under salt-ssh may lack it: the server's psql is used instead
-    psycopg = None
-
 TIMEOUT = 30
 QUERY_START = 200
 LEADING_COMMENT = re.compile(r"^\s*(?:/\*(.*?)\*/|--([^\n]*))", re.S)
@@ -132,8 +127,20 @@ def report(rows):
     ]
 
 
+def _psycopg():
+    """psycopg, or None where this Python lacks it (the target's own Python under salt-ssh: the server's psql
+    is asked instead). Imported when PostgreSQL is read, not with this module: the runner on the master loads
+    the Kingfisher sources for their settings and sentences, and needs no PostgreSQL client for that."""
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    return psycopg
+
+
 def _fetch(params):
     """Connect and read; the answer is plain JSON-able data, errors included, so a child can send it."""
+    psycopg = _psycopg()
     try:
         with psycopg.connect(host=params["host"], port=params["port"], user=params["user"],
                              dbname=params["dbname"], connect_timeout=10, autocommit=True) as conn:
@@ -222,7 +229,7 @@ def long_queries(settings, dbname="postgres"):
     """
     params = {"host": settings.socket_dir, "port": settings.port, "user": settings.user, "dbname": dbname,
               "threshold": settings.threshold}
-    if psycopg is None:
+    if _psycopg() is None:  # imported here, before _fetch_as forks, so the child finds it loaded
         client, answer = "psql", _fetch_psql(params, settings.runas)
     else:
         client, answer = "psycopg", _fetch_as(params, settings.runas)
