@@ -225,12 +225,16 @@ def test_runner_answers_from_the_installed_package(package_salt):
         False, "sqlite", str(package_salt.store), True)
 
 
-def test_a_master_worker_on_sqlite_imports_neither_psycopg_nor_google(package_salt):
+def test_a_master_on_sqlite_imports_neither_psycopg_nor_google(package_salt):
     status, pillar = package_salt.json("salt", MINION, "pillar.items")
     assert status == 0, pillar
     assert pillar["deploytoken"]["held"] is False and pillar["deploytoken"]["error"] is None, pillar
     report = pillar["caughtprobe"]  # from the master worker that compiled this pillar
     assert report["imported"] == [] and report["copies"] == {}, report
+
+    status, data = package_salt.json("salt-run", "caughtprobe.through", "deploytoken.status")
+    assert status == 0 and data["answer"]["held"] is False, data
+    assert data["report"]["imported"] == [] and data["report"]["copies"] == {}, data  # the salt-run process
 
 
 def test_kingfisher_busy_answers_from_the_installed_package(package_salt):
