@@ -139,12 +139,21 @@ class PackageSalt:
                     [str(self.venv / "bin" / daemon), "-c", str(self.conf), "-l", "quiet"], cwd=self.root,
                     env=self.env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
         pending = self.root / "etc" / "salt" / "pki" / "master" / "minions_pre" / MINION
-        wait_for(pending.exists, START_TIMEOUT, "the minion's key")
-        accepted = self.run("salt-key", "-y", "-a", MINION)
-        assert accepted.returncode == 0, accepted
         log = self.root / "var" / "log" / "salt" / "minion"
-        wait_for(lambda: log.exists() and "ready to receive requests" in log.read_text(), START_TIMEOUT,
-                 "the minion to connect")
+        try:
+            wait_for(pending.exists, START_TIMEOUT, "the minion's key")
+            accepted = self.run("salt-key", "-y", "-a", MINION)
+            assert accepted.returncode == 0, accepted
+            wait_for(lambda: log.exists() and "ready to receive requests" in log.read_text(), START_TIMEOUT,
+                     "the minion to connect")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; the daemons said: {self.said()}") from None
+
+    def said(self):
+        """The end of what the daemons printed and logged."""
+        found = [self.root / f"{daemon}.out" for daemon in ("salt-master", "salt-minion")]
+        found += [self.root / "var" / "log" / "salt" / side for side in ("master", "minion")]
+        return "".join(f"\n--- {path.name}:\n{path.read_text()[-2000:]}" for path in found if path.exists())
 
     def stop(self):
         for daemon in self.daemons:
@@ -292,11 +301,12 @@ def test_core_errors_are_caught_as_their_own_classes(package_salt):
     with caught_errors.unreadable_store(salt.store, salt.master_cachedir):
         folder = f"The token store {salt.store} is a folder"
         status, data = salt.json("salt-run", "caughtprobe.through", "deploytoken.status")
-        assert data["answer"]["retcode"] == 2, data
-        said = caught_errors.caught(data["report"], caught_errors.STORE_ERROR, folder)
+        assert status == 0 and data["answer"]["retcode"] == 2, data
+        caught_errors.caught(data["report"], caught_errors.STORE_ERROR, folder)
         assert folder in data["answer"]["error"], data
 
         status, pillar = salt.json("salt", MINION, "pillar.items")
+        assert status == 0, pillar
         said = caught_errors.caught(pillar["caughtprobe"], caught_errors.STORE_ERROR, folder)
         assert pillar["deploytoken"]["error"] == said, pillar
 
