@@ -84,15 +84,26 @@ MACHINE_WIDE = (
 )
 
 
+# Files whose tests share a costly module fixture per parameter (a virtualenv and daemons per Salt
+# release): each parameter's tests go to one worker together, so the fixture is made once per parameter.
+BY_PARAMETER = ("test_package.py",)
+
+
 def pytest_xdist_make_scheduler(config, log):
     # pytest-xdist's own xdist_group marker cannot be used: it renames the test, which pytest 9 no longer allows.
     from xdist.scheduler import LoadScopeScheduling
 
     class MachineWideInOneWorker(LoadScopeScheduling):
-        """Each test on its own, except the ``MACHINE_WIDE`` files' tests, which go to one worker together."""
+        """Each test on its own, except the ``MACHINE_WIDE`` files' tests, which go to one worker together,
+        and the ``BY_PARAMETER`` files' tests, which go to one worker per parameter."""
 
         def _split_scope(self, nodeid):
-            return "machine-wide" if nodeid.split("::")[0].rsplit("/")[-1] in MACHINE_WIDE else nodeid
+            file = nodeid.split("::")[0].rsplit("/")[-1]
+            if file in MACHINE_WIDE:
+                return "machine-wide"
+            if file in BY_PARAMETER:
+                return f"{file}[{nodeid.partition('[')[2]}"
+            return nodeid
 
     return MachineWideInOneWorker(config, log)
 

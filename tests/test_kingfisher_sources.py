@@ -3,6 +3,8 @@ missing third-party package on a salt-ssh target: no daemon, except a real Scrap
 
 import dataclasses
 import json
+import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -12,6 +14,8 @@ from deploytoken.kingfisher import busy as busy_check
 from deploytoken.kingfisher import scrapyd, sources
 from deploytoken.kingfisher.errors import InputError, SourceError
 from kingfisher_fixtures import lean_python
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def defaults(key, default):
@@ -132,3 +136,15 @@ def test_missing_requests_is_one_sentence_and_postgres_falls_back_to_psql(tmp_pa
         'running?) (connection to server on socket "/tmp/dtk-nowhere/.s.PGSQL.1" failed: No such file or '
         'directory'), "psql's own sentence, led by its cause"
     assert busy_check.decide({"postgres": postgres})["busy"] is True
+
+
+def test_loading_the_kingfisher_sources_imports_no_postgresql_client():
+    # The runner on the master loads them for their settings and sentences (deploytoken.setup): psycopg is
+    # imported only when PostgreSQL is read.
+    code = (
+        "import sys; sys.path.insert(0, '_utils'); "
+        "import deploytoken.procedure.setup, deploytoken.kingfisher.postgres; "
+        "print([m for m in sys.modules if m.split('.')[0] in ('psycopg', 'psycopg_binary')])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

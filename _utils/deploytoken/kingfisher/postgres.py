@@ -128,8 +128,9 @@ def report(rows):
 
 
 def _psycopg():
-    """psycopg, imported when a query is made (a master that only imports this module never loads it), or
-    None when this Python lacks it: a salt-ssh target's own Python may, and the server's psql is used instead."""
+    """psycopg, or None where this Python lacks it (the target's own Python under salt-ssh: the server's psql
+    is asked instead). Imported when PostgreSQL is read, not with this module: the runner on the master loads
+    the Kingfisher sources for their settings and sentences, and needs no PostgreSQL client for that."""
     try:
         import psycopg
     except ImportError:
@@ -228,7 +229,7 @@ def long_queries(settings, dbname="postgres"):
     """
     params = {"host": settings.socket_dir, "port": settings.port, "user": settings.user, "dbname": dbname,
               "threshold": settings.threshold}
-    if _psycopg() is None:
+    if _psycopg() is None:  # imported here, before _fetch_as forks, so the child finds it loaded
         client, answer = "psql", _fetch_psql(params, settings.runas)
     else:
         client, answer = "psycopg", _fetch_as(params, settings.runas)
