@@ -150,10 +150,10 @@ def operators(sshd):
             remove_user(op.login)
 
 
-def operator_venv(path, package):
+def operator_venv(path, package, programs=("salt-run", "salt-ssh")):
     """An operator's Salt at ``path``: a virtualenv of the system's Python (the suite's own virtualenv lives
     where the operators cannot read it) that sees the packages already installed for the suite, with
-    ``salt-run`` and ``salt-ssh``, and ``package`` (a folder pip can install, or None) installed into it by
+    ``programs`` (Salt's commands), and ``package`` (a folder or wheel pip can install, or None) installed into it by
     pip, without its dependencies (they are the suite's). Returns its ``bin`` folder."""
     path.mkdir(mode=0o755)
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(path)], check=True)
@@ -161,10 +161,10 @@ def operator_venv(path, package):
     purelib = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"],
                              capture_output=True, text=True, check=True).stdout.strip()
     pathlib.Path(purelib, "suite.pth").write_text(f"{pathlib.Path(salt.__file__).parent.parent}\n")
-    for program in ("salt-run", "salt-ssh"):
+    for program in programs:
         script = path / "bin" / program
-        script.write_text(f"#!{python}\nimport sys\nimport salt.scripts\n"
-                          f"sys.exit(salt.scripts.{program.replace('-', '_')}())\n")
+        function = "salt_main" if program == "salt" else program.replace("-", "_")
+        script.write_text(f"#!{python}\nimport sys\nimport salt.scripts\nsys.exit(salt.scripts.{function}())\n")
         script.chmod(0o755)
     if package:
         # The suite's own setuptools builds it (no build isolation): a test fetches nothing from an index.

@@ -27,14 +27,18 @@ import yaml
 import caught_errors
 from guard_helpers import GUARDED
 from kingfisher_fixtures import free_port, wait_for
+from ssh_fixtures import operator_venv
 
 pytestmark = pytest.mark.integration
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-# The release the rest of the suite runs (requirements.txt), and the newest 3007 that installs with
-# Python 3.11: 3007.17 (and 3006.30) require certifi>=2026.10.23, which PyPI does not serve yet.
-TESTED_SALT = re.search(r"^salt==(\S+)$", (REPO / "requirements.txt").read_text(), re.M).group(1)
-SALT_RELEASES = (TESTED_SALT, "3007.16")
+# The release the rest of the suite runs (requirements-test.txt), and those of tests/package-salts.txt.
+TESTED_SALT = re.search(r"^salt==(\S+)$", (REPO / "requirements-test.txt").read_text(), re.M).group(1)
+OTHER_SALTS = [line for line in (REPO / "tests" / "package-salts.txt").read_text().split("\n")
+               if line and not line.startswith("#")]
+SALT_RELEASES = (TESTED_SALT, *OTHER_SALTS)
+# Every wheel those virtualenvs need, fetched by scripts/test before the tests: a test fetches nothing.
+WHEELHOUSE = pathlib.Path(sys.prefix) / "wheelhouse"
 MINION = "pkg-minion"
 PEOPLE = {"alice": "Alice Smith", "bob": "Bob Jones"}
 START_TIMEOUT = 120
@@ -53,8 +57,9 @@ def wheel():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     for folder in project["tool"]["setuptools"]["package-dir"].values():
         shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "dist"), str(source)],
-                   check=True, capture_output=True, text=True)
+    # Built by the suite's own setuptools (requirements-test.txt), with no index.
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+                    "-w", str(work / "dist"), str(source)], check=True, capture_output=True, text=True)
     (found,) = (work / "dist").glob("deploytoken-*.whl")
     yield found
     shutil.rmtree(work, ignore_errors=True)
@@ -82,12 +87,18 @@ class PackageSalt:
         return self.master_cachedir / "deploytoken.sqlite"
 
     def install(self, wheel):
+        if self.release == TESTED_SALT:
+            # The suite's own Salt and libraries, seen through a .pth, and the wheel installed beside them:
+            # pip's resolution of the ranges is what the other releases show.
+            operator_venv(self.venv, wheel, programs=("salt-master", "salt-minion", "salt-key", "salt", "salt-run"))
+            return
         base = getattr(sys, "_base_executable", sys.executable)
         subprocess.run([base, "-m", "venv", str(self.venv)], check=True, capture_output=True)
         # No .pyc compile of all of Salt: each process compiles what it imports, once.
         done = subprocess.run(
             [str(self.venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile",
-             "--disable-pip-version-check", str(wheel), f"salt=={self.release}"],
+             "--disable-pip-version-check", "--no-index", "--find-links", str(WHEELHOUSE), str(wheel),
+             f"salt=={self.release}"],
             capture_output=True, text=True, timeout=900, env=self.env())
         assert done.returncode == 0, done.stderr
 
