@@ -183,10 +183,13 @@ def cycle(settings, login, seconds):
     store = token_stores.open_store(settings)
     released = []
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        taken = token.acquire(store, login, {}, reason="drill")
-        if taken.get("changed"):
-            given = token.release(store, login, {}, note="drill")
-            if given.get("released"):
-                released.append(taken["claim"])
+    try:
+        while time.monotonic() < deadline:
+            taken = token.acquire(store, login, {}, reason="drill")
+            if taken.get("changed"):
+                given = token.release(store, login, {}, note="drill")
+                if given.get("released"):
+                    released.append(taken["claim"])
+    except model.DeploytokenError as exc:  # cut off by a server fault: say who, as a person would know
+        raise model.StoreError(f"{login}: {exc}") from None
     return released

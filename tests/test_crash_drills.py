@@ -1,8 +1,9 @@
 """
 Crash drills on every store: racers take and give back the token in a loop while one of them is
 killed with SIGKILL at a random moment (and, on PostgreSQL, the server is restarted or the racers'
-backends terminated). After each round: at most one holder, and that one a killed racer; every
-release a racer was told of is in the history exactly once; no round hangs.
+backends terminated). After each round: at most one holder, and that one the killed racer or one a
+server fault cut off before it could give the token back; every release a racer was told of is in the
+history exactly once; no round hangs.
 
 The everyday suite runs one round per store; ``scripts/stress`` runs
 ``DEPLOYTOKEN_DRILL_ROUNDS`` (300 by default) and prints the counts.
@@ -69,8 +70,11 @@ def test_racers_killed_at_random_moments_leave_one_holder_and_every_row_once(bac
         violations = []
         if held > 1:
             violations.append(f"{held} holders")
-        if status["held"] and status["login"] != logins[victim]:
-            violations.append(f"held by {status['login']}, who was not killed")
+        # The token may stay with the killed racer, or with one a server fault cut off between taking the
+        # token and giving it back: that racer was told its release failed, as a person would be.
+        cut_off = {value.split(":", 1)[0] for outcome, value in outcomes if outcome != "ok"}
+        if status["held"] and status["login"] not in {logins[victim], *cut_off}:
+            violations.append(f"held by {status['login']}, who was neither killed nor cut off")
         claims = [row["claim"] for row in token.history(backend.open(), limit=10000)]
         if len(claims) != len(set(claims)):
             violations.append("a history row written twice")
@@ -79,5 +83,5 @@ def test_racers_killed_at_random_moments_leave_one_holder_and_every_row_once(bac
             violations.append(f"released claims missing from the history: {lost}")
         stress_counts["violations"] += len(violations)
         assert not violations, violations
-        if status["held"]:  # the killed racer held it: take it back, as a person would
+        if status["held"]:  # the killed or cut-off racer held it: take it back, as a person would
             token.release(backend.open(), "drill", {}, force=True, reason="holder killed")
