@@ -2,8 +2,7 @@
 The deploy token's vocabulary: who holds it (``Holding``), what the history keeps (``HistoryRow``),
 our error types, and the checks every input goes through before a store is touched.
 
-Plain Python, shared by the runner, the ext_pillar and the states through ``__utils__``; the stores
-(``deploytoken.stores.sqlite``, ``deploytoken.stores.google.store``) import it directly.
+Plain Python, imported by name by the runner, the ext_pillar, the states and every store.
 """
 
 import dataclasses
