@@ -77,6 +77,20 @@ def test_file_root_inside_the_checkout_is_refused(inside):
     assert not (REPO / "docs" / "here").exists()
 
 
+def test_file_root_needs_one_folder_and_leaves_what_is_not_its_own_alone(tmp_path):
+    script = str(REPO / "scripts" / "file-root")
+    usage = subprocess.run([script], capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.startswith("Usage: scripts/file-root DEST")
+    taken = tmp_path / "root"
+    (taken / "_modules").mkdir(parents=True)
+    taken.chmod(0o700)
+    refused = subprocess.run([script, str(taken)], capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr == (
+        f"scripts/file-root: {taken}/_modules exists and is not a link; move it away or give another folder.\n")
+    assert os.listdir(taken / "_modules") == [] and os.listdir(taken) == ["_modules"]
+    assert taken.stat().st_mode & 0o777 == 0o700
+
+
 def test_a_minion_reaches_only_the_salt_folders_of_the_file_root(salt_local):
     listed = salt_local.run("cp.list_master", minion_tgt=MINION_ID)
     assert listed.returncode == 0, listed
