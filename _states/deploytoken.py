@@ -75,23 +75,9 @@ def held(name):
         salt-call state.single deploytoken.held name=guard test=True
     """
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
-    memory = guard.store_memory(__opts__)
     try:
         job = guard.find_job(os.path.join(__opts__["cachedir"], "proc"), os.getpid(), _jid())
-        pillar, master_key = guard.token_data(__opts__, __grains__, __pillar__, job)
-        ssh = guard.operator_login(pillar) is not None
-        decision = guard.decide(
-            pillar,
-            None if ssh else guard.login_of_job(job),
-            __opts__["id"],
-            test=bool(__opts__.get("test")),
-            ssh_auth=guard.ssh_auth_keys(os.environ) if ssh else None,
-            remembered=guard.remembered_store(memory),
-            memory=memory,
-            master_key=master_key,
-        )
-        if decision["remember"]:
-            guard.remember_store(memory, decision["remember"], decision["comment"])
+        decision = guard.judge(__opts__, __grains__, __pillar__, job, test=bool(__opts__.get("test")))
     except (SaltException, OSError) as exc:
         ret["comment"] = f"The deploy token guard failed, so nothing may deploy: {exc}"
         return ret

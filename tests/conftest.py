@@ -36,7 +36,7 @@ pytest_plugins = [
 
 # What a file root of ours serves (scripts/file-root, as the README sets it up): Salt's extension folders and
 # the reactor, never the checkout's .git, .venv or tests (a file root is readable by every minion).
-SERVED = ("_modules", "_states", "_runners", "_utils", "_pillar", "_output", "reactor")
+SERVED = ("_modules", "_states", "_runners", "_utils", "_pillar", "_output", "_executors", "_roster", "reactor")
 MASTER_ID = "dt-master"
 PILLAR_MAX_AGE = 30
 MINION_ID = "collect-test"

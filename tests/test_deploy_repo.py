@@ -37,6 +37,16 @@ EXAMPLE = REPO / "examples" / "deploy-repo"
 TARGET = "kingfisher-main"
 # What the example's kingfisher.sls writes on the server, and the file in which the server remembers its store.
 DEPLOYED = pathlib.Path("/var/lib/kingfisher-deploy/deployed")
+# The team's other state files include no guard; this one deploys the branch a pillar= names.
+APP = pathlib.Path("/var/lib/kingfisher-deploy/app")
+APP_SLS = f"""\
+the app:
+  file.managed:
+    - name: {APP}
+    - makedirs: True
+    - contents: "{{{{ pillar.get('python_apps', {{}}).get('myapp', {{}}).get('git', {{}}).get('branch', 'main') }}}}"
+"""
+TOUCHED = pathlib.Path("/var/lib/kingfisher-deploy/touched")
 MEMORY = pathlib.Path("/var/lib/deploytoken/store.json")
 # The example's people, whose logins and keys each clone replaces with those of the real operators.
 ALICE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICmGteilzUkK1ja0zpuEw9YVy/nZGvXw6Rk0r7sdw3gj alice@laptop"
@@ -111,6 +121,7 @@ def team_repo(operators, sshd, team_store, make_scrapyd, pg_cluster):
             "socket_dir: /var/run/postgresql": f"socket_dir: {pg_cluster.socket_dir}",
             "port: 5432": f"port: {pg_cluster.port}",
         })
+        (work / "salt" / "app.sls").write_text(APP_SLS)
         git("init", "-q", "-b", "main", cwd=work)
         git("add", "-A", cwd=work)
         git("commit", "-q", "-m", "Our deploy repository", cwd=work)
@@ -194,16 +205,39 @@ def test_the_example_repository_takes_two_operators_through_the_procedure(
     assert code == 0, done.stdout + done.stderr[-2000:]
     assert agreed["token"]["holder"] == "Alice Smith"
 
-    code, blocked, done = as_(ben, "salt-ssh", TARGET, "state.apply")
-    assert code != 0, done.stdout
-    assert guard_of(blocked)["comment"].startswith(f"Deploy token is held by Alice Smith ({ada.login}) since ")
-    assert f"so Bob Jones ({ben.login}) may not deploy on {TARGET}." in guard_of(blocked)["comment"]
+    # Every change needs the token, not only a highstate: each of ben's is refused before it runs, with the
+    # guard's sentence, whether or not the state file includes the guard.
+    DEPLOYED.parent.mkdir(parents=True, exist_ok=True)
+    APP.write_text("before")
+    for args in (("state.apply",), ("state.sls", "app"), ("state.sls_id", "the app", "app"),
+                 ("cmd.run", f"touch {TOUCHED}"), ("file.remove", str(APP)), ("file.touch", str(TOUCHED))):
+        code, blocked, done = as_(ben, "salt-ssh", TARGET, *args)
+        assert code != 0, done.stdout
+        said = json.dumps(blocked) if blocked else done.stdout
+        # salt-ssh runs a state run on the server as state.pkg, the state files compiled on ben's machine.
+        assert f"{'state.pkg' if args[0].startswith('state.') else args[0]} was not run: " in said, said
+        assert f"held by Alice Smith ({ada.login}) since " in said, said
+        assert f"so Bob Jones ({ben.login}) may not deploy" in said, said
+    assert not DEPLOYED.exists() and not TOUCHED.exists() and APP.read_text() == "before"
+    # Reading stays open to him.
+    code, pong, done = as_(ben, "salt-ssh", TARGET, "test.ping")
+    assert code == 0 and pong[TARGET] is True, done.stdout + done.stderr[-2000:]
+    code, found, done = as_(ben, "salt-ssh", TARGET, "file.file_exists", str(DEPLOYED))
+    assert code == 0 and found[TARGET] is False, done.stdout + done.stderr[-2000:]
+    code, tried, done = as_(ben, "salt-ssh", TARGET, "state.apply", "test=True")
+    assert code == 0, done.stdout + done.stderr[-2000:]
     assert not DEPLOYED.exists()
 
     code, deployed, done = as_(ada, "salt-ssh", TARGET, "state.apply")
     assert code == 0, done.stdout + done.stderr[-2000:]
     assert guard_of(deployed)["comment"].startswith(f"Alice Smith ({ada.login}) holds the deploy token, since ")
     assert DEPLOYED.read_text().strip() == "deployed"
+    branch = '{"python_apps": {"myapp": {"git": {"branch": "BRANCH_NAME"}}}}'
+    code, done_app, done = as_(ada, "salt-ssh", TARGET, "state.sls", "app", f"pillar={branch}")
+    assert code == 0, done.stdout + done.stderr[-2000:]
+    assert APP.read_text().strip() == "BRANCH_NAME"
+    code, touched, done = as_(ada, "salt-ssh", TARGET, "cmd.run", f"touch {TOUCHED}")
+    assert code == 0 and TOUCHED.exists(), done.stdout + done.stderr[-2000:]
 
     code, released, done = as_(ada, "salt-run", "deploytoken.cleanup", "note=deployed the new spider")
     assert code == 0, done.stdout + done.stderr[-2000:]

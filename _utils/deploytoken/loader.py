@@ -1,17 +1,18 @@
 """
 Where Salt finds this package's modules once it is installed: the ``salt.loader`` entry point.
 
-The wheel carries the repository's ``_modules/``, ``_states/``, ``_runners/``, ``_pillar/`` and ``_output/``
-as ``deploytoken/shells/<kind>``; from a checkout (``pip install -e .``) they are the checkout's own folders.
-Salt's thin for salt-ssh takes the whole package folder with this entry point, so from a wheel the same
-folders travel to the targets; from an editable checkout the folder is ``_utils/deploytoken`` alone, and
-the targets get no modules.
+The wheel carries the repository's ``_modules/``, ``_states/``, ``_runners/``, ``_pillar/``, ``_output/``,
+``_executors/`` and ``_roster/`` as ``deploytoken/shells/<kind>``; from a checkout (``pip install -e .``)
+they are the checkout's own folders. Salt's thin for salt-ssh takes the whole package folder with this
+entry point, so from a wheel the same folders travel to the targets; from an editable checkout the folder
+is ``_utils/deploytoken`` alone, and the targets get no modules.
 """
 
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KINDS = {"modules": "_modules", "states": "_states", "runners": "_runners", "pillar": "_pillar", "output": "_output"}
+KINDS = {"modules": "_modules", "states": "_states", "runners": "_runners", "pillar": "_pillar", "output": "_output",
+         "executors": "_executors", "roster": "_roster"}
 
 
 def salt_dirs():

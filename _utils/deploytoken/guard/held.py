@@ -23,6 +23,10 @@ OVERRIDE = "salt-run deploytoken.override reason='...' targets='...'"
 # The file in which a server remembers the token store its last deployment obeyed.
 STORE_MEMORY = "/var/lib/deploytoken/store.json"
 
+# The minion option in which salt-ssh carries the token data the operator's machine made for this run
+# (the ``deploytoken`` roster puts it there), for the calls that are not state runs.
+SSH_TOKEN_OPTION = "deploytoken_token"
+
 # The jobs whose pillar Salt compiles on the master for the job itself as it starts (no initial pillar
 # but salt-call's own, compiled as it started), and the arguments of theirs that cannot put anything into
 # that pillar. Any other function (state.single, low, high, template, template_str, sls_id, request,
@@ -208,6 +212,29 @@ def decide(pillar, login, minion, test=False, now=None, ssh_auth=None, remembere
                 "to run salt-run deploytoken.release.")
 
 
+def judge(opts, grains, pillar, job, test=False, environ=None):
+    """The guard's whole check for the job ``job`` on this server: find the token data (``token_data``),
+    the person and the key that logged in, then ``decide``; note the store once a run passes. What the
+    ``deploytoken.held`` state and the executor both ask. DeploytokenError or OSError when the check
+    itself cannot be made."""
+    memory = store_memory(opts)
+    data, master_key = token_data(opts, grains, pillar, job)
+    ssh = operator_login(data) is not None
+    decision = decide(
+        data,
+        None if ssh else login_of_job(job),
+        opts["id"],
+        test=test,
+        ssh_auth=ssh_auth_keys(environ if environ is not None else os.environ) if ssh else None,
+        remembered=remembered_store(memory),
+        memory=memory,
+        master_key=master_key,
+    )
+    if decision["remember"]:
+        remember_store(memory, decision["remember"], decision["comment"])
+    return decision
+
+
 def consent(pillar, minion, now=None, master_key=None):
     """The data support manager's consent recorded with the claim that holds the token (``salt-run
     deploytoken.setup consent=``), from token data the guard believes; None otherwise."""
@@ -227,7 +254,9 @@ def token_data(opts, grains, pillar, job=None, now=None):
     master key) has the data its operator's machine compiled for this very run, in ``pillar``."""
     path = os.path.join(opts.get("pki_dir") or "", "minion_master.pub")
     if not os.path.isfile(path):
-        return (pillar or {}).get("deploytoken"), None
+        # A salt-ssh target: the state run's pillar, else what the operator's roster put into this run's
+        # minion options (a function call that is not a state run carries no pillar to the target).
+        return (pillar or {}).get("deploytoken") or opts.get(SSH_TOKEN_OPTION), None
     if opts.get("file_client") == "local":
         raise model.DeploytokenError(
             "this run has no master to ask who holds the deploy token (salt-call --local?); run it through the "

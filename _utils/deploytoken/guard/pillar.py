@@ -28,12 +28,13 @@ log = logging.getLogger(__name__)
 HOLDING_KEYS = ("holder", "login", "claim", "since", "reason")
 
 
-def pillar(opts, minion_id, incoming=None, now=None):
+def pillar(opts, minion_id, incoming=None, now=None, ssh=None):
     """The sealed ``deploytoken`` pillar of ``minion_id``; never raises: what goes wrong is its ``error``.
-    ``incoming`` is the pillar compiled so far (pillar files and the command line)."""
+    ``incoming`` is the pillar compiled so far (pillar files and the command line); ``ssh``: made for a
+    salt-ssh run (it names the operator), by default when salt-ssh runs this process."""
     settings = None
     now = now or model.utcnow()
-    ssh = opts.get("__cli") == "salt-ssh"
+    ssh = opts.get("__cli") == "salt-ssh" if ssh is None else ssh
     try:
         settings = token_settings.from_opts(opts)
         data = dict(cache.cached(_cache_path(opts), settings.pillar_cache,
