@@ -77,10 +77,11 @@ def free_port():
 class Salt:
     """A master and a minion in ``root``, stopped (and the folder removed) on exit."""
 
-    def __init__(self, guarded):
+    def __init__(self, guarded, minion_extra=None):
         self.root = pathlib.Path(tempfile.mkdtemp(prefix="dtb-", dir="/tmp"))
         self.conf = self.root / "conf"
         self.guarded = guarded
+        self.minion_extra = minion_extra or {}
         self.processes = []
         self._publisher = None
 
@@ -110,6 +111,7 @@ class Salt:
             "log_file": str(root / "minion.log"),
             # The store this benchmark's minion obeys, kept with it (each run makes a new store).
             "deploytoken": {"store_memory": str(root / "store-memory.json")},
+            **self.minion_extra,
         }
         (conf / "master").write_text(json.dumps(master))
         (conf / "minion").write_text(json.dumps(minion))
@@ -121,7 +123,8 @@ class Salt:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the minion did not answer; see {root}/minion.log")
             time.sleep(1)
-        self.run("salt", MINION, "saltutil.sync_all")
+        if not self.minion_extra:  # a minion given its module folders needs no sync (and may refuse one)
+            self.run("salt", MINION, "saltutil.sync_all")
         return self
 
     def __exit__(self, *exc):

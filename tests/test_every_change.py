@@ -3,6 +3,7 @@
 direct_call]``), and its state files do not include the guard: a run meets the token all the same."""
 
 import pathlib
+import re
 import shutil
 import tempfile
 
@@ -205,3 +206,14 @@ def test_the_configuration_opens_and_closes_and_closing_wins():
 def test_a_malformed_list_is_refused_by_name(value):
     with pytest.raises(ValueError, match="deploytoken:reads in this server's configuration must be a list"):
         changes.Settings.from_opts({"deploytoken": {"reads": value}})
+
+
+def test_the_guide_lists_exactly_the_table_of_readers():
+    """docs/guards.md's table of the functions open to everyone is the code's ``READS``, row for row."""
+    text = (REPO / "docs" / "guards.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        found = re.fullmatch(r"\| `(\w+)` \| (.*) \|", line)
+        if found:
+            rows[found[1]] = tuple(re.findall(r"`([^`]+)`", found[2]))
+    assert rows == changes.READS
