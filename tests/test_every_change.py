@@ -8,6 +8,7 @@ import shutil
 import tempfile
 
 import pytest
+import salt.config
 
 from conftest import REPO
 from deploytoken.guard import changes
@@ -159,6 +160,30 @@ def test_a_function_in_neither_list_is_refused_with_how_to_open_it(salt_cli, tok
     # The minion's configuration opens hashutil.digest.
     ret = as_(salt_cli, "bob", "hashutil.digest", "x")
     assert ret.returncode == 0 and isinstance(ret.data, str), ret
+
+
+def test_an_override_lets_ad_hoc_changes_through_as_it_lets_the_guard_through(salt_cli, runner, token, app):
+    sls, marker, other, folder = app
+    token.take("alice")
+    made = runner.run("deploytoken.override", "reason=database down, agreed with Alice", f"targets={GUARDED_ID}",
+                      "minutes=5", env={"SUDO_USER": "bob"})
+    assert made.returncode == 0, made
+    try:
+        ret = as_(salt_cli, "bob", "cmd.run", f"touch {folder / 'x'}")
+        assert ret.returncode == 0 and (folder / "x").exists(), ret
+    finally:
+        runner.run("deploytoken.override", "cancel=True", "reason=test over", env={"SUDO_USER": "bob"})
+        runner.run("deploytoken.flush")
+    refused(as_(salt_cli, "bob", "cmd.run", f"touch {folder / 'y'}"), "cmd.run")
+
+
+def test_the_example_minion_config_turns_the_executor_on(tmp_path):
+    (tmp_path / "minion.d").mkdir()
+    shutil.copy(REPO / "examples" / "minion.d" / "deploytoken.conf", tmp_path / "minion.d")
+    (tmp_path / "minion").write_text("")
+    opts = salt.config.minion_config(str(tmp_path / "minion"))
+    assert opts["module_executors"] == ["deploytoken", "direct_call"]
+    assert changes.Settings.from_opts(opts) == changes.Settings()
 
 
 # The table itself, without daemons

@@ -136,6 +136,7 @@ class PackageSalt:
         )
         self.write_config(self.conf, "master", self.master_config)
         self.write_config(self.conf, "minion", minion)
+        self.minion_config = minion
 
     @staticmethod
     def write_config(folder, name, config):
@@ -288,6 +289,27 @@ def test_guarded_apply_passes_for_the_holder_only(package_salt):
     assert status == 1, states
     assert guard_comment(states).startswith("Nobody holds the deploy token"), states
     assert not salt.marker.exists()
+
+
+def test_every_change_meets_the_token_through_the_installed_executor(package_salt):
+    """The minion's config as examples/minion.d/deploytoken.conf says, the executor loaded from the package."""
+    salt = package_salt
+    conf = salt.write_config(salt.root / "executor-conf", "minion",
+                             dict(salt.minion_config, module_executors=["deploytoken", "direct_call"]))
+    touched = salt.root / "touched"
+    status, took = salt.json("salt-run", "deploytoken.acquire", "reason=package executor test", user="alice")
+    assert status == 0 and took["acquired"], took
+    try:
+        bob = salt.run("salt-call", "--out=json", "cmd.run", f"touch {touched}", user="bob", conf=conf)
+        assert bob.returncode != 0 and "cmd.run was not run: " in bob.stderr, bob
+        assert "so Bob Jones (bob) may not deploy" in bob.stderr and not touched.exists(), bob
+        ping = salt.run("salt-call", "--out=json", "test.ping", user="bob", conf=conf)
+        assert ping.returncode == 0, ping
+        alice = salt.run("salt-call", "--out=json", "cmd.run", f"touch {touched}", user="alice", conf=conf)
+        assert alice.returncode == 0 and touched.exists(), alice
+    finally:
+        status, gave = salt.json("salt-run", "deploytoken.release", "note=done", user="alice")
+        assert status == 0, gave
 
 
 def test_core_errors_are_caught_as_their_own_classes(package_salt):
