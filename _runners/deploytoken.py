@@ -582,7 +582,8 @@ def flush():
 def doctor(targets="*", tgt_type="glob", ssh=None):
     """
     Check this operator's (or this master's) set-up and say, one line each, what is right and what to
-    fix: the config files (one ``deploytoken:`` block, the ext_pillar on), the token store (readable, and
+    fix: the config files (one ``deploytoken:`` block, the ext_pillar on), the chat's webhook file (there,
+    yours, mode 0600, a URL in it), the token store (readable, and
     shared by the team when deploying with salt-ssh), you in ``deploytoken:people`` with the key you log
     in with, and for each server: it answers, its sshd says which key logged in (``ExposeAuthInfo``), the
     busy check can read each Kingfisher source, and it obeys no other token store. Exit status 0 only when
@@ -613,14 +614,18 @@ def doctor(targets="*", tgt_type="glob", ssh=None):
     except SaltException as exc:
         return {"error": str(exc), "retcode": BAD_INPUT}
     conf_file = __opts__.get("conf_file")
-    findings = checks.deploytoken_blocks(checks.config_files(conf_file))
-    findings.append(checks.ext_pillar(__opts__.get("ext_pillar"), conf_file))
+    files = checks.config_files(conf_file)
+    block_file = checks.block_file(files, conf_file)
+    findings = checks.deploytoken_blocks(files)
+    findings.append(checks.ext_pillar(__opts__.get("ext_pillar"), block_file))
     try:
         config = settings.from_opts(__opts__)
         ssh = _ssh(config, ssh)
+        emails = checks.people_have_emails(config)
     except SaltException as exc:
         findings.append(checks.finding("problem", str(exc)))
         return _doctor_report(findings)
+    findings.append(checks.chat(config.notify, __opts__.get("user")))
     store = identity = error = None
     try:
         store = stores.open_store(config)
@@ -631,7 +636,7 @@ def doctor(targets="*", tgt_type="glob", ssh=None):
     findings += checks.store(config, store.location if store else None, identity, error,
                              ssh or _has_roster())
     login = _caller(config, store) if store and not error else model.login_of(__user__)
-    findings.append(checks.person(login, config, conf_file))
+    findings.append(checks.person(login, config, block_file, ssh=ssh, emails=emails))
     if ssh:
         home = checks.home_of_this_process()
         sudo = os.geteuid() == 0 and login != "root"  # ssh then reads root's ~/.ssh, not the person's

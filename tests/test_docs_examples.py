@@ -42,7 +42,7 @@ import yaml
 from salt.exceptions import SaltInvocationError
 
 import deploytoken
-from conftest import REPO, TIERS
+from conftest import REPO, TIERS, example_master_conf
 from deploytoken import settings as token_settings
 from deploytoken import stores as token_stores
 from deploytoken.kingfisher import busy as busy_check
@@ -502,16 +502,30 @@ def salt_reads(tmp_path, *files):
 def test_salt_accepts_the_example_master_config_and_our_settings_read_it(tmp_path):
     opts = salt_reads(tmp_path, EXAMPLE_CONF.read_text())
     assert opts["ext_pillar"] == [{"deploytoken": {}}]
+    # Off as pasted: a chat without its webhook file would drop every message, a reactor without its sls fail.
+    assert opts["reactor"] == [] and "deploytoken-remind" not in (opts.get("schedule") or {})
+    found = token_settings.from_opts(dict(opts, cachedir=str(tmp_path)))
+    assert (found.backend, found.people["bob"], found.emails, found.notify) == (
+        "sqlite", "Bob Jones", {"bob@example.org": "bob"}, None)
+    # The store's file follows the master's cachedir, wherever that is.
+    assert token_stores.backend("sqlite").from_settings(found).path == str(tmp_path / "deploytoken.sqlite")
+    assert (found.remind_after, found.pillar_cache, found.pillar_max_age) == (None, 2, 300)
+    checked = doctor.deploytoken_blocks(doctor.config_files(str(tmp_path / "master")))
+    checked.append(doctor.ext_pillar(opts["ext_pillar"], str(tmp_path / "master")))
+    checked.append(doctor.chat(found.notify, opts["user"]))
+    assert [finding["level"] for finding in checked] == ["ok", "ok", "ok"], checked
+
+
+def test_the_example_master_configs_chat_lines_turned_on_as_it_says(tmp_path):
+    opts = salt_reads(tmp_path, example_master_conf(chat=True))
     assert opts["reactor"] == [{"deploytoken/*": ["salt://reactor/deploytoken.sls"]}]
     assert opts["schedule"]["deploytoken-remind"]["function"] == "deploytoken.remind"
     assert (REPO / "reactor" / "deploytoken.sls").is_file()
     found = token_settings.from_opts(dict(opts, cachedir=str(tmp_path)))
-    assert (found.backend, found.people["bob"], found.emails, found.notify.kind) == (
-        "sqlite", "Bob Jones", {"bob@example.org": "bob"}, "slack")
-    assert (found.remind_after, found.remind_every, found.pillar_cache, found.pillar_max_age) == (14400, 14400, 2, 300)
-    checked = doctor.deploytoken_blocks(doctor.config_files(str(tmp_path / "master")))
-    checked.append(doctor.ext_pillar(opts["ext_pillar"], str(tmp_path / "master")))
-    assert [finding["level"] for finding in checked] == ["ok", "ok"], checked
+    assert (found.notify.kind, found.notify.url_file, found.remind_after, found.remind_every) == (
+        "slack", "/etc/salt/deploytoken-webhook", 14400, 14400)
+    # Where the webhook file is missing (this machine), doctor says so instead of exiting 0.
+    assert doctor.chat(found.notify, opts["user"])["level"] == "problem"
 
 
 def test_a_second_deploytoken_key_in_the_file_makes_salt_skip_it(tmp_path):
@@ -542,3 +556,12 @@ def test_the_quick_start_and_the_commands_after_it_work_as_pasted(tmp_path):
     history = subprocess.run([".venv/bin/salt-run", "-c", ".local/conf", "--out=json", "deploytoken.history"],
                              cwd=copy, capture_output=True, text=True, timeout=120)
     assert "tried it out" in history.stdout
+
+
+def test_the_state_guards_document_themselves_for_sys_state_doc():
+    # What ``salt 'collect*' sys.state_doc deploytoken kingfisher`` prints, which the docs point to.
+    functions, states = minion()
+    ours = sorted(name for name in states if name.split(".")[0] in ("deploytoken", "kingfisher"))
+    assert "deploytoken.held" in ours and "kingfisher.no_running_jobs" in ours, ours
+    documented = functions["sys.state_doc"]("deploytoken", "kingfisher")
+    assert not [name for name in ours if len((documented.get(name) or "").strip()) < 40], documented
