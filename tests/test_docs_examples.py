@@ -196,7 +196,9 @@ def check_minion_call(function, words):
 
 def check_salt(program, words):
     rest = salt_options(program, words)
-    if program == "salt-run":
+    if program == "salt-run" and {"-d", "--doc"} & set(words):  # the documentation of a module or function
+        assert len(rest) == 1 and any(name == rest[0] or name.startswith(rest[0] + ".") for name in runners()), rest
+    elif program == "salt-run":
         assert rest, "salt-run needs a function"
         check_runner_call(rest[0], rest[1:])
     elif program == "salt-call":
