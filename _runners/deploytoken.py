@@ -191,7 +191,9 @@ def acquire(reason="", wait=False, timeout=600, interval=10, name=None, force=Fa
         With ``wait``: give up after this many seconds (default 600).
 
     interval
-        With ``wait``: seconds between attempts (default 10).
+        With ``wait``: the longest sleep, in seconds, between two looks at the token (default 10). The
+        embedded store (inotify on Linux) and PostgreSQL (``LISTEN``) wake a waiter as soon as the token
+        changes; the Google store is read once per ``interval``.
 
     name
         Write this name in the token instead of yours (your login is recorded as the caller).

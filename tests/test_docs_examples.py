@@ -567,3 +567,12 @@ def test_the_state_guards_document_themselves_for_sys_state_doc():
     assert "deploytoken.held" in ours and "kingfisher.no_running_jobs" in ours, ours
     documented = functions["sys.state_doc"]("deploytoken", "kingfisher")
     assert not [name for name in ours if len((documented.get(name) or "").strip()) < 40], documented
+
+
+def test_acquire_documents_interval_as_the_docs_do():
+    # salt-run -d deploytoken.acquire and docs/commands.md say the same: a waiter is woken, interval is the
+    # longest sleep (tests/test_waiting_line.py shows the waiter woken well before it).
+    doc = " ".join(runners()["deploytoken.acquire"].__doc__.split())
+    assert "the longest sleep, in seconds, between two looks at the token (default 10)" in doc, doc
+    assert "`interval` is only the longest sleep between two looks" in " ".join(
+        (REPO / "docs" / "commands.md").read_text().split())
