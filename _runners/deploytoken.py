@@ -345,7 +345,12 @@ def update_repos(repos=None):
         result = repositories.update_all(paths, progress=_progress)
     except SaltException as exc:
         return {"error": str(exc), "retcode": BAD_INPUT}
-    if not result["ok"]:
+    # Each repository's own sentence was a progress report already: the answer sums them up.
+    updated = model.counted(len(result["repos"]), "repository", "repositories")
+    if result["ok"]:
+        result["message"] = f"Updated {updated}, with no problem."
+    else:
+        result["message"] = f"Updated {updated}; {model.counted(len(result['problems']), 'has', 'have')} a problem:"
         result["retcode"] = 1
     return result
 
