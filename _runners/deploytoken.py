@@ -23,6 +23,7 @@ import inspect
 import logging
 import os
 import re
+import shutil
 import sys
 from typing import TYPE_CHECKING
 
@@ -732,7 +733,9 @@ def _caller(config, store):
 
 def _prefix():
     """How this call was made: ``salt-run``, or ``salt-run -c FOLDER`` outside Salt's default folder."""
-    return hints.prefix(__opts__.get("conf_file"), salt.syspaths.CONFIG_DIR)
+    typed = sys.argv[0] if sys.argv else ""
+    return hints.prefix(__opts__.get("conf_file"), salt.syspaths.CONFIG_DIR,
+                        hints.program(typed, shutil.which(hints.DEFAULT)))
 
 
 def _progress(message):

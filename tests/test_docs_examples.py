@@ -556,9 +556,14 @@ def test_the_quick_start_and_the_commands_after_it_work_as_pasted(tmp_path):
     shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".git", ".local", "__pycache__"))
     # The requirements are already in this virtualenv, so the script's pip install has nothing to do.
     (copy / ".venv").symlink_to(VENV)
-    for line in script.splitlines() + after.splitlines():
+    for number, line in enumerate(script.splitlines() + after.splitlines()):
         done = subprocess.run(shlex.split(line), cwd=copy, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, (line, done.stdout, done.stderr)
+        if number == 0:  # one hint to give the token back, naming the salt-run that ran (not on PATH here)
+            assert done.stdout.count("deploytoken.release") == 1, done.stdout
+            assert done.stdout.rstrip().endswith(
+                f"Give it back with: .venv/bin/salt-run -c {copy / '.local' / 'conf'} deploytoken.release note='...'"
+            ), done.stdout
     history = subprocess.run([".venv/bin/salt-run", "-c", ".local/conf", "--out=json", "deploytoken.history"],
                              cwd=copy, capture_output=True, text=True, timeout=120)
     assert "tried it out" in history.stdout
