@@ -45,6 +45,7 @@ import deploytoken
 from conftest import REPO, TIERS, example_master_conf
 from deploytoken import settings as token_settings
 from deploytoken import stores as token_stores
+from deploytoken.guard import held
 from deploytoken.kingfisher import busy as busy_check
 from deploytoken.kingfisher import sources
 from deploytoken.procedure import doctor
@@ -585,3 +586,12 @@ def test_acquire_documents_interval_as_the_docs_do():
     assert "the longest sleep, in seconds, between two looks at the token (default 10)" in doc, doc
     assert "`interval` is only the longest sleep between two looks" in " ".join(
         (REPO / "docs" / "commands.md").read_text().split())
+
+
+def test_the_salt_ssh_store_memory_setting_of_the_docs_is_what_the_guard_reads():
+    # A roster entry's minion_opts become the target's opts under salt-ssh (the salt-ssh tests' roster moves
+    # the memory this way, tests/ssh_fixtures.py); the docs give the same setting.
+    for page in ("configuration.md", "guards.md"):
+        (setting,) = re.findall(r"`(minion_opts: \{deploytoken: \{store_memory: [^`]+\}\})`",
+                                " ".join((REPO / "docs" / page).read_text().split()))
+        assert held.store_memory(yaml.safe_load(setting)["minion_opts"]) == "/srv/deploytoken/store.json", page
