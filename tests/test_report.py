@@ -204,8 +204,8 @@ def test_the_history_rows_say_who_did_what_and_why(tmp_path):
         assert store.append_history(row)
     page = tmp_path / "week.html"
     report.write(store, since="7d", path=str(page), now=NOW)
-    rows = {match[0]: match for match in re.findall(
-        r'<tr class="(\w+)"><td>\w+</td><td>([^<]*)</td>(?:<td[^>]*>.*?</td>){6}<td>([^<]*)</td></tr>', page.read_text())}
+    row = r'<tr class="(\w+)"><td>\w+</td><td>([^<]*)</td>(?:<td[^>]*>.*?</td>){6}<td>([^<]*)</td></tr>'
+    rows = {match[0]: match for match in re.findall(row, page.read_text())}
     # A forced holding's reason and an override's cancel reason are on the page, not only in a hover text.
     assert rows["forced"][1:] == ("Bob Jones", "Alice Smith (alice): Bob is away, agreed in chat")
     # The cancelled override's row names its author as such, and who cancelled it and why.
