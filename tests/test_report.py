@@ -198,6 +198,18 @@ def test_the_timeline_zooms_to_the_days_with_holdings_and_says_so(tmp_path):
     assert ">Waits</text>" in text
 
 
+def test_the_timeline_shows_the_whole_period_when_its_activity_fills_it_or_there_is_none():
+    since = NOW - datetime.timedelta(days=7)
+    spread = [(since + datetime.timedelta(days=1), since + datetime.timedelta(days=1, hours=1)),
+              (NOW - datetime.timedelta(hours=2), NOW - datetime.timedelta(hours=1))]
+    assert report.view(spread, since, NOW) == (since, NOW)
+    assert report.view([], since, NOW) == (since, NOW)
+    assert report.view([(None, None)], since, NOW) == (since, NOW)  # a row without its times
+    # Activity in the last hour only: that hour, with at least half an hour on each side (up to now).
+    late = [(NOW - datetime.timedelta(minutes=50), NOW - datetime.timedelta(minutes=20))]
+    assert report.view(late, since, NOW) == (NOW - datetime.timedelta(minutes=80), NOW)
+
+
 def test_the_history_rows_say_who_did_what_and_why(tmp_path):
     store = sqlite_store.SqliteStore(str(tmp_path / "token.sqlite"))
     for row in SHORT_WEEK:

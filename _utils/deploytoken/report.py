@@ -162,7 +162,8 @@ def view(spans, since, now):
     """The part of the period the timeline shows: all of it, or, when its activity (``spans``, pairs of
     datetimes) covers less than ``ZOOM_BELOW`` of it, that activity with a margin on each side, so that short
     holdings in a long period are bars and not slivers."""
-    inside = [(max(start, since), min(end, now)) for start, end in spans if start <= now and end >= since]
+    inside = [(max(start, since), min(end, now)) for start, end in spans
+              if start is not None and end is not None and start <= now and end >= since]
     if not inside:
         return since, now
     first, last = min(start for start, _ in inside), max(end for _, end in inside)
