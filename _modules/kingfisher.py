@@ -222,8 +222,21 @@ def _postgres_upgrades():
     return {"upgrades": upgrades, "how": "pkg.list_upgrades"}
 
 
+def _refuse_switches(extra):
+    """One sentence for an argument ``busy`` does not take, rather than Salt's generic "not valid": a
+    source's switch (``scrapyd=false``) says where a source is turned off."""
+    switches = sorted(key for key in extra if key in sources.names())
+    if switches:
+        name = switches[0]
+        raise CommandExecutionError(
+            f"kingfisher.busy takes no {name}= argument: a source is turned off in the server's config or pillar "
+            f"(kingfisher: {{{name}: false}}), never for one call, so that no deployment skips a check that "
+            "would stop it.")
+    busy_check.check_arguments(extra)
+
+
 def busy(postgres=None, url=None, username=None, password=None, users=None, threshold=None, socket_dir=None,
-         port=None, user=None, runas=None):
+         port=None, user=None, runas=None, **kwargs):
     """
     Is the server busy? ``busy: true/false``, one sentence per reason naming the owner where known
     (spider and job, tmux session and user, PostgreSQL usename and query comment), and each
@@ -248,6 +261,10 @@ def busy(postgres=None, url=None, username=None, password=None, users=None, thre
     threshold, socket_dir, port, user, runas
         PostgreSQL, as for ``kingfisher.long_queries``.
 
+    A source is turned off only in the server's config or pillar (``kingfisher: {scrapyd: false}``), never
+    by an argument: ``scrapyd=false`` is refused, so that no deployment (``deploytoken.setup
+    busy_args=``) skips a check that would stop it.
+
     CLI Example:
 
     .. code-block:: bash
@@ -255,6 +272,7 @@ def busy(postgres=None, url=None, username=None, password=None, users=None, thre
         salt 'collect*' kingfisher.busy
         salt 'collect*' kingfisher.busy postgres=always threshold=600 --out=json
     """
+    _refuse_switches({key: value for key, value in kwargs.items() if not key.startswith("__")})
     mode = busy_check.check_mode(_setting("busy:postgres", postgres))
     given = {
         "scrapyd": {"url": url, "username": username, "password": password},

@@ -42,6 +42,9 @@ def lines(data):
     if "error" in data:
         return [str(data["error"])]
     found = [str(data["message"])] if "message" in data else []
+    if data.get("release_command") and data.get("force_command"):  # status, while someone holds the token
+        found += [f"Claim: {data.get('claim')}", f"Release (the holder): {data['release_command']}",
+                  f"Force (anyone, recorded in the history): {data['force_command']}"]
     for entry in data.get("waiting") or []:
         found.append(f"Waiting: {entry.get('who')} since {_time(entry.get('since'))}")
     for entry in data.get("overrides") or []:
@@ -55,8 +58,6 @@ def lines(data):
     for key in ("findings", "problems"):  # doctor's findings, update_repos' problems (doctor counts its own)
         if isinstance(data.get(key), list):
             found += [str(line) for line in data[key]]
-    if "repos" in data and isinstance(data["repos"], list) and not found:
-        found = [str(report.get("message", report)) for report in data["repos"] if isinstance(report, dict)]
     return found or None
 
 

@@ -23,6 +23,7 @@ import inspect
 import logging
 import os
 import re
+import shutil
 import sys
 from typing import TYPE_CHECKING
 
@@ -191,7 +192,9 @@ def acquire(reason="", wait=False, timeout=600, interval=10, name=None, force=Fa
         With ``wait``: give up after this many seconds (default 600).
 
     interval
-        With ``wait``: seconds between attempts (default 10).
+        With ``wait``: the longest sleep, in seconds, between two looks at the token (default 10). The
+        embedded store (inotify on Linux) and PostgreSQL (``LISTEN``) wake a waiter as soon as the token
+        changes; the Google store is read once per ``interval``.
 
     name
         Write this name in the token instead of yours (your login is recorded as the caller).
@@ -343,7 +346,12 @@ def update_repos(repos=None):
         result = repositories.update_all(paths, progress=_progress)
     except SaltException as exc:
         return {"error": str(exc), "retcode": BAD_INPUT}
-    if not result["ok"]:
+    # Each repository's own sentence was a progress report already: the answer sums them up.
+    updated = model.counted(len(result["repos"]), "repository", "repositories")
+    if result["ok"]:
+        result["message"] = f"Updated {updated}, with no problem."
+    else:
+        result["message"] = f"Updated {updated}; {model.counted(len(result['problems']), 'has', 'have')} a problem:"
         result["retcode"] = 1
     return result
 
@@ -582,7 +590,8 @@ def flush():
 def doctor(targets="*", tgt_type="glob", ssh=None):
     """
     Check this operator's (or this master's) set-up and say, one line each, what is right and what to
-    fix: the config files (one ``deploytoken:`` block, the ext_pillar on), the token store (readable, and
+    fix: the config files (one ``deploytoken:`` block, the ext_pillar on), the chat's webhook file (there,
+    yours, mode 0600, a URL in it), the token store (readable, and
     shared by the team when deploying with salt-ssh), you in ``deploytoken:people`` with the key you log
     in with, and for each server: it answers, its sshd says which key logged in (``ExposeAuthInfo``), the
     busy check can read each Kingfisher source, and it obeys no other token store. Exit status 0 only when
@@ -613,14 +622,18 @@ def doctor(targets="*", tgt_type="glob", ssh=None):
     except SaltException as exc:
         return {"error": str(exc), "retcode": BAD_INPUT}
     conf_file = __opts__.get("conf_file")
-    findings = checks.deploytoken_blocks(checks.config_files(conf_file))
-    findings.append(checks.ext_pillar(__opts__.get("ext_pillar"), conf_file))
+    files = checks.config_files(conf_file)
+    block_file = checks.block_file(files, conf_file)
+    findings = checks.deploytoken_blocks(files)
+    findings.append(checks.ext_pillar(__opts__.get("ext_pillar"), block_file))
     try:
         config = settings.from_opts(__opts__)
         ssh = _ssh(config, ssh)
+        emails = checks.people_have_emails(config)
     except SaltException as exc:
         findings.append(checks.finding("problem", str(exc)))
         return _doctor_report(findings)
+    findings.append(checks.chat(config.notify, __opts__.get("user")))
     store = identity = error = None
     try:
         store = stores.open_store(config)
@@ -631,7 +644,7 @@ def doctor(targets="*", tgt_type="glob", ssh=None):
     findings += checks.store(config, store.location if store else None, identity, error,
                              ssh or _has_roster())
     login = _caller(config, store) if store and not error else model.login_of(__user__)
-    findings.append(checks.person(login, config, conf_file))
+    findings.append(checks.person(login, config, block_file, ssh=ssh, emails=emails))
     if ssh:
         home = checks.home_of_this_process()
         sudo = os.geteuid() == 0 and login != "root"  # ssh then reads root's ~/.ssh, not the person's
@@ -720,7 +733,9 @@ def _caller(config, store):
 
 def _prefix():
     """How this call was made: ``salt-run``, or ``salt-run -c FOLDER`` outside Salt's default folder."""
-    return hints.prefix(__opts__.get("conf_file"), salt.syspaths.CONFIG_DIR)
+    typed = sys.argv[0] if sys.argv else ""
+    return hints.prefix(__opts__.get("conf_file"), salt.syspaths.CONFIG_DIR,
+                        hints.program(typed, shutil.which(hints.DEFAULT)))
 
 
 def _progress(message):

@@ -10,6 +10,7 @@ import itertools
 import logging
 import os
 import pathlib
+import re
 import shlex
 import shutil
 import sqlite3
@@ -116,6 +117,13 @@ def pytest_collection_modifyitems(config, items):
         tier = max([found] + [tier for tier in TIERS if item.get_closest_marker(tier)], key=TIERS.index)
         if not item.get_closest_marker(tier):
             item.add_marker(tier)
+
+
+def example_master_conf(chat=False):
+    """The text of ``examples/master.d/deploytoken.conf``; with ``chat``, its chat lines turned on as the file
+    says (a line of ``#`` directly followed by text or by two spaces, not a comment's one space, loses that ``#``)."""
+    text = (REPO / "examples" / "master.d" / "deploytoken.conf").read_text()
+    return re.sub(r"^#(?=[^ \n]|  )", "", text, flags=re.M) if chat else text
 
 
 def extension_root(parent):

@@ -89,8 +89,8 @@ def server_files():
 def git(*args, cwd=None, user=None):
     command = ["git", "-c", "user.name=Team", "-c", "user.email=team@example.org", *args]
     home = pwd.getpwnam(user).pw_dir if user else "/nonexistent"
-    subprocess.run([RUNUSER, "-u", user, "--", *command] if user else command, cwd=cwd, check=True,
-                   capture_output=True, env={"PATH": SYSTEM_PATH, "HOME": home})
+    return subprocess.run([RUNUSER, "-u", user, "--", *command] if user else command, cwd=cwd, check=True,
+                          capture_output=True, text=True, env={"PATH": SYSTEM_PATH, "HOME": home}).stdout
 
 
 @pytest.fixture
@@ -171,6 +171,11 @@ def guard_of(data):
     return found
 
 
+def kingfisher_guard(data, state_id):
+    (found,) = [value for key, value in data[TARGET].items() if key.startswith(f"kingfisher_|-{state_id}_|-")]
+    return found
+
+
 def test_relative_roots_stand_for_the_deploy_repository_salt_run_runs_in(git_world, tmp_path):
     top = git_world.clone(git_world.origin()).working_tree_dir
     opts = {"file_roots": {"base": ["salt/"]}, "pillar_roots": {"base": ["pillar/"]}}
@@ -197,7 +202,7 @@ def test_the_example_repository_takes_two_operators_through_the_procedure(
     code, stopped, done = as_(ada, "salt-run", "deploytoken.setup", f"targets={TARGET}", "reason=new spider")
     assert code == 1, done.stdout
     assert stopped["token"] is None
-    assert stopped["message"].startswith("Setup stopped: Kingfisher is busy. ")
+    assert stopped["message"].startswith("Setup stopped: Kingfisher is busy.\n")
     assert f"tmux session '{session}' of {sleeper} runs 'sleep 3600' (for " in stopped["message"]
 
     code, agreed, done = as_(ada, "salt-run", "deploytoken.setup", f"targets={TARGET}", "reason=new spider",
@@ -231,6 +236,8 @@ def test_the_example_repository_takes_two_operators_through_the_procedure(
     code, deployed, done = as_(ada, "salt-ssh", TARGET, "state.apply")
     assert code == 0, done.stdout + done.stderr[-2000:]
     assert guard_of(deployed)["comment"].startswith(f"Alice Smith ({ada.login}) holds the deploy token, since ")
+    # The example's Kingfisher guards ran (the stand-in state would change) and passed loudly on the consent.
+    assert kingfisher_guard(deployed, "no tmux work interrupted")["comment"].startswith("CONSENT: PASSED although ")
     assert DEPLOYED.read_text().strip() == "deployed"
     branch = '{"python_apps": {"myapp": {"git": {"branch": "BRANCH_NAME"}}}}'
     code, done_app, done = as_(ada, "salt-ssh", TARGET, "state.sls", "app", f"pillar={branch}")
@@ -247,3 +254,22 @@ def test_the_example_repository_takes_two_operators_through_the_procedure(
     assert [(row["kind"], row["holder"], row["reason"], row["note"][:34]) for row in rows] == [
         ("holding", "Alice Smith", f"new spider [consent: {CONSENT}]", "deployed the new spider"),
         ("setup_stopped", "Alice Smith", "new spider", "Setup stopped: Kingfisher is busy.")]
+
+    # A plain acquire checks nothing, but the example's guards stop a deployment over the busy server.
+    DEPLOYED.unlink()
+    code, _, done = as_(ada, "salt-run", "deploytoken.acquire", "reason=quick fix")
+    assert code == 0, done.stdout + done.stderr[-2000:]
+    code, guarded, done = as_(ada, "salt-ssh", TARGET, "state.apply")
+    assert code != 0 and not DEPLOYED.exists(), done.stdout
+    stopped = kingfisher_guard(guarded, "no tmux work interrupted")
+    assert stopped["result"] is False and f"tmux session '{session}' of {sleeper}" in stopped["comment"], stopped
+    assert kingfisher_guard(guarded, "no crawls interrupted")["result"] is True  # this Scrapyd runs no job
+    code, _, done = as_(ada, "salt-run", "deploytoken.release", "note=stopped by the guard")
+    assert code == 0, done.stdout + done.stderr[-2000:]
+
+    # The report's default file, in the clone where salt-run runs, is one git ignores.
+    code, written, done = as_(ada, "salt-run", "deploytoken.report")
+    assert code == 0, done.stdout + done.stderr[-2000:]
+    assert os.path.realpath(written["path"]) == os.path.realpath(clones["ada"] / "deploytoken-report.html")
+    status = git("status", "--porcelain", "--ignored", cwd=clones["ada"], user=ada.login)
+    assert "!! deploytoken-report.html" in status and "?? " not in status, status

@@ -39,12 +39,13 @@ import salt.state
 import salt.utils.args
 import salt.utils.parsers
 import yaml
-from salt.exceptions import SaltInvocationError
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import deploytoken
-from conftest import REPO, TIERS
+from conftest import REPO, TIERS, example_master_conf
 from deploytoken import settings as token_settings
 from deploytoken import stores as token_stores
+from deploytoken.guard import held
 from deploytoken.kingfisher import busy as busy_check
 from deploytoken.kingfisher import sources
 from deploytoken.procedure import doctor
@@ -192,11 +193,15 @@ def check_minion_call(function, words):
     assert function in functions, f"a minion has no function {function}"
     args, kwargs = salt.minion.load_args_and_kwargs(functions[function], salt.utils.args.parse_input(words))
     inspect.signature(functions[function]).bind(*args, **kwargs)
+    if function == "kingfisher.busy":  # it takes any keyword, to refuse the unknown ones in its own words
+        busy_check.check_arguments(kwargs)
 
 
 def check_salt(program, words):
     rest = salt_options(program, words)
-    if program == "salt-run":
+    if program == "salt-run" and {"-d", "--doc"} & set(words):  # the documentation of a module or function
+        assert len(rest) == 1 and any(name == rest[0] or name.startswith(rest[0] + ".") for name in runners()), rest
+    elif program == "salt-run":
         assert rest, "salt-run needs a function"
         check_runner_call(rest[0], rest[1:])
     elif program == "salt-call":
@@ -472,11 +477,13 @@ def test_every_link_of_the_docs_names_a_file_of_the_repository():
     ("salt-run deploytoken.aquire", "salt-run has no function deploytoken.aquire"),
     ("salt-run deploytoken.remind --out=quiet", "Salt has no outputter 'quiet'"),
     ("salt-run --nope deploytoken.status", "salt-run has no option --nope"),
-    ("salt 'collect*' kingfisher.busy postgers=always", "keyword arguments are not valid: postgers"),
+    ("salt 'collect*' kingfisher.busy postgers=always", "kingfisher.busy has no argument 'postgers'"),
+    ("salt 'collect*' kingfisher.state_doc", "a minion has no function kingfisher.state_doc"),
     ("./deploy", "no check for the command"),
 ])
 def test_a_wrong_command_fails_its_check(line, words):
-    with pytest.raises((AssertionError, TypeError, SaltInvocationError, pytest.fail.Exception)) as caught:
+    with pytest.raises((AssertionError, TypeError, SaltInvocationError, CommandExecutionError,
+                        pytest.fail.Exception)) as caught:
         check_command(line)
     assert words in str(caught.value)
 
@@ -502,16 +509,30 @@ def salt_reads(tmp_path, *files):
 def test_salt_accepts_the_example_master_config_and_our_settings_read_it(tmp_path):
     opts = salt_reads(tmp_path, EXAMPLE_CONF.read_text())
     assert opts["ext_pillar"] == [{"deploytoken": {}}]
+    # Off as pasted: a chat without its webhook file would drop every message, a reactor without its sls fail.
+    assert opts["reactor"] == [] and "deploytoken-remind" not in (opts.get("schedule") or {})
+    found = token_settings.from_opts(dict(opts, cachedir=str(tmp_path)))
+    assert (found.backend, found.people["bob"], found.emails, found.notify) == (
+        "sqlite", "Bob Jones", {"bob@example.org": "bob"}, None)
+    # The store's file follows the master's cachedir, wherever that is.
+    assert token_stores.backend("sqlite").from_settings(found).path == str(tmp_path / "deploytoken.sqlite")
+    assert (found.remind_after, found.pillar_cache, found.pillar_max_age) == (None, 2, 300)
+    checked = doctor.deploytoken_blocks(doctor.config_files(str(tmp_path / "master")))
+    checked.append(doctor.ext_pillar(opts["ext_pillar"], str(tmp_path / "master")))
+    checked.append(doctor.chat(found.notify, opts["user"]))
+    assert [finding["level"] for finding in checked] == ["ok", "ok", "ok"], checked
+
+
+def test_the_example_master_configs_chat_lines_turned_on_as_it_says(tmp_path):
+    opts = salt_reads(tmp_path, example_master_conf(chat=True))
     assert opts["reactor"] == [{"deploytoken/*": ["salt://reactor/deploytoken.sls"]}]
     assert opts["schedule"]["deploytoken-remind"]["function"] == "deploytoken.remind"
     assert (REPO / "reactor" / "deploytoken.sls").is_file()
     found = token_settings.from_opts(dict(opts, cachedir=str(tmp_path)))
-    assert (found.backend, found.people["bob"], found.emails, found.notify.kind) == (
-        "sqlite", "Bob Jones", {"bob@example.org": "bob"}, "slack")
-    assert (found.remind_after, found.remind_every, found.pillar_cache, found.pillar_max_age) == (14400, 14400, 2, 300)
-    checked = doctor.deploytoken_blocks(doctor.config_files(str(tmp_path / "master")))
-    checked.append(doctor.ext_pillar(opts["ext_pillar"], str(tmp_path / "master")))
-    assert [finding["level"] for finding in checked] == ["ok", "ok"], checked
+    assert (found.notify.kind, found.notify.url_file, found.remind_after, found.remind_every) == (
+        "slack", "/etc/salt/deploytoken-webhook", 14400, 14400)
+    # Where the webhook file is missing (this machine), doctor says so instead of exiting 0.
+    assert doctor.chat(found.notify, opts["user"])["level"] == "problem"
 
 
 def test_a_second_deploytoken_key_in_the_file_makes_salt_skip_it(tmp_path):
@@ -536,9 +557,41 @@ def test_the_quick_start_and_the_commands_after_it_work_as_pasted(tmp_path):
     shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".git", ".local", "__pycache__"))
     # The requirements are already in this virtualenv, so the script's pip install has nothing to do.
     (copy / ".venv").symlink_to(VENV)
-    for line in script.splitlines() + after.splitlines():
+    for number, line in enumerate(script.splitlines() + after.splitlines()):
         done = subprocess.run(shlex.split(line), cwd=copy, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, (line, done.stdout, done.stderr)
+        if number == 0:  # one hint to give the token back, naming the salt-run that ran (not on PATH here)
+            assert done.stdout.count("deploytoken.release") == 1, done.stdout
+            assert done.stdout.rstrip().endswith(
+                f"Give it back with: .venv/bin/salt-run -c {copy / '.local' / 'conf'} deploytoken.release note='...'"
+            ), done.stdout
     history = subprocess.run([".venv/bin/salt-run", "-c", ".local/conf", "--out=json", "deploytoken.history"],
                              cwd=copy, capture_output=True, text=True, timeout=120)
     assert "tried it out" in history.stdout
+
+
+def test_the_state_guards_document_themselves_for_sys_state_doc():
+    # What ``salt 'collect*' sys.state_doc deploytoken kingfisher`` prints, which the docs point to.
+    functions, states = minion()
+    ours = sorted(name for name in states if name.split(".")[0] in ("deploytoken", "kingfisher"))
+    assert "deploytoken.held" in ours and "kingfisher.no_running_jobs" in ours, ours
+    documented = functions["sys.state_doc"]("deploytoken", "kingfisher")
+    assert not [name for name in ours if len((documented.get(name) or "").strip()) < 40], documented
+
+
+def test_acquire_documents_interval_as_the_docs_do():
+    # salt-run -d deploytoken.acquire and docs/commands.md say the same: a waiter is woken, interval is the
+    # longest sleep (tests/test_waiting_line.py shows the waiter woken well before it).
+    doc = " ".join(runners()["deploytoken.acquire"].__doc__.split())
+    assert "the longest sleep, in seconds, between two looks at the token (default 10)" in doc, doc
+    assert "`interval` is only the longest sleep between two looks" in " ".join(
+        (REPO / "docs" / "commands.md").read_text().split())
+
+
+def test_the_salt_ssh_store_memory_setting_of_the_docs_is_what_the_guard_reads():
+    # A roster entry's minion_opts become the target's opts under salt-ssh (the salt-ssh tests' roster moves
+    # the memory this way, tests/ssh_fixtures.py); the docs give the same setting.
+    for page in ("configuration.md", "guards.md"):
+        (setting,) = re.findall(r"`(minion_opts: \{deploytoken: \{store_memory: [^`]+\}\})`",
+                                " ".join((REPO / "docs" / page).read_text().split()))
+        assert held.store_memory(yaml.safe_load(setting)["minion_opts"]) == "/srv/deploytoken/store.json", page

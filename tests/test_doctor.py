@@ -1,12 +1,15 @@
 """``deploytoken.doctor``: each check on real files, real keys, a real SQLite store and the real facts of
 this machine, then through the real ``salt-run`` and ``salt-ssh`` of an operator, and of a master with its minion."""
 
+import os
+import pwd
 import subprocess
 
 import pytest
 
 from conftest import MINION_ID, as_user
 from deploytoken import settings as token_settings
+from deploytoken.chat import notify as chat
 from deploytoken.guard import held as guard
 from deploytoken.procedure import doctor, facts
 from deploytoken.stores.sqlite import SqliteStore
@@ -84,12 +87,66 @@ def test_a_private_sqlite_store_with_salt_ssh_is_a_warning_naming_the_risk(tmp_p
                                          "retcode": 0}
 
 
-def test_a_person_missing_from_people_is_told_what_to_add(tmp_path):
+def test_a_person_missing_from_people_is_told_what_to_add_where_and_only_what_is_used(tmp_path):
     settings = settings_of(tmp_path, people={"ada": "Ada Lovelace"})
     assert doctor.person("ada", settings, "salt-config/master")["level"] == "ok"
-    assert doctor.person("zed", settings, "salt-config/master") == doctor.finding("problem", (
+    assert doctor.person("zed", settings, "/etc/salt/master.d/deploytoken.conf") == doctor.finding("problem", (
+        'You (zed) are not in deploytoken:people, so the guard names you by your login only: add zed: "Your Name" '
+        "under deploytoken: people: in /etc/salt/master.d/deploytoken.conf."))
+    assert doctor.person("zed", settings, "salt-config/master", ssh=True)["text"] == (
         "You (zed) are not in deploytoken:people, so the guard names you by your login only and no key is yours: "
-        "add zed: {name: ..., email: ..., ssh_keys: [...]} under deploytoken: people: in salt-config/master."))
+        "add zed: {name: ..., ssh_keys: [...]} under deploytoken: people: in salt-config/master.")
+    assert "add zed: {name: ..., email: ..., ssh_keys: [...]} " in doctor.person(
+        "zed", settings, "salt-config/master", ssh=True, emails=True)["text"]
+    assert not doctor.people_have_emails(settings)
+    google = {"document_id": "d", "spreadsheet_id": "s", "history_range": "'Deploy history'!A:K"}
+    assert doctor.people_have_emails(settings_of(tmp_path, backend="google", google=google))
+    assert not doctor.people_have_emails(settings_of(
+        tmp_path, backend="google", google=dict(google, service_account_file="/etc/salt/sa.json")))
+
+
+def test_the_fix_goes_to_the_file_with_the_deploytoken_block(tmp_path):
+    master = tmp_path / "master"
+    master.write_text("log_level: info\n")
+    (tmp_path / "master.d").mkdir()
+    conf = tmp_path / "master.d" / "deploytoken.conf"
+    assert doctor.block_file(doctor.config_files(str(master)), str(master)) == str(conf)  # where the example goes
+    conf.write_text("deploytoken:\n  people: {ada: Ada}\n")
+    assert doctor.block_file(doctor.config_files(str(master)), str(master)) == str(conf)
+    conf.unlink()
+    master.write_text("deploytoken: {}\n")
+    assert doctor.block_file(doctor.config_files(str(master)), str(master)) == str(master)
+
+
+def webhook(tmp_path, text, mode=0o600, **block):
+    path = tmp_path / "webhook"
+    path.write_text(text)
+    path.chmod(mode)
+    return chat.from_config(dict({"kind": "slack", "url_file": str(path)}, **block))
+
+
+def test_the_chat_webhook_file_is_checked_so_no_message_is_dropped_silently(tmp_path):
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert doctor.chat(None, me) == doctor.finding("ok", "No chat is configured (deploytoken:notify), so nothing is "
+                                                   "posted.")
+    missing = chat.from_config({"kind": "slack", "url_file": str(tmp_path / "nowhere")})
+    assert doctor.chat(missing, me) == doctor.finding("problem", (
+        f"The chat's webhook URL file {tmp_path / 'nowhere'} cannot be read (No such file or directory), so every "
+        f"chat message is dropped: write the webhook URL in it as one line, then chmod 600 {tmp_path / 'nowhere'}; "
+        "or remove deploytoken:notify."))
+    found = doctor.chat(webhook(tmp_path, "https://hooks.example.org/T0/B0/x\n", 0o640), me)
+    assert found["level"] == "problem" and found["text"].startswith("The chat cannot be posted to, so every chat "
+                                                                    "message is dropped: ")
+    assert "(mode 0640)" in found["text"] and "chmod 600" in found["text"]
+    found = doctor.chat(webhook(tmp_path, "http://hooks.example.org/x\n"), me)
+    assert found["text"].endswith("must be an https:// URL (http:// only to 127.0.0.1).") and "hooks" not in \
+        found["text"].split("URL in")[0]
+    assert doctor.chat(webhook(tmp_path, "https://hooks.example.org/T0/B0/x\n"), "nobody-else") == doctor.finding(
+        "problem", f"The chat's webhook URL file {tmp_path / 'webhook'} is owned by {me}, not by nobody-else who runs "
+        f"the master: chown nobody-else {tmp_path / 'webhook'}.")
+    assert doctor.chat(webhook(tmp_path, "https://hooks.example.org/T0/B0/x\n"), me) == doctor.finding(
+        "ok", f"The chat's webhook URL file {tmp_path / 'webhook'} is {me}'s, mode 0600, and holds a slack webhook "
+        "URL.")
 
 
 def test_the_key_this_person_logs_in_with_must_be_listed_for_them(tmp_path):

@@ -55,8 +55,10 @@ def test_the_token_cycle_answers_in_sentences_and_json_keeps_the_data(said, salt
 
     held = said("carol", "deploytoken.status")
     assert held.returncode == 0 and re.fullmatch(
-        r"The deploy token is held by Alice Smith \(alice\) since [^(]+ \(\d+ s\): \"upgrade postgres\"\.\n",
-        held.stdout), held.stdout
+        r"The deploy token is held by Alice Smith \(alice\) since [^(]+ \(\d+ s\): \"upgrade postgres\"\.\n"
+        + re.escape(f"Claim: {claim}\nRelease (the holder): {prefix} deploytoken.release note='...'\n"
+                    f"Force (anyone, recorded in the history): {prefix} deploytoken.release force=True claim={claim} "
+                    "reason='...'\n"), held.stdout), held.stdout
 
     given = said("alice", "deploytoken.release", "note=rebooted kingfisher-main")
     assert given.returncode == 0 and re.fullmatch(
@@ -86,6 +88,7 @@ def test_progress_of_a_wait_is_one_line_per_report(said, salt_run):
     lines = waited.stdout.splitlines()
     assert lines[0].startswith("Waiting for the deploy token, held by Alice Smith (alice) since "), lines
     assert all(line.startswith("Waiting for the deploy token") for line in lines[:-1])
+    assert lines[0] != lines[1], "joining the line woke the waiter at once: its first report came twice"
     assert lines[-1].startswith("Gave up after waiting ") and "suffix" not in waited.stdout
     said("alice", "deploytoken.release")
 
@@ -98,3 +101,12 @@ def test_a_running_override_is_a_line_of_status_and_its_cancel_a_sentence(said):
     cancelled = said("bob", "deploytoken.override", "cancel=True", f"id={made['id']}", "reason=db back")
     assert (cancelled.returncode, cancelled.stdout) == (0, f"Cancelled 1 override(s) ({made['id']}): the guard checks "
                                                            "the deploy token again. The history has its row.\n")
+
+
+def test_update_repos_says_each_repository_once(said, git_world):
+    clone = git_world.clone(git_world.origin())
+    updated = said("alice", "deploytoken.update_repos", "repos=" + json.dumps([clone.working_tree_dir]))
+    # The progress reports, then the sum of them: no repository's sentence twice.
+    assert updated.returncode == 0 and updated.stdout.splitlines() == [
+        f"Updating {clone.working_tree_dir}.", f"{clone.working_tree_dir}: main is up to date.",
+        "Updated 1 repository, with no problem."], updated.stdout

@@ -143,6 +143,10 @@ def test_restart_pending_runs_the_state_test(salt, sls_dir):
         (["postgres=always", "threshold=-5"], "The threshold must be a number of seconds, 0 or more; got -5."),
         (["url=localhost:6800"], "The Scrapyd URL 'localhost:6800' is not valid: give one like http://localhost:6800."),
         (["users=alice;id"], "'alice;id' is not a valid user name: use letters, digits, '_' and '-'."),
+        (["scrapyd=false"], "kingfisher.busy takes no scrapyd= argument: a source is turned off in the server's "
+                            "config or pillar (kingfisher: {scrapyd: false}), never for one call, so that no "
+                            "deployment skips a check that would stop it."),
+        (["postgers=always"], "kingfisher.busy has no argument 'postgers'; it takes postgres, "),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_1(salt, args, sentence):

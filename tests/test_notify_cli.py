@@ -16,7 +16,7 @@ import time
 import pytest
 import yaml
 
-from conftest import PEOPLE, REPO, extension_root
+from conftest import PEOPLE, example_master_conf, extension_root
 from deploytoken import model
 from deploytoken.chat import waiting as waiters
 from test_docs_examples import BLOCKS
@@ -28,8 +28,8 @@ REMIND_AFTER = 2
 REMIND_EVERY = 5
 REMINDER = "has held the deploy token for"
 SALT_RUN = str(pathlib.Path(sys.executable).parent / "salt-run")
-# The reactor and the schedule of the example master configuration the docs quote.
-EXAMPLE = yaml.safe_load((REPO / "examples" / "master.d" / "deploytoken.conf").read_text())
+# The reactor and the schedule of the example master configuration the docs quote, its chat lines turned on.
+EXAMPLE = yaml.safe_load(example_master_conf(chat=True))
 
 
 @pytest.fixture(scope="module")

@@ -228,7 +228,7 @@ def test_setup_stopped_by_a_busy_kingfisher_fires_one_event_naming_whose_work(st
     assert tag == "deploytoken/setup_stopped" and data["person"] == "Carol Díaz"
     assert data["busy"] == {"collect-1": ["bob's tmux session crawl runs scrapy."]}
     assert notify.message(tag, data) == "Carol Díaz: " + stopped["message"]
-    assert stopped["message"].startswith("Setup stopped: Kingfisher is busy. collect-1: bob's tmux session crawl")
+    assert stopped["message"].startswith("Setup stopped: Kingfisher is busy.\ncollect-1: bob's tmux session crawl")
 
 
 def test_an_event_we_do_not_know_has_no_message():

@@ -137,6 +137,97 @@ def test_the_page_renders_in_chromium_with_one_bar_per_holding_and_fetches_nothi
     assert blocks_of(pixels, (0xD8, 0x54, 0x3B)) == 1 + 1
 
 
+# A week with three short holdings, in its last two days: one forced, a wait in the line, and an override
+# cancelled early.
+SHORT_WEEK = [
+    model.HistoryRow(claim=f"{1:016x}", holder="Alice Smith", login="alice", caller="alice", acquired=hours_ago(50),
+                     released=hours_ago(49.5), duration=1800, reason="upgrade postgres", note="rebooted",
+                     kind=model.HOLDING),
+    model.HistoryRow(claim=f"{2:016x}", holder="Bob Jones", login="bob", caller="bob", acquired=hours_ago(26),
+                     released=hours_ago(25.25), duration=2700, reason="new spider", note="",
+                     forced_by="Alice Smith (alice)", force_reason="Bob is away, agreed in chat", kind=model.FORCED),
+    model.HistoryRow(claim=f"{3:016x}", holder="Carol Díaz", login="carol", caller="carol", acquired=hours_ago(3),
+                     released=hours_ago(2.75), duration=900, reason="reindex", note="", kind=model.HOLDING),
+    model.HistoryRow(claim="wait-00000000000000cc", holder="Carol Díaz", login="carol", caller="carol",
+                     acquired=hours_ago(25.8), released=hours_ago(25.25), duration=1980, reason="", note="gave up",
+                     kind=model.WAITED),
+    model.HistoryRow(claim="override-00000000000000cc", holder="Bob Jones", login="bob", caller="bob",
+                     acquired=hours_ago(10), released=None, duration=None, reason="database down",
+                     note="Override of the deploy token guard on kingfisher*", kind=model.OVERRIDE,
+                     until=hours_ago(9)),
+    model.HistoryRow(claim="override-00000000000000cc" + model.CANCEL_SUFFIX, holder="Bob Jones", login="bob",
+                     caller="alice", acquired=hours_ago(10), released=hours_ago(9.5), duration=1800,
+                     reason="database down", note="Override override-00000000000000cc on kingfisher* cancelled by "
+                     "Alice Smith (alice)", forced_by="Alice Smith (alice)", force_reason="database back",
+                     kind=model.OVERRIDE_CANCELLED, until=hours_ago(9)),
+]
+
+
+def bars(page):
+    """``(class, x, width)`` of each bar of the timeline, in SVG units."""
+    timeline = page[page.index('<svg class="timeline"'):page.index("</svg>")]
+    return [(kind, float(left), float(width)) for kind, left, width in re.findall(
+        r'<rect class="(bar \w+|wait)" x="([\d.]+)" y="[\d.]+" width="([\d.]+)"', timeline)]
+
+
+def test_the_timeline_zooms_to_the_days_with_holdings_and_says_so(tmp_path):
+    store = sqlite_store.SqliteStore(str(tmp_path / "token.sqlite"))
+    for row in SHORT_WEEK:
+        assert store.append_history(row)
+    page = tmp_path / "week.html"
+    report.write(store, since="7d", path=str(page), now=NOW)
+    text = page.read_text()
+    since = NOW.replace(microsecond=0) - datetime.timedelta(days=7)
+    shown_from, shown_to = report.view([(model.parse_time(row.acquired), model.parse_time(row.released))
+                                        for row in SHORT_WEEK[:3]], since, NOW)
+    # The title keeps the whole period; the line under it gives the timeline's own.
+    period = f"{model.clock(model.isoformat(since))} to {model.clock(model.isoformat(NOW))}"
+    assert f"<h1>Deploy token: {period}</h1>" in text
+    assert (f"The timeline shows {model.clock(model.isoformat(shown_from))} to "
+            f"{model.clock(model.isoformat(shown_to))}, the part of the period with activity (the whole period is "
+            "7 d 0 h long).") in text
+    assert shown_from > since + datetime.timedelta(days=4)
+    found = bars(text)
+    assert [kind for kind, _, _ in found] == ["bar holding", "bar forced", "bar holding", "wait"]
+    # Over the two days shown, a 15-minute holding is 4 units wide or more, not a sliver at the right edge.
+    assert all(width >= report.MIN_BAR for _, _, width in found)
+    assert min(left for _, left, _ in found) < report.LEFT + 100
+    # Each bar says how long it lasted; the forced one says who forced it.
+    assert '>30 min</text>' in text and '>45 min, forced by Alice Smith (alice)</text>' in text
+    assert '>15 min</text>' in text and '>Carol Díaz, 33 min</text>' in text
+    assert ">Waits</text>" in text
+
+
+def test_the_timeline_shows_the_whole_period_when_its_activity_fills_it_or_there_is_none():
+    since = NOW - datetime.timedelta(days=7)
+    spread = [(since + datetime.timedelta(days=1), since + datetime.timedelta(days=1, hours=1)),
+              (NOW - datetime.timedelta(hours=2), NOW - datetime.timedelta(hours=1))]
+    assert report.view(spread, since, NOW) == (since, NOW)
+    assert report.view([], since, NOW) == (since, NOW)
+    assert report.view([(None, None)], since, NOW) == (since, NOW)  # a row without its times
+    # Activity in the last hour only: that hour, with at least half an hour on each side (up to now).
+    late = [(NOW - datetime.timedelta(minutes=50), NOW - datetime.timedelta(minutes=20))]
+    assert report.view(late, since, NOW) == (NOW - datetime.timedelta(minutes=80), NOW)
+
+
+def test_the_history_rows_say_who_did_what_and_why(tmp_path):
+    store = sqlite_store.SqliteStore(str(tmp_path / "token.sqlite"))
+    for row in SHORT_WEEK:
+        assert store.append_history(row)
+    page = tmp_path / "week.html"
+    report.write(store, since="7d", path=str(page), now=NOW)
+    row = r'<tr class="(\w+)"><td>\w+</td><td>([^<]*)</td>(?:<td[^>]*>.*?</td>){6}<td>([^<]*)</td></tr>'
+    rows = {match[0]: match for match in re.findall(row, page.read_text())}
+    # A forced holding's reason and an override's cancel reason are on the page, not only in a hover text.
+    assert rows["forced"][1:] == ("Bob Jones", "Alice Smith (alice): Bob is away, agreed in chat")
+    # The cancelled override's row names its author as such, and who cancelled it and why.
+    assert rows["override_cancelled"][1:] == ("override by Bob Jones", "Alice Smith (alice): database back")
+    assert rows["override"][1] == "Bob Jones (made it)"
+    # A date never wraps: each is one unbreakable span.
+    assert f'<span class="time">{model.clock(hours_ago(50))}</span>' in page.read_text()
+    assert ".time{white-space:nowrap}" in page.read_text()
+
+
 def png_pixels(data):
     """The rows of an 8-bit, non-interlaced RGB or RGBA PNG (what Chromium writes) as lists of (r, g, b)."""
     chunks, position = {}, 8

@@ -279,7 +279,7 @@ def test_setup_over_the_roster_checks_kingfisher_like_minions(
     assert stopped.returncode == 1, stopped
     assert stopped.data["token"] is None and clone.head.commit.hexsha == upstream
     assert stopped.data["message"].startswith(
-        f"Setup stopped: Kingfisher is busy. kf: tmux session '{session}' of {sleeper} runs 'sleep 3600' (for ")
+        f"Setup stopped: Kingfisher is busy.\nkf: tmux session '{session}' of {sleeper} runs 'sleep 3600' (for ")
     assert server.password not in stopped.stdout
 
     agreed = setup(sleeper, f"consent={CONSENT}")

@@ -94,7 +94,7 @@ def test_setup_on_idle_minion_takes_the_token_and_cleanup_gives_it_back(salt_run
         "busy": False, "answered": True, "reasons": [],
         "summary": "Not busy: checked scrapyd and tmux; skipped postgres (postgres=never)."}}
     assert summary["token"]["holder"] == "Alice Smith" and summary["token"]["reason"] == "upgrade postgres"
-    assert summary["message"].startswith("Setup done: repositories updated, Kingfisher checked, You hold the deploy")
+    assert summary["message"].startswith("Setup done: repositories updated; Kingfisher checked. You hold the deploy")
     assert server.password not in ret.stdout
     # Salt's own salt-run leaves its Runner and MasterMinion open; the clients setup opens are closed.
     unclosed = set(re.findall(r"unclosed (\w+)", ret.stderr))
@@ -114,10 +114,13 @@ def test_running_crawl_stops_setup_and_consent_lets_it_through(salt_run, salt_mi
     assert stopped.returncode == 1, stopped
     assert stopped.data["done"] is False and stopped.data["token"] is None
     message = stopped.data["message"]
-    assert message.startswith(f"Setup stopped: Kingfisher is busy. {MINION}: Scrapyd job {scrapyd_busy.running} "
+    assert message.startswith(f"Setup stopped: Kingfisher is busy.\n{MINION}: Scrapyd job {scrapyd_busy.running} "
                               "of spider sleeper (project dtkproject) has been running")
-    assert message.endswith("Ask the owners, or the data support manager, and run again with "
+    assert message.endswith(".\nAsk the owners, or the data support manager, and run again with "
                             "consent='Dana Lee: the crawl can be restarted tomorrow'.")
+    # One line per reason, each a whole sentence.
+    reasons = message.splitlines()[1:-1]
+    assert len(reasons) == 2 and all(line.startswith(f"{MINION}: ") and line.endswith(".") for line in reasons)
     assert token_holder(salt_run) is None
 
     agreed = as_alice(salt_run, "deploytoken.setup", *args, f"consent={CONSENT}")
@@ -137,7 +140,7 @@ def test_setup_stops_on_a_repository_problem_before_asking_anyone(runner, git_wo
     git_world.push_from_elsewhere(origin, {"README": "upstream\n"})
     ret = as_alice(runner, "deploytoken.setup", "targets=nobody-matches-this", repos_arg(clone))
     assert ret.returncode == 1, ret
-    assert ret.data["message"].startswith(f"Setup stopped: 1 repository problem(s): {clone.working_tree_dir}: "
+    assert ret.data["message"].startswith(f"Setup stopped: 1 repository problem: {clone.working_tree_dir}: "
                                           "rebasing main onto origin/main conflicts with local commit(s) ")
     assert ret.data["kingfisher"] is None and ret.data["token"] is None
     assert token_holder(runner) is None

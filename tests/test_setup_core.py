@@ -77,3 +77,30 @@ def test_every_argument_is_checked_before_the_repositories_are_touched(tmp_path,
                   progress=asked.append, notify=None, **given)
     assert sentence in str(caught.value)
     assert asked == [] and clone.active_branch.name == "feature" and store.read() is None
+
+
+def test_a_busy_setup_says_one_reason_per_line_each_a_sentence_and_records_them_whole(tmp_path, git_world):
+    clone = git_world.clone(git_world.origin())
+    store = sqlite_store.SqliteStore(str(tmp_path / "token.sqlite"))
+    # A reason that does not end in a full stop (an unreadable source's error), and more than a note holds.
+    reasons = ["postgres cannot be read, so it counts as busy: connection refused"] + [
+        f"tmux session 'crawl{number}' of bob runs 'scrapy crawl spider{number}' (for 2 h)." for number in range(40)]
+    busy = {"kf": {"ret": {"busy": True, "reasons": reasons, "summary": "Busy: checked postgres and tmux."}}}
+    said = []
+    stopped = setup.run(store, "alice", {}, [clone.working_tree_dir], "kf", "glob", "new spider", None, None,
+                        check_busy=lambda *asked: busy, progress=said.append, notify=None)
+    assert said[0] == "Step 1 of 3: updating 1 repository."
+    step2 = said.index("Step 2 of 3: asking kf whether Kingfisher is busy.")
+    assert said[step2 + 1:step2 + 4] == ["kf: Busy: checked postgres and tmux.",
+                                         "    postgres cannot be read, so it counts as busy: connection refused.",
+                                         f"    {reasons[1]}"]
+    lines = stopped["message"].splitlines()
+    assert lines[0] == "Setup stopped: Kingfisher is busy." and len(lines) == 1 + len(reasons) + 1
+    assert lines[1] == "kf: postgres cannot be read, so it counts as busy: connection refused."
+    assert lines[-1].startswith("Ask the owners, or the data support manager, and run again with consent=")
+    (row,) = store.history(1)
+    assert row.kind == model.SETUP_STOPPED and "\u2026" not in row.note and len(row.note) <= setup.MAX_NOTE
+    shown = row.note.count("tmux session 'crawl")
+    assert 0 < shown < 40 and row.note.endswith(f". And {40 - shown} more reasons.")
+    assert row.note.startswith("Setup stopped: Kingfisher is busy. kf: postgres cannot be read, so it counts as busy: "
+                               "connection refused. kf: tmux session 'crawl0' of bob")

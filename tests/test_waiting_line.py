@@ -69,6 +69,43 @@ def test_a_plain_acquire_while_people_wait_is_refused_naming_the_first(store_fil
     assert store.waiting() == []
 
 
+def test_someone_already_in_line_who_asks_again_is_told_so_not_to_wait(store_file):
+    store = sqlite_store.SqliteStore(store_file)
+    token.acquire(store, "alice", PEOPLE, reason="upgrade postgres")
+    carol = sqlite_store.SqliteStore(store_file)
+    bob = sqlite_store.SqliteStore(store_file)
+    first, second = carol.enqueue("Carol Díaz"), bob.enqueue("Bob Jones")
+    since = model.since_text(store.waiting()[1]["since"])
+    again = token.acquire(sqlite_store.SqliteStore(store_file), "bob", PEOPLE)
+    assert again["retcode"] == 1 and again["acquired"] is False
+    assert "Wait with" not in again["message"]
+    assert seconds_blurred(again["message"]).endswith(seconds_blurred(
+        f"and you are already waiting for it in line (number 2 of 2, since {since}): that salt-run "
+        "deploytoken.acquire wait=True takes the token when it is your turn."))
+    assert again["message"].startswith("The deploy token is held by Alice Smith (alice) since ")
+    carol.dequeue(first), bob.dequeue(second)
+
+
+def test_a_wait_that_led_to_a_holding_ends_when_the_holding_began(store_file):
+    store = sqlite_store.SqliteStore(store_file)
+    token.acquire(store, "alice", PEOPLE)
+    messages = []
+
+    def release_later(seconds):  # the real store's sleep, after alice gives the token back a little later
+        if len(messages) > 1:
+            token.release(sqlite_store.SqliteStore(store_file), "alice", PEOPLE)
+        store.wait(min(seconds, 0.5))
+
+    taken = token.acquire(store, "bob", PEOPLE, wait=True, timeout=30, interval=1, progress=messages.append,
+                          sleep=release_later)
+    assert taken["changed"], taken
+    # Joining the line wakes the waiter at once; the same report is not printed twice in a row.
+    assert all(before != after for before, after in zip(messages, messages[1:])), messages
+    (waited,) = [row for row in store.history(5) if row.kind == model.WAITED]
+    assert waited.released == taken["since"] and waited.note == "took the token"
+    assert waited.duration == int(gap(waited.acquired, waited.released))
+
+
 def test_twenty_concurrent_waiters_are_served_in_the_order_they_joined(store_file):
     store = sqlite_store.SqliteStore(store_file)
     token.acquire(store, "alice", PEOPLE)

@@ -137,7 +137,7 @@ def take(store, asked, progress=None, notify=None, sleep=None, clock=time.monoto
     ``asked.timeout``, telling ``progress``. A store without a line lets every waiter try.
     ``notify(tag, data)`` is called once the token is taken.
     """
-    ticket = None
+    ticket, said = None, None
     try:
         start, began = clock(), model.utcnow()
         while True:
@@ -163,12 +163,13 @@ def take(store, asked, progress=None, notify=None, sleep=None, clock=time.monoto
                 return _after_wait(store, asked, ticket, began, waited, _refused(asked, current, waited, line))
             if ticket is None:
                 ticket = store.enqueue(asked.shown)
-            if progress:
-                holder = f"held by {describe(current)}" if current else "free, but others waited for it first"
-                progress(
-                    f"Waiting for the deploy token, {holder}; "
-                    f"waited {model.human_duration(waited)} of {model.human_duration(asked.timeout)}."
-                )
+            holder = f"held by {describe(current)}" if current else "free, but others waited for it first"
+            message = (f"Waiting for the deploy token, {holder}; "
+                       f"waited {model.human_duration(waited)} of {model.human_duration(asked.timeout)}.")
+            # Joining the line changes the store, which wakes the waiter at once: say each state once.
+            if progress and message != said:
+                progress(message)
+            said = message
             (sleep or store.wait)(max(0.0, min(asked.interval, asked.timeout - waited)))
     finally:
         if ticket is not None:
@@ -181,14 +182,16 @@ def _after_wait(store, asked, ticket, began, waited, answer):
     token changed hands all the same."""
     if ticket is None:
         return answer
+    # A wait that led to a holding ends when that holding began, not once the answer was made.
+    ended = answer["since"] if answer.get("changed") and answer.get("since") else model.isoformat(model.utcnow())
     row = model.HistoryRow(
         claim=model.WAIT_PREFIX + secrets.token_hex(8),
         holder=asked.shown,
         login=asked.login,
         caller=asked.caller,
         acquired=model.isoformat(began),
-        released=model.isoformat(model.utcnow()),
-        duration=int(waited),
+        released=ended,
+        duration=model.seconds_between(model.isoformat(began), ended) or 0,
         reason=asked.reason,
         note="took the token" if answer.get("acquired") else "gave up",
         kind=model.WAITED,
@@ -229,6 +232,14 @@ def _taken(store, asked, wanted, current, notify):
 
 def _refused(asked, current, waited, line=()):
     """The refusal: held by someone else, or free but others stand in ``line`` (or were ahead of us)."""
+    place = next((number for number, entry in enumerate(line, 1) if entry["who"] == asked.shown), None)
+    if place is not None:  # a wait=True of this person's is in the line already: another one adds nothing
+        holder = f"held by {describe(current)}" if current is not None else "free"
+        return {"acquired": False, "changed": False, "holder": current.holder if current else None,
+                "waiting": line, "retcode": REFUSED,
+                "message": f"The deploy token is {holder}, and you are already waiting for it in line (number "
+                f"{place} of {len(line)}, since {since_text(line[place - 1]['since'])}): that salt-run "
+                "deploytoken.acquire wait=True takes the token when it is your turn."}
     if current is None and line:
         return {"acquired": False, "changed": False, "holder": None, "waiting": line, "retcode": REFUSED,
                 "message": f"The deploy token is free, but {_line_text(line)}. Join the line with salt-run "

@@ -18,12 +18,24 @@ SALT_RUN = re.compile(r"(?<![\w./-])salt-run (?=(?:deploytoken|saltutil)\.)")
 MESSAGE_KEYS = ("message", "error", "comment")
 
 
-def prefix(conf_file, default_dir):
-    """``salt-run``, with ``-c FOLDER`` when the configuration file ``conf_file`` is not in ``default_dir``."""
+def program(typed, on_path):
+    """How to call salt-run again: ``salt-run`` when the one on PATH (``on_path``, what ``shutil.which`` found,
+    or None) is the one running (``typed``, its ``argv[0]``), else ``typed`` as it was typed, such as
+    ``.venv/bin/salt-run`` (a bare ``salt-run`` would not be found, or would be another Salt)."""
+    if not typed or os.path.basename(typed) != DEFAULT:
+        return DEFAULT
+    if on_path and os.path.realpath(on_path) == os.path.realpath(typed):
+        return DEFAULT
+    return shlex.quote(typed)
+
+
+def prefix(conf_file, default_dir, run=DEFAULT):
+    """``run`` (``program``), with ``-c FOLDER`` when the configuration file ``conf_file`` is not in
+    ``default_dir``."""
     folder = os.path.dirname(os.path.abspath(conf_file)) if conf_file else default_dir
     if os.path.realpath(folder) == os.path.realpath(default_dir):
-        return DEFAULT
-    return f"{DEFAULT} -c {shlex.quote(folder)}"
+        return run
+    return f"{run} -c {shlex.quote(folder)}"
 
 
 def sentence(text, prefix):

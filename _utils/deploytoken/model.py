@@ -207,6 +207,11 @@ def seconds_between(start, end):
     return max(0, int((end - start).total_seconds()))
 
 
+def counted(number, one, many):
+    """``1 repository``, ``4 repositories``."""
+    return f"{number} {one if number == 1 else many}"
+
+
 def human_duration(seconds):
     """``42 s``, ``38 min``, ``3 h 05 min``, ``2 d 4 h``."""
     if seconds is None:

@@ -27,7 +27,15 @@ HELD = (model.HOLDING, model.FORCED)
 
 # The timeline's geometry, in SVG units: the page scales it to its width.
 WIDTH, LEFT, RIGHT, TOP, LANE, BAR = 1000, 170, 20, 30, 30, 18
-TICK_STEPS = [3600 * hours for hours in (1, 3, 6, 12)] + [86400 * days for days in (1, 2, 7, 14, 28)]
+TICK_STEPS = [60 * minutes for minutes in (5, 15, 30)] + [3600 * hours for hours in (1, 3, 6, 12)] + [
+    86400 * days for days in (1, 2, 7, 14, 28)]
+# The timeline zooms to the part of the period with activity when that is less than this share of it, with a
+# margin on each side (this share of the activity's span, at least MARGIN seconds).
+ZOOM_BELOW, ZOOM_MARGIN, MARGIN = 0.5, 0.05, 1800
+# A bar's label, in SVG units: the width of one character of it (11 px text), and its gap to the bar.
+LABEL_CHAR, LABEL_GAP = 6.2, 4
+# The narrowest bar, in SVG units, so that a short holding in a long view can still be seen and hovered.
+MIN_BAR = 4.0
 
 
 def check_since(since, now):
@@ -150,17 +158,39 @@ def _moment(row):
 # ---- the page ---------------------------------------------------------------------------------
 
 
+def view(spans, since, now):
+    """The part of the period the timeline shows: all of it, or, when its activity (``spans``, pairs of
+    datetimes) covers less than ``ZOOM_BELOW`` of it, that activity with a margin on each side, so that short
+    holdings in a long period are bars and not slivers."""
+    inside = [(max(start, since), min(end, now)) for start, end in spans
+              if start is not None and end is not None and start <= now and end >= since]
+    if not inside:
+        return since, now
+    first, last = min(start for start, _ in inside), max(end for _, end in inside)
+    period, busy = (now - since).total_seconds(), (last - first).total_seconds()
+    if busy >= ZOOM_BELOW * period:
+        return since, now
+    margin = datetime.timedelta(seconds=max(ZOOM_MARGIN * busy, MARGIN))
+    return max(since, first - margin), min(now, last + margin)
+
+
 def page(rows, holding, since, now, found, location):
     """The HTML page: the timeline, the figures and the rows of the period, every value escaped."""
     held = holdings_of(rows, holding, since, now)
     lanes = list(dict.fromkeys(row.holder for row, _, _ in held))
     overrides = [row for row in rows if row.kind == model.OVERRIDE and _overlaps(row, since, now)]
     stopped = [row for row in rows if row.kind == model.SETUP_STOPPED and since <= (_moment(row) or now) <= now]
-    extra = [name for name, there in (("Overrides", overrides), ("Stopped setups", stopped)) if there]
-    span = max(1.0, (now - since).total_seconds())
+    waits = [row for row in rows if row.kind == model.WAITED and _overlaps(row, since, now)]
+    extra = [name for name, there in (("Waits", waits), ("Overrides", overrides), ("Stopped setups", stopped))
+             if there]
+    spans = [(start, end) for _, start, end in held] + [
+        (model.parse_time(row.acquired), model.parse_time(row.released or row.until) or now)
+        for row in overrides + waits] + [(_moment(row), _moment(row)) for row in stopped]
+    shown_from, shown_to = view(spans, since, now)
+    span = max(1.0, (shown_to - shown_from).total_seconds())
 
     def x(moment):
-        return LEFT + (WIDTH - LEFT - RIGHT) * min(1.0, max(0.0, (moment - since).total_seconds() / span))
+        return LEFT + (WIDTH - LEFT - RIGHT) * min(1.0, max(0.0, (moment - shown_from).total_seconds() / span))
 
     def lane_y(index):
         return TOP + index * LANE + (LANE - BAR) / 2
@@ -168,9 +198,28 @@ def page(rows, holding, since, now, found, location):
     height = TOP + LANE * max(1, len(lanes) + len(extra)) + 10
     svg = [f'<svg class="timeline" viewBox="0 0 {WIDTH} {height}" role="img" '
            'aria-label="Timeline of the deploy token">']
-    svg += _axis(since, now, x, height)
+    svg += _axis(shown_from, shown_to, x, height)
     for index, name in enumerate(lanes + extra):
         svg.append(f'<text class="lane" x="{LEFT - 8}" y="{lane_y(index) + BAR - 4:.1f}">{_e(name)}</text>')
+    bars = {}  # each lane's bars, (left, right), for where a label fits
+    for row, start, end in held:
+        bars.setdefault(row.holder, []).append((x(start), max(x(start) + MIN_BAR, x(end))))
+    for row in waits:
+        start, end = model.parse_time(row.acquired), model.parse_time(row.released) or now
+        bars.setdefault("Waits", []).append((x(start), max(x(start) + MIN_BAR, x(end))))
+
+    def label(lane, left, right, top, text):
+        """A bar's label (how long it lasted), after it, or before it at the right edge, where its lane has
+        room for it between the bars; none where there is no room."""
+        room = LABEL_CHAR * len(text) + 2 * LABEL_GAP
+        after = min([start for start, _ in bars.get(lane, []) if start > left] + [WIDTH - RIGHT])
+        before = max([end for _, end in bars.get(lane, []) if end < right] + [LEFT])
+        if after - right >= room:
+            svg.append(f'<text class="barlabel" x="{right + LABEL_GAP:.1f}" y="{top + BAR - 5:.1f}">{_e(text)}</text>')
+        elif left - before >= room:
+            svg.append(f'<text class="barlabel before" x="{left - LABEL_GAP:.1f}" y="{top + BAR - 5:.1f}">'
+                       f"{_e(text)}</text>")
+
     for row, start, end in held:
         left, right = x(start), x(end)
         kind = "forced" if row.kind == model.FORCED else "current" if row.released is None else "holding"
@@ -179,8 +228,11 @@ def page(rows, holding, since, now, found, location):
         tip += f'. "{row.reason}"' if row.reason else ""
         tip += f" Forced by {row.forced_by}: {row.force_reason}" if row.kind == model.FORCED else ""
         top = lane_y(lanes.index(row.holder))
-        svg.append(f'<rect class="bar {kind}" x="{left:.1f}" y="{top:.1f}" width="{max(2.0, right - left):.1f}" '
+        svg.append(f'<rect class="bar {kind}" x="{left:.1f}" y="{top:.1f}" width="{max(MIN_BAR, right - left):.1f}" '
                    f'height="{BAR}"><title>{_e(tip)}</title></rect>')
+        held_for = model.human_duration((end - start).total_seconds())
+        label(row.holder, left, max(left + MIN_BAR, right), top,
+              f"{held_for}, forced by {row.forced_by}" if row.kind == model.FORCED else held_for)
         if row.kind == model.FORCED:
             svg.append(f'<path class="forced-mark" d="M{right:.1f} {top - 1:.1f} l-5 -7 h10 z"><title>{_e(tip)}</title>'
                        "</path>")
@@ -190,8 +242,18 @@ def page(rows, holding, since, now, found, location):
         tip = (f"Override by {row.holder} on {row.note.removeprefix('Override of the deploy token guard on ')}, "
                f"{model.clock(row.acquired)} to {model.clock(row.released or row.until)}: \"{row.reason}\"")
         left = x(start)
-        svg.append(f'<rect class="override" x="{left:.1f}" y="{lane_y(len(lanes)):.1f}" '
+        svg.append(f'<rect class="override" x="{left:.1f}" y="{lane_y(len(lanes) + extra.index("Overrides")):.1f}" '
                    f'width="{max(2.0, x(end) - left):.1f}" height="{BAR}"><title>{_e(tip)}</title></rect>')
+    for row in waits:
+        start = model.parse_time(row.acquired)
+        end = model.parse_time(row.released) or now
+        left, right, top = x(start), x(end), lane_y(len(lanes) + extra.index("Waits"))
+        took = model.human_duration((end - start).total_seconds())
+        tip = (f"{row.holder} waited in line {took}, {model.clock(row.acquired)} to {model.clock(row.released)} "
+               f"({row.note})")
+        svg.append(f'<rect class="wait" x="{left:.1f}" y="{top:.1f}" width="{max(MIN_BAR, right - left):.1f}" '
+                   f'height="{BAR}"><title>{_e(tip)}</title></rect>')
+        label("Waits", left, max(left + MIN_BAR, right), top, f"{row.holder}, {took}")
     for row in stopped:
         center, middle = x(_moment(row)), lane_y(len(lanes) + extra.index("Stopped setups")) + BAR / 2
         tip = f"Setup of {row.holder} stopped at {model.clock(row.released)}: {row.note}"
@@ -199,6 +261,10 @@ def page(rows, holding, since, now, found, location):
                    f"<title>{_e(tip)}</title></path>")
     svg.append("</svg>")
     period = f"{model.clock(found['since'])} to {model.clock(found['until'])}"
+    scale = f"The timeline shows {model.clock(model.isoformat(shown_from))} to {model.clock(model.isoformat(shown_to))}"
+    if (shown_from, shown_to) != (since, now):
+        scale += (f", the part of the period with activity (the whole period is "
+                  f"{model.human_duration((now - since).total_seconds())} long)")
     return "\n".join([
         MARK,
         '<html lang="en"><head><meta charset="utf-8">',
@@ -208,7 +274,7 @@ def page(rows, holding, since, now, found, location):
         f"<title>Deploy token, {_e(period)}</title>",
         f"<style>{STYLE}</style></head><body>",
         f"<h1>Deploy token: {_e(period)}</h1>",
-        f'<p class="where">From {_e(location)}. Hover a bar for its holder, times and reason.</p>',
+        f'<p class="where">From {_e(location)}. {_e(scale)}. Hover a bar for its holder, times and reason.</p>',
         "".join(svg),
         _legend(),
         _figures_html(found),
@@ -239,7 +305,7 @@ def _axis(since, now, x, height):
 
 def _legend():
     items = [("bar holding", "a holding"), ("bar forced", "a holding ended by someone else"),
-             ("bar current", "held now"), ("override", "an override of the guard"),
+             ("bar current", "held now"), ("wait", "a wait in the line"), ("override", "an override of the guard"),
              ("stopped", "a setup stopped by a busy server")]
     return '<p class="legend">' + " ".join(
         f'<svg viewBox="0 0 14 14" class="key"><rect class="{css}" x="0" y="0" width="14" height="14"/></svg> {text}'
@@ -276,18 +342,33 @@ def _figures_html(found):
 def _rows_html(rows, since, now):
     shown = [row for row in rows if (_moment(row) or now) >= since or _overlaps(row, since, now)]
     body = "".join(
-        f'<tr class="{_e(row.kind)}"><td>{_e(row.kind)}</td><td>{_e(row.holder)}</td><td>{_time(row.acquired)}</td>'
+        f'<tr class="{_e(row.kind)}"><td>{_e(row.kind)}</td><td>{_e(_who(row))}</td><td>{_time(row.acquired)}</td>'
         f"<td>{_time(row.released)}</td><td>{_time(row.until)}</td>"
-        f'<td>{_e("" if row.duration is None else model.human_duration(row.duration))}</td>'
-        f"<td>{_e(row.reason)}</td><td>{_e(row.note)}</td><td>{_e(row.forced_by or '')}</td></tr>"
+        f'<td class="time">{_e("" if row.duration is None else model.human_duration(row.duration))}</td>'
+        f"<td>{_e(row.reason)}</td><td>{_e(row.note)}</td><td>{_e(_ended_by(row))}</td></tr>"
         for row in shown)
-    return ('<h2>History of the period</h2><table class="rows"><tr><th>Kind</th><th>Holder</th><th>Acquired</th>'
+    return ('<h2>History of the period</h2><table class="rows"><tr><th>Kind</th><th>Who</th><th>Acquired</th>'
             "<th>Released</th><th>Until (planned)</th><th>Held</th><th>Reason</th><th>Note</th>"
-            f"<th>Forced or cancelled by</th></tr>{body}</table>")
+            f"<th>Forced or cancelled by, and why</th></tr>{body}</table>")
+
+
+def _who(row):
+    """The row's person, said for what they did: an override's author is not who cancelled it."""
+    if row.kind == model.OVERRIDE_CANCELLED:
+        return f"override by {row.holder}"
+    if row.kind == model.OVERRIDE:
+        return f"{row.holder} (made it)"
+    return row.holder
+
+
+def _ended_by(row):
+    if not row.forced_by:
+        return ""
+    return f"{row.forced_by}: {row.force_reason}" if row.force_reason else row.forced_by
 
 
 def _time(text):
-    return _e(model.clock(text)) if text else ""
+    return f'<span class="time">{_e(model.clock(text))}</span>' if text else ""
 
 
 def _e(text):
@@ -301,7 +382,8 @@ h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.5em}
 svg.timeline{width:100%;height:auto;border:1px solid #ccc;background:#fafafa}
 text{font-size:12px;fill:#333}text.lane{text-anchor:end}text.tick{text-anchor:middle;font-size:10px;fill:#666}
 line.tick{stroke:#ddd;stroke-width:1}
-.holding{fill:#3b7dd8}.forced{fill:#d8543b}.current{fill:#3bb273}
+.holding{fill:#3b7dd8}.forced{fill:#d8543b}.current{fill:#3bb273}.wait{fill:#a7b1bc}
+text.barlabel{font-size:11px;fill:#444}text.barlabel.before{text-anchor:end}.time{white-space:nowrap}
 .override{fill:#f2b134;fill-opacity:.7;stroke:#b07b10}.stopped{fill:#8a4fbf}
 .forced-mark{fill:#d8543b}
 svg.key{width:14px;height:14px;vertical-align:middle;margin-left:1em}

@@ -101,7 +101,8 @@ def _check_url(url):
     return url
 
 
-def _url(webhook):
+def webhook_url(webhook):
+    """The webhook's URL, checked; ``WebhookError`` (which never holds the URL) when it cannot be used."""
     if webhook.url is not None:
         return webhook.url
     try:
@@ -150,7 +151,7 @@ def post(webhook, text, sleep=time.sleep):
     Returns ``{"posted", "attempts", "message"}``; never raises, never names the URL.
     """
     try:
-        url = _url(webhook)
+        url = webhook_url(webhook)
     except WebhookError as exc:
         return _dropped(webhook, str(exc), 0)
     body = payload(webhook.kind, text)

@@ -8,10 +8,12 @@ config files, the settings, the store, the keys on this machine, each server's f
 import glob
 import os
 import pwd
+import stat
 
 import yaml
 
 from deploytoken import sshkey
+from deploytoken.chat import notify
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 # The keys ssh offers when it is told none (ssh_config(5), IdentityFile), in its order.
@@ -109,15 +111,81 @@ def store(settings, location, identity, error, ssh):
     return found
 
 
+# ---- the chat ------------------------------------------------------------------------------------
+
+
+def chat(webhook, daemon_user):
+    """Whether the chat of ``deploytoken:notify`` can be posted to by the master, which runs as
+    ``daemon_user``. A webhook that cannot be used drops every message with only a WARNING in the
+    master's log, so it is checked here: the URL file exists, is its own, other users cannot read it,
+    and it holds a URL that parses."""
+    if webhook is None:
+        return finding(OK, "No chat is configured (deploytoken:notify), so nothing is posted.")
+    if webhook.url_file is None:
+        return finding(OK, f"The {webhook.kind} webhook URL is in the master config; it parses.")
+    try:
+        info = os.stat(webhook.url_file)
+    except OSError as exc:
+        return finding(PROBLEM, f"The chat's webhook URL file {webhook.url_file} cannot be read ({exc.strerror}), so "
+                       "every chat message is dropped: write the webhook URL in it as one line, then chmod 600 "
+                       f"{webhook.url_file}; or remove deploytoken:notify.")
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = str(info.st_uid)
+    if daemon_user and owner != daemon_user:
+        return finding(PROBLEM, f"The chat's webhook URL file {webhook.url_file} is owned by {owner}, not by "
+                       f"{daemon_user} who runs the master: chown {daemon_user} {webhook.url_file}.")
+    try:
+        notify.webhook_url(webhook)
+    except notify.WebhookError as exc:
+        return finding(PROBLEM, f"The chat cannot be posted to, so every chat message is dropped: {exc}.")
+    return finding(OK, f"The chat's webhook URL file {webhook.url_file} is {daemon_user or owner}'s, mode "
+                   f"{stat.S_IMODE(info.st_mode):04o}, and holds a {webhook.kind} webhook URL.")
+
+
 # ---- the person and their key -----------------------------------------------------------------
 
 
-def person(login, settings, conf_file):
+def person(login, settings, block_file, ssh=False, emails=False):
+    """Whether ``login`` is in ``deploytoken:people``; the fix asks only for what this set-up uses: the
+    SSH keys under salt-ssh, the email with the Google store writing as each person's own account.
+
+    ``block_file``: the file holding the ``deploytoken:`` block (``block_file``), where the fix goes.
+    """
     if login in settings.people:
         return finding(OK, f"You ({login}) are in deploytoken:people as {settings.people[login]}.")
-    return finding(PROBLEM, f"You ({login}) are not in deploytoken:people, so the guard names you by your login only "
-                   f"and no key is yours: add {login}: {{name: ..., email: ..., ssh_keys: [...]}} under "
-                   f"deploytoken: people: in {conf_file}.")
+    wanted = ["name: ..."] + (["email: ..."] if emails else []) + (["ssh_keys: [...]"] if ssh else [])
+    entry = f"{{{', '.join(wanted)}}}" if len(wanted) > 1 else '"Your Name"'
+    keys = " and no key is yours" if ssh else ""
+    return finding(PROBLEM, f"You ({login}) are not in deploytoken:people, so the guard names you by your login "
+                   f"only{keys}: add {login}: {entry} under deploytoken: people: in {block_file}.")
+
+
+def people_have_emails(settings):
+    """Whether ``deploytoken:people`` needs each person's email: the Google store writing as their own account."""
+    if settings.backend != "google":
+        return False
+    from deploytoken.stores.google import client  # Google's client library only where the Google store is used
+
+    return client.uses_user_credentials(settings.section("google"))
+
+
+def block_file(paths, conf_file):
+    """The file whose ``deploytoken:`` block a fix goes into: the first of ``paths`` that has one, else
+    ``master.d/deploytoken.conf`` beside ``conf_file`` on a master (where the example goes), else ``conf_file``."""
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                node = yaml.compose(handle)
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(node, yaml.MappingNode) and any(key.value == "deploytoken" for key, _ in node.value):
+            return path
+    if conf_file and os.path.basename(conf_file) == "master" and os.path.isdir(os.path.join(
+            os.path.dirname(conf_file), "master.d")):
+        return os.path.join(os.path.dirname(conf_file), "master.d", "deploytoken.conf")
+    return conf_file
 
 
 def key_files(priv, home):

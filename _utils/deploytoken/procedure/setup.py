@@ -22,6 +22,8 @@ TARGET_TYPES = (
     "compound_pillar_exact", "nodegroup", "ipcidr", "range",
 )
 CONSENT_EXAMPLE = "consent='Dana Lee: the crawl can be restarted tomorrow'"
+# The longest note of a setup_stopped history row: whole reasons up to here, then how many more.
+MAX_NOTE = 2000
 
 
 def check_targets(targets):
@@ -115,11 +117,12 @@ def run(store, caller, people, paths, targets, tgt_type, reason, consent, busy_a
     paths = repos.check_paths(paths)
     summary = {"repos": None, "kingfisher": None, "consent": consent, "token": None, "done": False}
 
-    progress(f"Step 1 of 3: updating {len(paths)} repositories.")
+    progress(f"Step 1 of 3: updating {model.counted(len(paths), 'repository', 'repositories')}.")
     summary["repos"] = repos.update_each(paths, progress)
     if not summary["repos"]["ok"]:
         problems = summary["repos"]["problems"]
-        return _stop(summary, f"Setup stopped: {len(problems)} repository problem(s): " + " ".join(problems))
+        counted = model.counted(len(problems), "repository problem", "repository problems")
+        return _stop(summary, f"Setup stopped: {counted}: " + " ".join(problems))
 
     if targets is None:
         progress("Step 2 of 3: no targets given, Kingfisher is not checked.")
@@ -132,16 +135,17 @@ def run(store, caller, people, paths, targets, tgt_type, reason, consent, busy_a
         busy = {minion: found for minion, found in summary["kingfisher"].items() if found["busy"]}
         for minion, found in summary["kingfisher"].items():
             # The summary names the sources checked and skipped; an older minion's answer has none.
-            said = found.get("summary") or ("busy:" if found["busy"] else "not busy.")
-            progress(" ".join([f"{minion}: {said}", *(found["reasons"] if found["busy"] else [])]))
+            progress(f"{minion}: {found.get('summary') or ('Busy.' if found['busy'] else 'Not busy.')}")
+            for said in found["reasons"] if found["busy"] else []:
+                progress(f"    {_sentence(said)}")
         if busy and not consent:
-            reasons = " ".join(f"{minion}: {' '.join(found['reasons'])}" for minion, found in busy.items())
+            reasons = [f"{minion}: {_sentence(said)}" for minion, found in busy.items() for said in found["reasons"]]
             stopped = _stop(
                 summary,
-                f"Setup stopped: Kingfisher is busy. {reasons} Ask the owners, or the data support manager, "
-                f"and run again with {CONSENT_EXAMPLE}.",
+                "\n".join(["Setup stopped: Kingfisher is busy.", *reasons,
+                           f"Ask the owners, or the data support manager, and run again with {CONSENT_EXAMPLE}."]),
             )
-            _record_stop(store, asked, reason, f"Setup stopped: Kingfisher is busy. {reasons}", stopped)
+            _record_stop(store, asked, reason, _note(reasons), stopped)
             if notify:
                 whose = {minion: found["reasons"] for minion, found in busy.items()}
                 notify("deploytoken/setup_stopped", {"person": asked.shown, "login": asked.login, "targets": targets,
@@ -155,9 +159,8 @@ def run(store, caller, people, paths, targets, tgt_type, reason, consent, busy_a
     if summary["token"].get("retcode"):
         return _stop(summary, "Setup stopped: " + summary["token"]["message"], summary["token"]["retcode"])
     summary["done"] = True
-    summary["message"] = "Setup done: repositories updated, " + (
-        "Kingfisher checked, " if targets else ""
-    ) + summary["token"]["message"]
+    summary["message"] = "Setup done: repositories updated" + ("; Kingfisher checked" if targets else "") + (
+        ". " + summary["token"]["message"])
     return summary
 
 
@@ -167,13 +170,31 @@ def _record_stop(store, asked, reason, why, stopped):
     row = model.HistoryRow(
         claim=model.SETUP_PREFIX + secrets.token_hex(8), holder=asked.shown, login=asked.login, caller=asked.caller,
         acquired=None, released=model.isoformat(model.utcnow()), duration=None, reason=reason,
-        note=why if len(why) <= model.MAX_TEXT_LENGTH else why[:model.MAX_TEXT_LENGTH - 1] + "\u2026",
+        note=why,
         kind=model.SETUP_STOPPED,
     )
     try:
         store.append_history(row)
     except model.StoreError as exc:  # the stop stands; only its row is missing (or waits in a spool)
         stopped["message"] += f" The history could not record this stop: {exc}"
+
+
+def _sentence(text):
+    """``text`` ending in a full stop, so that the next sentence does not run on from it."""
+    text = str(text).rstrip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _note(reasons):
+    """The history note of a stopped setup: what was busy, each reason whole (none is cut off in the middle),
+    as many as fit in ``MAX_NOTE`` characters, then how many more there were."""
+    note = "Setup stopped: Kingfisher is busy."
+    for number, said in enumerate(reasons):
+        more = len(reasons) - number - 1
+        if len(note) + 1 + len(said) > MAX_NOTE - (40 if more else 0):
+            return f"{note} And {model.counted(len(reasons) - number, 'more reason', 'more reasons')}."
+        note += " " + said
+    return note
 
 
 def _stop(summary, message, retcode=REFUSED):

@@ -49,7 +49,7 @@ class Client:
             )
         self.backoff = model.check_seconds(section.get("backoff", 0.5), "deploytoken:google:backoff")
         self.timeout = model.check_seconds(section.get("timeout", 20), "deploytoken:google:timeout", minimum=1)
-        self.user = _uses_user_credentials(section)
+        self.user = uses_user_credentials(section)
         self.credentials = _user_credentials() if self.user else _service_account_credentials(section)
         if section.get("token_uri"):
             # google-auth always sends a person's refresh token to Google's own endpoint; a proxy (or
@@ -159,7 +159,8 @@ def _refused(user, exc):
     )
 
 
-def _uses_user_credentials(section):
+def uses_user_credentials(section):
+    """Whether the Google store writes as each person's own account, which deploytoken:people then names by email."""
     kind = section.get("credentials")
     if kind not in (None, "user", "service_account"):
         raise model.InputError(f"deploytoken:google:credentials must be user or service_account, got {kind!r}.")
