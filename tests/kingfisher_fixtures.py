@@ -19,8 +19,8 @@ Fixtures (stable names; other test modules may use them):
     kills the daemon and leaves its crawl process orphaned, as a crash would. All are removed after
     the test, orphans included.
 
-``tmux_users`` (session) -> ``dict``
-    Real users created with useradd (home in /home, names ``dtk<role><4 digits of this run>``), each
+``tmux_users`` (function; its servers are made once per session) -> ``dict``
+    Real users created with useradd (home in /home, names ``dtk<role><the test process id>``), each
     with a real tmux server started with runuser:
     ``{"idle": ("dtkidle1234", "notes"), "sleep": ("dtksleep1234", "crawl"), "other": ("dtkother1234",
     "report"), "stale": ("dtkstale1234", None)}`` (role -> (user, session name)). The idle user runs an
@@ -29,7 +29,7 @@ Fixtures (stable names; other test modules may use them):
     Users, homes, servers and sockets are removed at the end of the session.
 
 ``hostile_user`` (session) -> ``str``
-    A real unprivileged user (``dtkevil<4 digits>``) with no tmux server, for attacks on the tmux
+    A real unprivileged user (``dtkevil<the test process id>``) with no tmux server, for attacks on the tmux
     check. ``listen_as(user, path)`` (a context manager) has that user's own process bind and listen
     on the unix socket ``path`` (any bytes but NUL) until the block ends.
 
@@ -54,6 +54,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -253,8 +254,9 @@ def make_scrapyd():
 # tmux servers of real users
 
 
-# A suffix per test run, so two suites running at once on one machine do not share users.
-RUN = f"{os.getpid() % 10000:04d}"
+# A suffix per test process (each pytest-xdist worker is one), so two workers, or two suites running at once on
+# one machine, never share a user: the whole pid, which no other live process has.
+RUN = str(os.getpid())
 TMUX_USERS = {
     "idle": (f"dtkidle{RUN}", "notes"),
     "sleep": (f"dtksleep{RUN}", "crawl"),
@@ -297,7 +299,11 @@ def remove_user(name):
         with contextlib.suppress(OSError):
             if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
                 os.kill(int(entry), signal.SIGKILL)
-    shutil.rmtree(f"/tmp/tmux-{uid}", ignore_errors=True)
+    # Only the folder tmux made for this very user: a folder of that name owned by anyone else is not ours.
+    with contextlib.suppress(OSError):
+        folder = os.lstat(f"/tmp/tmux-{uid}")
+        if stat.S_ISDIR(folder.st_mode) and folder.st_uid == uid:
+            shutil.rmtree(f"/tmp/tmux-{uid}", ignore_errors=True)
     for _ in range(50):
         if subprocess.run(["userdel", "--remove", name], capture_output=True).returncode in (0, 6):
             break
@@ -322,7 +328,7 @@ def make_stale_socket(name):
 
 
 @pytest.fixture(scope="session")
-def tmux_users():
+def tmux_servers():
     try:
         for role, (name, session) in TMUX_USERS.items():
             create_user(name)
@@ -338,6 +344,41 @@ def tmux_users():
     finally:
         for name, _ in TMUX_USERS.values():
             remove_user(name)
+
+
+@pytest.fixture
+def tmux_users(tmux_servers):
+    """The session's tmux servers, checked before each test that uses them: a server the busy check cannot
+    see fails here, with what the machine shows of it, rather than as a wrong answer further on."""
+    missing = [(name, session) for role, (name, session) in tmux_servers.items()
+               if session and not _session_seen(name, session)]
+    assert not missing, "tmux servers of the test users are not seen:\n" + "\n".join(
+        _what_the_machine_shows(name) for name, _ in missing)
+    return tmux_servers
+
+
+def _session_seen(name, session):
+    from deploytoken.kingfisher import tmux as kf_tmux
+
+    report = kf_tmux.sessions(kf_tmux.Settings(users=(name,)))
+    return any(found["name"] == session for found in report["sessions"])
+
+
+def _what_the_machine_shows(name):
+    """Evidence for a tmux server that cannot be seen: its folder, the listening sockets, the user's processes."""
+    uid = pwd.getpwnam(name).pw_uid
+    folder = f"/tmp/tmux-{uid}"
+    try:
+        listing = {entry: oct(os.lstat(os.path.join(folder, entry)).st_mode) for entry in os.listdir(folder)}
+        owner = os.lstat(folder).st_uid
+    except OSError as exc:
+        listing, owner = str(exc), None
+    with open("/proc/net/unix", errors="replace") as handle:
+        listening = [line.split()[-1] for line in handle if f"tmux-{uid}/" in line]
+    processes = subprocess.run(["ps", "-u", str(uid), "-o", "pid,ppid,etime,args"], capture_output=True,
+                               text=True).stdout
+    return (f"- {name} (uid {uid}): {folder} owned by {owner}: {listing}; in /proc/net/unix: {listening}; "
+            f"processes:\n{processes}")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ Fixtures (stable names):
     A private sshd with ``ExposeAuthInfo yes``: ``.port``, ``.authorize(public_key_line)``.
 
 ``operators`` (session) -> ``{"ada": Operator, "ben": Operator, "cy": Operator}``
-    Real users (``dtkop<role><4 digits>``) with an ed25519 key each; ada and ben are authorized on the
+    Real users (``dtkop<role><the test process id>``) with an ed25519 key each; ada and ben are authorized on the
     sshd and listed in ``deploytoken: people:`` with their keys; cy's key is authorized on the sshd but
     belongs to nobody in ``people``. ``Operator.login``, ``.key`` (private key path), ``.public``.
 

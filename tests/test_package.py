@@ -90,7 +90,8 @@ class PackageSalt:
         if self.release == TESTED_SALT:
             # The suite's own Salt and libraries, seen through a .pth, and the wheel installed beside them:
             # pip's resolution of the ranges is what the other releases show.
-            operator_venv(self.venv, wheel, programs=("salt-master", "salt-minion", "salt-key", "salt", "salt-run"))
+            operator_venv(self.venv, wheel,
+                          programs=("salt-master", "salt-minion", "salt-key", "salt", "salt-run", "salt-call"))
             return
         base = getattr(sys, "_base_executable", sys.executable)
         subprocess.run([base, "-m", "venv", str(self.venv)], check=True, capture_output=True)
