@@ -186,6 +186,31 @@ def test_the_example_minion_config_turns_the_executor_on(tmp_path):
     assert changes.Settings.from_opts(opts) == changes.Settings()
 
 
+ORCH = """\
+touch it:
+  salt.function:
+    - name: cmd.run
+    - tgt: {minion}
+    - arg:
+      - touch {path}
+"""
+
+
+def test_an_orchestration_reaches_the_minion_as_the_person_who_ran_it(salt_run, sls_dir, token, app):
+    sls, marker, other, folder = app
+    touched = folder / "orchestrated"
+    (sls_dir / "dtxorch.sls").write_text(ORCH.format(minion=GUARDED_ID, path=touched))
+    try:
+        token.take("alice")
+        bob = salt_run.run("state.orchestrate", "dtxorch", env={"SUDO_USER": "bob"})
+        assert bob.returncode != 0 and not touched.exists(), bob
+        assert "cmd.run was not run: " in bob.stdout, bob
+        alice = salt_run.run("state.orchestrate", "dtxorch", env={"SUDO_USER": "alice"})
+        assert alice.returncode == 0 and touched.exists(), alice
+    finally:
+        (sls_dir / "dtxorch.sls").unlink()
+
+
 # The table itself, without daemons
 
 
