@@ -65,6 +65,12 @@ def execute(opts, data, func, args, kwargs):
     model = _core(opts, "deploytoken.model")
     held = _core(opts, "deploytoken.guard.held")
 
+    if not held.master_key(opts) and not opts.get(held.SSH_TOKEN_OPTION) and not (opts.get("pillar") or {}).get(
+            "deploytoken"):
+        raise CommandExecutionError(
+            f"{fun} was not run: {verdict.why}, and this run carries no deploy token data to check it with. Under "
+            "salt-ssh, set roster: deploytoken in salt-ssh's config (the deploy repository's salt-config/master), "
+            "as docs/salt-ssh.md shows; a minion needs its master's key and the deploytoken ext_pillar.")
     try:
         job = held.find_job(os.path.join(opts["cachedir"], "proc"), os.getpid(), data.get("jid"))
         decision = held.judge(opts, opts.get("grains") or {}, opts.get("pillar") or {}, job)

@@ -2,6 +2,7 @@
 ``salt-call``. The minion here is configured as docs/guards.md says (``module_executors: [deploytoken,
 direct_call]``), and its state files do not include the guard: a run meets the token all the same."""
 
+import importlib.util
 import pathlib
 import re
 import shutil
@@ -9,6 +10,7 @@ import tempfile
 
 import pytest
 import salt.config
+from salt.exceptions import CommandExecutionError
 
 from conftest import REPO
 from deploytoken.guard import changes
@@ -230,7 +232,7 @@ def test_readers_are_open(fun):
     "pkg.upgrade", "pkg.remove", "pkg.purge", "pkg.autoremove", "service.restart", "service.reload",
     "service.stop", "service.disable", "system.reboot", "system.shutdown", "user.add", "group.members",
     "git.pull", "archive.extract", "mount.mount", "cron.set_job", "saltutil.sync_all", "grains.setval",
-    "saltutil.kill_job", "nosuchmodule.fun",
+    "saltutil.kill_job", "pip.install", "nosuchmodule.fun",
 ])
 def test_changers_need_the_token(fun):
     assert changes.kind(fun).change is True
@@ -267,3 +269,31 @@ def test_the_guide_lists_exactly_the_table_of_readers():
         if found:
             rows[found[1]] = tuple(re.findall(r"`([^`]+)`", found[2]))
     assert rows == changes.READS
+    (writers,) = [line for line in text.split("\n\n") if "(`deploytoken.guard.changes.WRITERS`)" in line]
+    assert re.findall(r"`(\w+)`", writers.split("WRITERS`): ")[1]) == list(changes.WRITERS)
+
+
+def load_executor():
+    """The executor module as Salt loads it, under a name of its own (the runner and states share its basename)."""
+    spec = importlib.util.spec_from_file_location("dt_executor_under_test", REPO / "_executors" / "deploytoken.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_salt_ssh_call_without_token_data_is_refused_naming_the_roster_setting(tmp_path):
+    executor = load_executor()
+    opts = {"id": "kf", "pki_dir": str(tmp_path), "cachedir": str(tmp_path), "pillar": {}}
+    with pytest.raises(CommandExecutionError) as raised:
+        executor.execute(opts, {"fun": "cmd.run", "jid": "1"}, None, ["touch /x"], {})
+    assert str(raised.value).startswith("cmd.run was not run: cmd.run changes the server, and this run carries no "
+                                        "deploy token data to check it with. Under salt-ssh, set roster: deploytoken")
+    assert executor.execute(opts, {"fun": "test.ping", "jid": "1"}, None, [], {}) is None
+
+
+def test_a_malformed_table_setting_refuses_every_call_by_name(tmp_path):
+    executor = load_executor()
+    opts = {"id": "kf", "pki_dir": str(tmp_path), "cachedir": str(tmp_path), "deploytoken": {"reads": 7}}
+    with pytest.raises(CommandExecutionError, match=r"^The deploy token check is misconfigured, so test.ping may not "
+                                                    r"run: deploytoken:reads in this server's configuration"):
+        executor.execute(opts, {"fun": "test.ping"}, None, [], {})

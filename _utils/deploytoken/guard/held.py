@@ -244,6 +244,12 @@ def consent(pillar, minion, now=None, master_key=None):
     return pillar.get("consent") if isinstance(pillar.get("consent"), str) else None
 
 
+def master_key(opts):
+    """The master's public key this minion keeps, or None (a salt-ssh target has none)."""
+    path = os.path.join(opts.get("pki_dir") or "", "minion_master.pub")
+    return path if os.path.isfile(path) else None
+
+
 def token_data(opts, grains, pillar, job=None, now=None):
     """``(data, master_key)``: the ``deploytoken`` token data to decide on and the master's public key
     to check it with.
@@ -252,8 +258,8 @@ def token_data(opts, grains, pillar, job=None, now=None):
     job moments ago (``own_pillar_problem``); otherwise it asks its master for a fresh compile of its
     pillar, so that neither a ``pillar=`` of the job nor a saved snapshot counts. A salt-ssh target (no
     master key) has the data its operator's machine compiled for this very run, in ``pillar``."""
-    path = os.path.join(opts.get("pki_dir") or "", "minion_master.pub")
-    if not os.path.isfile(path):
+    path = master_key(opts)
+    if not path:
         # A salt-ssh target: the state run's pillar, else what the operator's roster put into this run's
         # minion options (a function call that is not a state run carries no pillar to the target).
         return (pillar or {}).get("deploytoken") or opts.get(SSH_TOKEN_OPTION), None
