@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from deploytoken.kingfisher import busy as busy_check
-from deploytoken.kingfisher import packages, sources, tmux
+from deploytoken.kingfisher import packages, panes, sources, tmux
 from deploytoken.kingfisher.errors import InputError, SourceError
 from deploytoken.model import human_duration
 
@@ -189,13 +189,16 @@ def test_a_failing_package_tool_is_one_sentence():
 
 def test_tmux_lines_become_sessions():
     line = tmux.SEP.join(["crawl", "1700000000", "2", "1700000600", "0", "bash", "0", "999999999",
-                          "sleep"])
-    (session,) = tmux.parse_panes(line + "\nmalformed line\n", "alice", "/tmp/tmux-1000/default",
-                                  now=1700001000)
+                          "sleep", "%7", "999999998"])
+    (session,), server_pid = tmux.parse_panes(line + "\nmalformed line\n", "alice", "/tmp/tmux-1000/default",
+                                              now=1700001000, table=panes.read(uids=set()))
     assert session["name"] == "crawl" and session["attached"] == 2 and session["owner"] == "alice"
-    assert session["created"].startswith("2023-11-1") and session["idle"] is False
-    assert session["panes"] == [{"window": "0:bash", "pane": 0, "command": "sleep", "cmdline": None,
-                                 "pid": 999999999, "running_for": None, "idle": False}]
+    assert session["created"].startswith("2023-11-1") and server_pid == 999999998
+    # No such process: the pane's program ended between tmux's answer and the look at /proc.
+    assert session["idle"] is True and session["left_over"] == []
+    assert session["panes"] == [{"window": "0:bash", "pane": 0, "pane_id": "%7", "command": "sleep", "cmdline": None,
+                                 "pid": 999999999, "running_for": None, "idle": True, "background": False,
+                                 "stopped": False, "detached": False, "more": 0}]
 
 
 def test_only_listening_stream_sockets_are_live(tmp_path):
