@@ -27,8 +27,11 @@ import functools
 import os
 from typing import TYPE_CHECKING
 
+import salt.utils.args
 from salt.exceptions import CommandExecutionError, SaltException
 
+from deploytoken import model
+from deploytoken.guard import held
 from deploytoken.kingfisher import busy as busy_check
 from deploytoken.kingfisher import packages as package_cache
 from deploytoken.kingfisher import sources
@@ -57,6 +60,37 @@ def _setting(key, given=None):
     return __salt__["config.get"](f"kingfisher:{key}", DEFAULTS[key])
 
 
+def _typed(function):
+    """What was typed after ``kingfisher.<function>`` on the command line, or None when unknown: salt-call
+    (and salt-ssh, which runs salt-call on the target) keeps it in its options, a job published by the
+    master in the minion's proc file for this process."""
+    if __opts__.get("fun") == f"kingfisher.{function}":
+        return __opts__.get("arg") if isinstance(__opts__.get("arg"), list) else None
+    try:
+        job = held.find_job(os.path.join(__opts__["cachedir"], "proc"), os.getpid())
+    except model.DeploytokenError:
+        return None  # several jobs in this process (multiprocessing: False): which one is ours is unknown
+    if not job or job.get("fun") != f"kingfisher.{function}" or not isinstance(job.get("arg"), list):
+        return None
+    return job["arg"]
+
+
+def _refuse_repeated(function):
+    """
+    CommandExecutionError when a keyword was typed twice: Salt keeps the last value silently, so
+    ``users=alice users=bob`` would check bob alone and could answer "not busy" while alice works.
+    """
+    seen = set()
+    for arg in _typed(function) or ():
+        key = salt.utils.args.parse_kwarg(arg)[0] if isinstance(arg, str) else None
+        if key in seen:
+            raise CommandExecutionError(
+                f"kingfisher.{function} got {key}= more than once, and Salt would keep only the last: give each "
+                f"argument once (users=alice,bob for several users).")
+        if key:
+            seen.add(key)
+
+
 def _settings(source, given):
     """Source ``source``'s settings, parsed once: arguments, else config or pillar, else defaults."""
     return sources.settings(source, given, __salt__["config.get"])
@@ -82,6 +116,7 @@ def report(source, **settings):
         salt 'collect*' kingfisher.report tmux
         salt 'collect*' kingfisher.report postgres threshold=600
     """
+    _refuse_repeated("report")
     return _read(source, {key: value for key, value in settings.items() if not key.startswith("__")})
 
 
@@ -107,6 +142,7 @@ def scrapyd_jobs(url=None, username=None, password=None):
         salt 'collect*' kingfisher.scrapyd_jobs
         salt 'collect*' kingfisher.scrapyd_jobs url=http://localhost:6800 --out=json
     """
+    _refuse_repeated("scrapyd_jobs")
     return _read("scrapyd", {"url": url, "username": username, "password": password})
 
 
@@ -131,6 +167,7 @@ def tmux_sessions(users=None):
         salt 'collect*' kingfisher.tmux_sessions
         salt 'collect*' kingfisher.tmux_sessions users=alice,bob
     """
+    _refuse_repeated("tmux_sessions")
     return _read("tmux", {"users": users})
 
 
@@ -165,6 +202,7 @@ def long_queries(threshold=None, socket_dir=None, port=None, user=None, runas=No
         salt 'collect*' kingfisher.long_queries
         salt 'collect*' kingfisher.long_queries threshold=600 port=5433
     """
+    _refuse_repeated("long_queries")
     return _read("postgres", {"threshold": threshold, "socket_dir": socket_dir, "port": port, "user": user,
                               "runas": runas})
 
@@ -255,6 +293,7 @@ def busy(postgres=None, url=None, username=None, password=None, users=None, thre
         salt 'collect*' kingfisher.busy
         salt 'collect*' kingfisher.busy postgres=always threshold=600 --out=json
     """
+    _refuse_repeated("busy")
     mode = busy_check.check_mode(_setting("busy:postgres", postgres))
     given = {
         "scrapyd": {"url": url, "username": username, "password": password},
