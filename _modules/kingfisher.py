@@ -61,9 +61,10 @@ def _setting(key, given=None):
 
 
 def _typed(function):
-    """What was typed after ``kingfisher.<function>`` on the command line, or None when unknown: salt-call
-    (and salt-ssh, which runs salt-call on the target) keeps it in its options, a job published by the
-    master in the minion's proc file for this process."""
+    """The words given after ``kingfisher.<function>``, or None when unknown: salt-call (and salt-ssh, which
+    passes them on to salt-call on the target) keeps them in its options; a job published with its words
+    as given (salt-api, Salt's LocalClient) has them in the minion's proc file for this process. The salt
+    command itself folds ``users=a users=b`` into one keyword before it publishes: no minion sees the first."""
     if __opts__.get("fun") == f"kingfisher.{function}":
         return __opts__.get("arg") if isinstance(__opts__.get("arg"), list) else None
     try:
