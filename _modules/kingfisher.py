@@ -151,9 +151,12 @@ def tmux_sessions(users=None):
     """
     Every live tmux server of root and of the users with a home in /home (and any other live tmux
     socket), found without ``su`` and without creating anything: per session the owner, name,
-    created, attached clients, last activity, and per pane the foreground command, its command
-    line, how long it has run, and whether it is an idle shell. Stale sockets (no server behind
-    them) and servers that cannot be read are listed apart. Users without a server are absent.
+    created, attached clients, last activity, and per pane what runs in it, read from /proc (its
+    command line, how long it has run, whether in the background, stopped or outside the pane's
+    session) and whether it is idle: only an interactive shell waiting at its prompt is. Stale
+    sockets (no server behind them), servers that cannot be read, and live servers whose socket was
+    deleted (``unreachable``) are listed apart. Users without a server are absent; a user named
+    that has no account here is an error.
     A socket tmux itself would not trust (a symbolic link, a directory that is not its owner's or
     that others can enter) is a warning and is never connected to.
 
@@ -174,9 +177,12 @@ def tmux_sessions(users=None):
 
 def long_queries(threshold=None, socket_dir=None, port=None, user=None, runas=None):
     """
-    Active client queries running for longer than ``threshold`` seconds: pid, usename,
-    client_addr, application_name, duration, the leading comment (``/* ... */`` or ``-- ...``) and
-    the start of the query. Parallel workers are not counted twice. A role that cannot see other
+    What a PostgreSQL restart would interrupt: client transactions open for longer than
+    ``threshold`` seconds (a long query, a transaction of short statements, a session idle in
+    transaction) and replication connections (``pg_basebackup``, a standby) of any age: pid, usename,
+    client_addr, application_name, duration (the transaction's age), query_duration, state, kind,
+    the leading comment (``/* ... */`` or ``-- ...``) and the start of the (last) query. Parallel
+    workers are not counted twice. A role that cannot see other
     sessions' queries is an error, never "no long query". Without psycopg (a salt-ssh target's own
     Python) the server's ``psql`` is asked instead, run as ``runas``; ``client`` says which one read.
 
