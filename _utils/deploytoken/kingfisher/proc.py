@@ -1,4 +1,4 @@
-"""Facts about running processes from /proc: command line, start time, foreground process group."""
+"""Facts about running processes from /proc: command line, start time, process groups, environment, sockets."""
 
 import dataclasses
 import os
@@ -38,12 +38,6 @@ def started(pid):
 
 def parent(pid):
     return int(_stat_fields(pid)[1])
-
-
-def foreground_pid(pid):
-    """The leader of the foreground process group on ``pid``'s terminal (``pid`` itself without one)."""
-    tpgid = int(_stat_fields(pid)[5])
-    return tpgid if tpgid > 0 else pid
 
 
 def pids():

@@ -397,12 +397,13 @@ def _why_unreachable(path, pid):
 def unreachable(table, read_pids, reported, listening_by_inode, now):
     """
     Live tmux servers in ``table`` that were not read (their pid is not in ``read_pids``) and whose
-    socket is not among the ``reported`` paths (an error or a warning already): each with its owner,
-    socket, why, how to mend it, and what runs in it according to /proc.
+    socket is not among the ``reported`` paths (an error, a warning, or an answer without panes, which
+    names no pid): each with its owner, socket, why, how to mend it, and what runs in it according to
+    /proc. A server started since ``now``, when the check began, was not there to be read: it is left out.
     """
     found = []
     for pid, server in sorted(table.servers.items()):
-        if pid in read_pids:
+        if pid in read_pids or server.started >= now:
             continue
         paths = sorted(listening_by_inode[inode] for inode in proc.socket_inodes(pid) if inode in listening_by_inode)
         path = paths[0] if paths else None
@@ -431,6 +432,7 @@ def sessions(settings, tmpdirs=None, home="/home", tmux="tmux"):
         checked = ["root", *names]
     else:
         checked = list(users)
+    now = time.time()
     by_inode = listening()
     live = {path for path in by_inode.values() if TMUX_DIR.match(pathlib.Path(path).parent.name)}
     report = {"sessions": [], "stale": [], "errors": [], "unreachable": [], "checked": checked,
@@ -439,7 +441,6 @@ def sessions(settings, tmpdirs=None, home="/home", tmux="tmux"):
         owner = _owner(socket)
         if users is None or owner in users:
             report["stale"].append({"socket": socket, "owner": owner})
-    now = time.time()
     servers = []
     for path in sorted(live):
         found = _read_server(path, users)
@@ -456,12 +457,14 @@ def sessions(settings, tmpdirs=None, home="/home", tmux="tmux"):
                 report[kind].extend(items)
     # After the answers, so every pane tmux listed has its processes in this one look at /proc.
     table = pane_truth.read(None if uids is None else set(uids.values()))
-    read_pids = set()
+    read_pids, reported = set(), set()
     for server, text in answers:
         found, server_pid = parse_panes(text, server.owner, server.path, now, table)
         report["sessions"].extend(found)
+        if server_pid is None:
+            reported.add(server.path)
         read_pids.add(server_pid)
-    reported = {item["socket"] for item in report["errors"] + report["stale"]}
+    reported |= {item["socket"] for item in report["errors"] + report["stale"]}
     reported |= {path for path in live if any(repr(path) in warning for warning in report["warnings"])}
     report["unreachable"] = unreachable(table, read_pids, reported, by_inode, now)
     return report
