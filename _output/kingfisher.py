@@ -1,8 +1,8 @@
 """
 The short answer of ``kingfisher.busy`` for a person, the default of ``salt``, ``salt-call`` and
 ``salt-ssh`` for that function: per server, the verdict with the sources it checked, then one line per
-piece of work a deployment would interrupt. Any ``--out`` (``json``, ``yaml``, ``nested``) prints the
-full report instead.
+piece of work a deployment would interrupt, then one per warning (what was seen but is not counted).
+Any ``--out`` (``json``, ``yaml``, ``nested``) prints the full report instead.
 """
 
 import salt.output.nested
@@ -22,4 +22,5 @@ def output(data, **kwargs):  # pylint: disable=unused-argument
             return salt.output.nested.output(data, **kwargs)
         found.append(f"{server}: {report.get('summary')}")
         found += [f"    {reason}" for reason in report.get("reasons") or []]
+        found += [f"    Warning: {warning}" for warning in report.get("warnings") or []]
     return "\n".join(found) if found else salt.output.nested.output(data, **kwargs)

@@ -37,8 +37,8 @@ Fixtures (stable names; other test modules may use them):
     ``.make(shell)``: a fresh real user with that login shell (``/bin/sh`` is dash, what ``useradd`` gives
     by default on Debian; ``/bin/bash``), named ``dtkp<4 digits of this run><n>``; ``.tmux(name, *args)``
     runs tmux as that user with its own login shell as tmux's default shell; ``.processes(name)`` its
-    processes as ``(pid, stat fields, argv)``. Each user, its processes and its tmux folder are removed
-    after the test.
+    processes as ``(pid, state, argv)``. Each user, its processes, its tmux folder and its screen folder
+    are removed after the test.
 
 ``pg_cluster`` (session) -> ``PgCluster``
     A PostgreSQL 15 cluster run by the ``postgres`` system user from a temp dir: ``.socket_dir``,
@@ -397,6 +397,7 @@ class Users:
                 if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
                     os.kill(int(entry), signal.SIGKILL)
         shutil.rmtree(f"/tmp/tmux-{uid}", ignore_errors=True)
+        shutil.rmtree(f"/run/screen/S-{name}", ignore_errors=True)
         for _ in range(50):
             if subprocess.run(["userdel", "--remove", name], capture_output=True).returncode in (0, 6):
                 break

@@ -7,11 +7,13 @@ Each test asks about its own users only (``users=``), so other tests' sessions c
 
 import pathlib
 import pwd
+import shutil
+import subprocess
 
 import pytest
 
 from conftest import MINION_ID as MINION
-from kingfisher_fixtures import start_scrapyd, wait_for
+from kingfisher_fixtures import RUNUSER, run_as, start_scrapyd, user_env, wait_for
 
 pytestmark = pytest.mark.daemons
 
@@ -149,3 +151,26 @@ def test_an_interactive_shell_at_its_prompt_is_idle(busy, login_users, start):
     assert ret.data["busy"] is False and ret.data["reasons"] == []
     (session,) = ret.data["sources"]["tmux"]["sessions"]
     assert session["idle"] is True and session["panes"][0]["idle"] is True
+
+
+@pytest.mark.skipif(not shutil.which("screen"), reason="needs screen (apt install screen)")
+def test_a_screen_session_and_work_outside_tmux_are_warnings_not_reasons(busy, login_users):
+    name = login_users.make("/bin/bash")
+    run_as(name, "screen", "-dmS", "crawl", "sleep", "600")
+    # Started over SSH with nohup, say: in no tmux pane and no screen.
+    loose = subprocess.Popen([RUNUSER, "-u", name, "--", "setsid", "sleep", "700"], env=user_env(name), cwd="/",
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: {tuple(argv) for _, _, argv in login_users.processes(name)} >= {
+            ("sleep", "600"), ("sleep", "700")}, timeout=15, what="both sleeps")
+        ret = busy(name)
+    finally:
+        login_users.remove_all()
+        loose.wait(timeout=10)
+    assert ret.returncode == 0, ret
+    assert ret.data["busy"] is False and ret.data["reasons"] == []
+    screen, outside = ret.data["warnings"]
+    assert screen.startswith(f"{name} has a screen session ('SCREEN -dmS crawl sleep 600', pid "), screen
+    assert screen.endswith(f"), which is not checked: look at it (screen -ls as {name}) before a restart.")
+    assert outside.startswith(f"{name} runs 'sleep 700' (pid "), outside
+    assert outside.endswith(f") outside tmux, which is not checked: look at it (ps -u {name}) before a restart.")

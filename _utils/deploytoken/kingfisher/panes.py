@@ -28,6 +28,9 @@ SERVER = "tmux: server"
 # ends: they never make a pane busy.
 AGENTS = {"ssh-agent", "gpg-agent", "scdaemon", "dirmngr", "keyboxd", "dbus-daemon", "tmux: server", "tmux: client"}
 TAGS = (b"TMUX", b"TMUX_PANE")
+# What a login brings along, none of it work of its own.
+SESSION_PLUMBING = {"systemd", "(sd-pam)", "sshd", "sftp-server", "tmux: client", "tmux", "screen"}
+SCREEN = "screen"
 
 
 def interactive_shell(process, argv):
@@ -181,3 +184,38 @@ def server_work(table, server_pid, now):
             seen.add(pane_id)
             found += pane(table, server_pid, pane_id, child, now)["work"]
     return found + left_over(table, server_pid, seen, now)
+
+
+def _in_tmux(table):
+    """Every pid that belongs to a live tmux server: the servers, what runs below them, and what carries
+    one of their panes in its environment."""
+    found = set(table.servers)
+    for pid in table.servers:
+        found |= table.descendants(pid)
+    for panes in table.tagged.values():
+        for pids in panes.values():
+            found |= pids
+    return found
+
+
+def outside(table, uids, now):
+    """
+    ``{"screen": [...], "processes": [...]}``: ``screen`` sessions of the users ``uids``, and their
+    programs that run neither in tmux nor in screen (a job started over SSH with ``nohup``, from cron):
+    not checked, for warnings. Shells, agents and a login's own processes are left out.
+    """
+    covered = _in_tmux(table)
+    screens = [process for process in table.processes.values()
+               if process.uid in uids and process.comm == SCREEN and process.pid not in covered
+               and table.processes.get(process.ppid, process).comm != SCREEN]
+    for screen in screens:
+        covered |= {screen.pid} | table.descendants(screen.pid)
+    found = {"screen": [], "processes": []}
+    for screen in sorted(screens, key=lambda process: process.started):
+        found["screen"].append({"uid": screen.uid, "pid": screen.pid, "cmdline": " ".join(table.cmdline(screen.pid)),
+                                "running_for": proc.seconds_since(screen.started, now)})
+    loose = {pid for pid, process in table.processes.items()
+             if process.uid in uids and pid not in covered and process.comm not in SHELLS | AGENTS | SESSION_PLUMBING}
+    for item in _work(table, loose, None, now) if loose else []:
+        found["processes"].append(dict(item, uid=table.processes[item["pid"]].uid))
+    return found

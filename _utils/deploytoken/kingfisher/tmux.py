@@ -21,6 +21,7 @@ among the processes and reported as unreadable, with what runs in it, which coun
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -467,7 +468,35 @@ def sessions(settings, tmpdirs=None, home="/home", tmux="tmux"):
     reported |= {item["socket"] for item in report["errors"] + report["stale"]}
     reported |= {path for path in live if any(repr(path) in warning for warning in report["warnings"])}
     report["unreachable"] = unreachable(table, read_pids, reported, by_inode, now)
+    report["warnings"] += _outside_warnings(table, uids, checked, now)
     return report
+
+
+def _outside_warnings(table, uids, checked, now):
+    """Warnings for the work of the users checked (not root's: the system's own) that tmux does not hold."""
+    if uids is None:
+        uids = {}
+        for name in checked:
+            with contextlib.suppress(KeyError):
+                uids[name] = pwd.getpwnam(name).pw_uid
+    wanted = {uid for uid in uids.values() if uid != 0}
+    found = pane_truth.outside(table, wanted, now)
+    warnings = [
+        f"{_name(screen['uid'])} has a screen session ({screen['cmdline']!r}, pid {screen['pid']}, for "
+        f"{duration(screen['running_for'])}), which is not checked: look at it (screen -ls as "
+        f"{_name(screen['uid'])}) before a restart."
+        for screen in found["screen"]
+    ]
+    by_user = {}
+    for item in found["processes"]:
+        by_user.setdefault(item["uid"], []).append(item)
+    for uid, items in sorted(by_user.items()):
+        first = items[0]
+        more = f" and {len(items) - 1} more" if len(items) > 1 else ""
+        warnings.append(
+            f"{_name(uid)} runs {first['cmdline']!r} (pid {first['pid']}, for {duration(first['running_for'])})"
+            f"{more} outside tmux, which is not checked: look at it (ps -u {_name(uid)}) before a restart.")
+    return warnings
 
 
 def read(settings):
