@@ -5,6 +5,7 @@ real tmux servers, and ``kingfisher.busy`` through the real salt CLI, master and
 Each test asks about its own users only (``users=``), so other tests' sessions cannot change its answer.
 """
 
+import os
 import pathlib
 import pwd
 import shutil
@@ -87,6 +88,20 @@ def stopped_job(users):
     return name, "runs 'sleep 600' in the background, stopped (Ctrl-Z) (for "
 
 
+def script_at_a_prompt(users):
+    # ./crawl.sh runs as "/bin/bash ./crawl.sh": a shell, whose work is the program the script runs.
+    name = users.make("/bin/bash")
+    entry = pwd.getpwnam(name)
+    script = pathlib.Path(entry.pw_dir) / "crawl.sh"
+    script.write_text("#!/bin/bash\nsleep 600\n")
+    script.chmod(0o755)
+    os.chown(script, entry.pw_uid, entry.pw_gid)
+    users.tmux(name, "new-session", "-d", "-s", "crawl")
+    users.tmux(name, "send-keys", "-t", "crawl", "./crawl.sh", "Enter")
+    sleeping(users, name)
+    return name, "runs 'sleep 600' (for "
+
+
 def left_the_session(users):
     name = users.make("/bin/bash")
     users.tmux(name, "new-session", "-d", "-s", "crawl")
@@ -97,7 +112,7 @@ def left_the_session(users):
 
 
 @pytest.mark.parametrize("start", [command_under_sh, command_then_a_shell, background_job, stopped_job,
-                                   left_the_session])
+                                   script_at_a_prompt, left_the_session])
 def test_work_under_a_shell_is_busy_naming_session_owner_and_command(busy, login_users, start):
     name, doing = start(login_users)
     ret = busy(name)

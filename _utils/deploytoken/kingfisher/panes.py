@@ -61,6 +61,12 @@ class Table:
                 self.argv[pid] = []
         return self.argv[pid]
 
+    def shell(self, pid):
+        """Whether ``pid`` is a shell, by its name or by its program: a script run as ``./crawl.sh`` is named
+        crawl.sh but runs ``/bin/bash ./crawl.sh``."""
+        argv = self.cmdline(pid)
+        return self.processes[pid].comm in SHELLS or bool(argv) and os.path.basename(argv[0]).lstrip("-") in SHELLS
+
     def descendants(self, pid):
         found, todo = set(), [pid]
         while todo:
@@ -110,7 +116,7 @@ def _chain(table, pid, top, members):
     """``pid`` and its ancestors up to ``top`` that are shells in ``members`` (those waiting for it)."""
     chain = {pid}
     process = table.processes[pid]
-    while process.pid != top and process.ppid in members and table.processes[process.ppid].comm in SHELLS:
+    while process.pid != top and process.ppid in members and table.shell(process.ppid):
         process = table.processes[process.ppid]
         chain.add(process.pid)
     return chain
@@ -118,7 +124,7 @@ def _chain(table, pid, top, members):
 
 def _work(table, pids, pane_process, now):
     """The work among ``pids`` as dicts, the most telling first: programs before shells, top ones, oldest first."""
-    programs = {pid for pid in pids if table.processes[pid].comm not in SHELLS}
+    programs = {pid for pid in pids if not table.shell(pid)}
     chosen = programs or pids
     top = [pid for pid in chosen if table.processes[pid].ppid not in chosen]
     top.sort(key=lambda pid: (table.processes[pid].started, pid))
@@ -215,7 +221,8 @@ def outside(table, uids, now):
         found["screen"].append({"uid": screen.uid, "pid": screen.pid, "cmdline": " ".join(table.cmdline(screen.pid)),
                                 "running_for": proc.seconds_since(screen.started, now)})
     loose = {pid for pid, process in table.processes.items()
-             if process.uid in uids and pid not in covered and process.comm not in SHELLS | AGENTS | SESSION_PLUMBING}
+             if process.uid in uids and pid not in covered and process.comm not in AGENTS | SESSION_PLUMBING
+             and not table.shell(pid)}
     for item in _work(table, loose, None, now) if loose else []:
         found["processes"].append(dict(item, uid=table.processes[item["pid"]].uid))
     return found
