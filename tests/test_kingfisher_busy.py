@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from deploytoken.kingfisher import busy as busy_check
-from deploytoken.kingfisher import packages, panes, sources, tmux
+from deploytoken.kingfisher import packages, panes, proc, sources, tmux
 from deploytoken.kingfisher.errors import InputError, SourceError
 from deploytoken.model import human_duration
 
@@ -212,3 +212,31 @@ def test_only_listening_stream_sockets_are_live(tmp_path):
         "0000: 00000003 00000000 00000000 0001 03 5\n"
     )
     assert tmux.listening_sockets(str(table)) == {"/tmp/tmux-1001/default", "/tmp/tmux-1003/with space"}
+
+
+def process(pid, comm, ppid, pgid, sid=100, tpgid=102, state="S", uid=1000):
+    return proc.Process(pid=pid, comm=comm, state=state, ppid=ppid, pgid=pgid, sid=sid, tpgid=tpgid, started=0.0,
+                        uid=uid)
+
+
+def pane_of(*rows):
+    """A pane whose shell is pid 100, from ``(process, argv)`` rows (the look at /proc, written out)."""
+    processes = {row[0].pid: row[0] for row in rows}
+    children = {}
+    for found in processes.values():
+        children.setdefault(found.ppid, []).append(found.pid)
+    table = panes.Table(processes=processes, children=children, tagged={}, servers={},
+                        argv={row[0].pid: row[1] for row in rows})
+    return panes.pane(table, 1, "%0", 100, now=10.0)
+
+
+def test_a_root_shell_at_its_prompt_under_sudo_is_idle_and_an_ended_job_runs_nothing():
+    shell = (process(100, "bash", 1, 100), ["-bash"])
+    sudo = (process(101, "sudo", 100, 101), ["sudo", "-i"])
+    root = (process(102, "bash", 101, 102, uid=0), ["-bash"])
+    ended = (process(103, "sleep", 102, 103, state="Z", uid=0), [])
+    assert pane_of(shell, sudo, root, ended)["idle"] is True
+    make = (process(104, "make", 102, 104, uid=0), ["make", "-j2"])
+    found = pane_of(shell, sudo, root, make)
+    assert found["idle"] is False and [work["cmdline"] for work in found["work"]] == ["make -j2"]
+    assert found["work"][0]["background"] is True

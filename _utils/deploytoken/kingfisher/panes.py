@@ -31,6 +31,11 @@ TAGS = (b"TMUX", b"TMUX_PANE")
 # What a login brings along, none of it work of its own.
 SESSION_PLUMBING = {"systemd", "(sd-pam)", "sshd", "sftp-server", "tmux: client", "tmux", "screen"}
 SCREEN = "screen"
+# Programs that only start a shell as someone (sudo -i, su -) and wait for it: a shell at its prompt under
+# one waits as much as the pane's own shell.
+WRAPPERS = {"sudo", "su", "runuser", "sg", "newgrp"}
+# A process that has ended and waits for its parent to collect it runs nothing.
+ENDED = {"Z", "X", "x"}
 
 
 def interactive_shell(process, argv):
@@ -113,10 +118,12 @@ def read(uids=None):
 
 
 def _chain(table, pid, top, members):
-    """``pid`` and its ancestors up to ``top`` that are shells in ``members`` (those waiting for it)."""
+    """``pid`` and its ancestors up to ``top`` in ``members`` that are shells, or wrappers such as sudo, waiting
+    for it."""
     chain = {pid}
     process = table.processes[pid]
-    while process.pid != top and process.ppid in members and table.shell(process.ppid):
+    while process.pid != top and process.ppid in members and (
+            table.shell(process.ppid) or table.processes[process.ppid].comm in WRAPPERS):
         process = table.processes[process.ppid]
         chain.add(process.pid)
     return chain
@@ -153,7 +160,7 @@ def pane(table, server_pid, pane_id, pane_pid, now):
     members = set(table.tagged.get(server_pid, {}).get(pane_id, ()))
     if pane_process is not None:
         members |= {pane_pid} | table.descendants(pane_pid)
-    members = {pid for pid in members if pid in table.processes}
+    members = {pid for pid in members if pid in table.processes and table.processes[pid].state not in ENDED}
     # Daemons that left the pane's session and only serve the user (an ssh-agent) end harmlessly.
     members = {pid for pid in members if not (
         table.processes[pid].comm in AGENTS and pane_process is not None
@@ -211,9 +218,10 @@ def outside(table, uids, now):
     not checked, for warnings. Shells, agents and a login's own processes are left out.
     """
     covered = _in_tmux(table)
+    # A screen session's own process calls itself SCREEN; a client attached to it keeps "screen".
     screens = [process for process in table.processes.values()
                if process.uid in uids and process.comm == SCREEN and process.pid not in covered
-               and table.processes.get(process.ppid, process).comm != SCREEN]
+               and table.cmdline(process.pid)[:1] == ["SCREEN"]]
     for screen in screens:
         covered |= {screen.pid} | table.descendants(screen.pid)
     found = {"screen": [], "processes": []}
@@ -221,7 +229,8 @@ def outside(table, uids, now):
         found["screen"].append({"uid": screen.uid, "pid": screen.pid, "cmdline": " ".join(table.cmdline(screen.pid)),
                                 "running_for": proc.seconds_since(screen.started, now)})
     loose = {pid for pid, process in table.processes.items()
-             if process.uid in uids and pid not in covered and process.comm not in AGENTS | SESSION_PLUMBING
+             if process.uid in uids and pid not in covered and process.state not in ENDED
+             and process.comm not in AGENTS | SESSION_PLUMBING
              and not table.shell(pid)}
     for item in _work(table, loose, None, now) if loose else []:
         found["processes"].append(dict(item, uid=table.processes[item["pid"]].uid))
