@@ -27,8 +27,11 @@ import functools
 import os
 from typing import TYPE_CHECKING
 
+import salt.utils.args
 from salt.exceptions import CommandExecutionError, SaltException
 
+from deploytoken import model
+from deploytoken.guard import held
 from deploytoken.kingfisher import busy as busy_check
 from deploytoken.kingfisher import packages as package_cache
 from deploytoken.kingfisher import sources
@@ -57,6 +60,38 @@ def _setting(key, given=None):
     return __salt__["config.get"](f"kingfisher:{key}", DEFAULTS[key])
 
 
+def _typed(function):
+    """The words given after ``kingfisher.<function>``, or None when unknown: salt-call (and salt-ssh, which
+    passes them on to salt-call on the target) keeps them in its options; a job published with its words
+    as given (salt-api, Salt's LocalClient) has them in the minion's proc file for this process. The salt
+    command itself folds ``users=a users=b`` into one keyword before it publishes: no minion sees the first."""
+    if __opts__.get("fun") == f"kingfisher.{function}":
+        return __opts__.get("arg") if isinstance(__opts__.get("arg"), list) else None
+    try:
+        job = held.find_job(os.path.join(__opts__["cachedir"], "proc"), os.getpid())
+    except model.DeploytokenError:
+        return None  # several jobs in this process (multiprocessing: False): which one is ours is unknown
+    if not job or job.get("fun") != f"kingfisher.{function}" or not isinstance(job.get("arg"), list):
+        return None
+    return job["arg"]
+
+
+def _refuse_repeated(function):
+    """
+    CommandExecutionError when a keyword was typed twice: Salt keeps the last value silently, so
+    ``users=alice users=bob`` would check bob alone and could answer "not busy" while alice works.
+    """
+    seen = set()
+    for arg in _typed(function) or ():
+        key = salt.utils.args.parse_kwarg(arg)[0] if isinstance(arg, str) else None
+        if key in seen:
+            raise CommandExecutionError(
+                f"kingfisher.{function} got {key}= more than once, and Salt would keep only the last: give each "
+                f"argument once (users=alice,bob for several users).")
+        if key:
+            seen.add(key)
+
+
 def _settings(source, given):
     """Source ``source``'s settings, parsed once: arguments, else config or pillar, else defaults."""
     return sources.settings(source, given, __salt__["config.get"])
@@ -82,6 +117,7 @@ def report(source, **settings):
         salt 'collect*' kingfisher.report tmux
         salt 'collect*' kingfisher.report postgres threshold=600
     """
+    _refuse_repeated("report")
     return _read(source, {key: value for key, value in settings.items() if not key.startswith("__")})
 
 
@@ -107,6 +143,7 @@ def scrapyd_jobs(url=None, username=None, password=None):
         salt 'collect*' kingfisher.scrapyd_jobs
         salt 'collect*' kingfisher.scrapyd_jobs url=http://localhost:6800 --out=json
     """
+    _refuse_repeated("scrapyd_jobs")
     return _read("scrapyd", {"url": url, "username": username, "password": password})
 
 
@@ -114,9 +151,12 @@ def tmux_sessions(users=None):
     """
     Every live tmux server of root and of the users with a home in /home (and any other live tmux
     socket), found without ``su`` and without creating anything: per session the owner, name,
-    created, attached clients, last activity, and per pane the foreground command, its command
-    line, how long it has run, and whether it is an idle shell. Stale sockets (no server behind
-    them) and servers that cannot be read are listed apart. Users without a server are absent.
+    created, attached clients, last activity, and per pane what runs in it, read from /proc (its
+    command line, how long it has run, whether in the background, stopped or outside the pane's
+    session) and whether it is idle: only an interactive shell waiting at its prompt is. Stale
+    sockets (no server behind them), servers that cannot be read, and live servers whose socket was
+    deleted (``unreachable``) are listed apart. Users without a server are absent; a user named
+    that has no account here is an error.
     A socket tmux itself would not trust (a symbolic link, a directory that is not its owner's or
     that others can enter) is a warning and is never connected to.
 
@@ -131,14 +171,18 @@ def tmux_sessions(users=None):
         salt 'collect*' kingfisher.tmux_sessions
         salt 'collect*' kingfisher.tmux_sessions users=alice,bob
     """
+    _refuse_repeated("tmux_sessions")
     return _read("tmux", {"users": users})
 
 
 def long_queries(threshold=None, socket_dir=None, port=None, user=None, runas=None):
     """
-    Active client queries running for longer than ``threshold`` seconds: pid, usename,
-    client_addr, application_name, duration, the leading comment (``/* ... */`` or ``-- ...``) and
-    the start of the query. Parallel workers are not counted twice. A role that cannot see other
+    What a PostgreSQL restart would interrupt: client transactions open for longer than
+    ``threshold`` seconds (a long query, a transaction of short statements, a session idle in
+    transaction) and replication connections (``pg_basebackup``, a standby) of any age: pid, usename,
+    client_addr, application_name, duration (the transaction's age), query_duration, state, kind,
+    the leading comment (``/* ... */`` or ``-- ...``) and the start of the (last) query. Parallel
+    workers are not counted twice. A role that cannot see other
     sessions' queries is an error, never "no long query". Without psycopg (a salt-ssh target's own
     Python) the server's ``psql`` is asked instead, run as ``runas``; ``client`` says which one read.
 
@@ -165,6 +209,7 @@ def long_queries(threshold=None, socket_dir=None, port=None, user=None, runas=No
         salt 'collect*' kingfisher.long_queries
         salt 'collect*' kingfisher.long_queries threshold=600 port=5433
     """
+    _refuse_repeated("long_queries")
     return _read("postgres", {"threshold": threshold, "socket_dir": socket_dir, "port": port, "user": user,
                               "runas": runas})
 
@@ -272,6 +317,7 @@ def busy(postgres=None, url=None, username=None, password=None, users=None, thre
         salt 'collect*' kingfisher.busy
         salt 'collect*' kingfisher.busy postgres=always threshold=600 --out=json
     """
+    _refuse_repeated("busy")
     _refuse_switches({key: value for key, value in kwargs.items() if not key.startswith("__")})
     mode = busy_check.check_mode(_setting("busy:postgres", postgres))
     given = {

@@ -2,8 +2,8 @@
 The short answer of ``kingfisher.busy`` for a person, the default of ``salt``, ``salt-call`` and
 ``salt-ssh`` for that function: per server, the verdict with the sources it checked, then one line per
 piece of work a deployment would interrupt, after why PostgreSQL was asked at all when ``postgres=auto``
-asked it (the next deployment would restart it, or that could not be told). Any ``--out`` (``json``,
-``yaml``, ``nested``) prints the full report instead.
+asked it (the next deployment would restart it, or that could not be told), then one per warning (what
+was seen but is not counted). Any ``--out`` (``json``, ``yaml``, ``nested``) prints the full report instead.
 """
 
 import salt.output.nested
@@ -24,6 +24,7 @@ def output(data, **kwargs):  # pylint: disable=unused-argument
         found.append(f"{server}: {report.get('summary')}")
         why = _why_postgres(report.get("sources"))
         found += [f"    {line}" for line in ([why] if why else []) + (report.get("reasons") or [])]
+        found += [f"    Warning: {warning}" for warning in report.get("warnings") or []]
     return "\n".join(found) if found else salt.output.nested.output(data, **kwargs)
 
 

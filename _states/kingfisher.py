@@ -141,7 +141,8 @@ def no_long_queries(name, threshold=None, socket_dir=None, port=None, user=None,
 
 def no_active_sessions(name, users=None):
     """
-    Fail while a tmux pane runs something other than a shell (or a tmux server cannot be read).
+    Fail while a tmux pane runs anything but an interactive shell waiting at its prompt (background
+    and stopped jobs included), or a tmux server cannot be read or reached.
 
     name
         Any label for the state.

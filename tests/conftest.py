@@ -50,7 +50,7 @@ MINION_ID = "collect-test"
 TIERS = ("unit", "functional", "integration")
 INTEGRATION_FIXTURES = {"salt_master", "salt_minion", "salt_factories", "sshd", "ssh_world"}
 FUNCTIONAL_FIXTURES = {"pg_cluster", "pg_store_cluster", "pg_fault_cluster", "scrapyd_busy", "make_scrapyd",
-                       "tmux_users", "hostile_user"}
+                       "tmux_users", "hostile_user", "login_users"}
 
 
 def pytest_configure(config):
@@ -80,8 +80,8 @@ def pytest_terminal_summary(terminalreporter):
 MACHINE_WIDE = (
     "test_deploy_repo.py", "test_doctor.py", "test_fuzz.py", "test_hardening.py", "test_kingfisher_busy.py",
     "test_kingfisher_cli.py", "test_kingfisher_postgres.py", "test_kingfisher_scrapyd.py",
-    "test_kingfisher_sources.py", "test_kingfisher_states.py", "test_kingfisher_tmux.py", "test_salt_ssh.py",
-    "test_setup_cli.py", "test_setup_core.py",
+    "test_kingfisher_panes.py", "test_kingfisher_sources.py", "test_kingfisher_states.py", "test_kingfisher_tmux.py",
+    "test_salt_ssh.py", "test_setup_cli.py", "test_setup_core.py",
 )
 
 

@@ -33,6 +33,13 @@ Fixtures (stable names; other test modules may use them):
     check. ``listen_as(user, path)`` (a context manager) has that user's own process bind and listen
     on the unix socket ``path`` (any bytes but NUL) until the block ends.
 
+``login_users`` (function) -> ``Users``
+    ``.make(shell)``: a fresh real user with that login shell (``/bin/sh`` is dash, what ``useradd`` gives
+    by default on Debian; ``/bin/bash``), named ``dtkp<4 digits of this run><n>``; ``.tmux(name, *args)``
+    runs tmux as that user with its own login shell as tmux's default shell; ``.processes(name)`` its
+    processes as ``(pid, state, argv)``. Each user, its processes, its tmux folder and its screen folder
+    are removed after the test.
+
 ``pg_cluster`` (session) -> ``PgCluster``
     A PostgreSQL 15 cluster run by the ``postgres`` system user from a temp dir: ``.socket_dir``,
     ``.port`` (TCP on 127.0.0.1), trust authentication for local and 127.0.0.1 connections, login
@@ -387,6 +394,69 @@ def hostile_user():
     create_user(name)
     yield name
     remove_user(name)
+
+
+class Users:
+    """Users of one test, with a login shell each; see ``login_users``."""
+
+    def __init__(self):
+        self.names = []
+
+    def make(self, shell):
+        name = f"dtkp{RUN}{len(self.names)}"
+        self.names.append(name)
+        self._remove(name)
+        subprocess.run(["useradd", "--create-home", "--shell", shell, name], check=True, capture_output=True)
+        return name
+
+    def tmux(self, name, *args):
+        run_as(name, "tmux", *args)
+
+    def processes(self, name):
+        """``[(pid, state, argv)]`` of ``name``'s processes now."""
+        uid = pwd.getpwnam(name).pw_uid
+        found = []
+        for entry in os.listdir("/proc"):
+            with contextlib.suppress(OSError):
+                if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
+                    with open(f"/proc/{entry}/stat") as handle:
+                        state = handle.read().rsplit(")", 1)[1].split()[0]
+                    with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                        argv = [arg.decode() for arg in handle.read().split(b"\0") if arg]
+                    found.append((int(entry), state, argv))
+        return found
+
+    @staticmethod
+    def _remove(name):
+        try:
+            uid = pwd.getpwnam(name).pw_uid
+        except KeyError:
+            return
+        # Only this user's processes: every one of them was started by the test that made the user.
+        for entry in os.listdir("/proc"):
+            with contextlib.suppress(OSError):
+                if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
+                    os.kill(int(entry), signal.SIGKILL)
+        shutil.rmtree(f"/tmp/tmux-{uid}", ignore_errors=True)
+        shutil.rmtree(f"/run/screen/S-{name}", ignore_errors=True)
+        for _ in range(50):
+            if subprocess.run(["userdel", "--remove", name], capture_output=True).returncode in (0, 6):
+                break
+            time.sleep(0.1)
+        shutil.rmtree(f"/home/{name}", ignore_errors=True)
+
+    def remove_all(self):
+        for name in self.names:
+            self._remove(name)
+
+
+@pytest.fixture
+def login_users():
+    users = Users()
+    try:
+        yield users
+    finally:
+        users.remove_all()
 
 
 # The system Python: the test user can run it (the test's own interpreter may sit in a private tree).

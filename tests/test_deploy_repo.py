@@ -231,6 +231,10 @@ def test_the_example_repository_takes_two_operators_through_the_procedure(
     assert code == 0 and found[TARGET] is False, done.stdout + done.stderr[-2000:]
     code, tried, done = as_(ben, "salt-ssh", TARGET, "state.apply", "test=True")
     assert code == 0, done.stdout + done.stderr[-2000:]
+    code, grains, done = as_(ben, "salt-ssh", TARGET, "grains.item", "os")
+    assert code == 0 and "os" in grains[TARGET], done.stdout + done.stderr[-2000:]
+    code, sessions, done = as_(ben, "salt-ssh", TARGET, "kingfisher.tmux_sessions", f"users={sleeper}")
+    assert code == 0 and sessions[TARGET]["sessions"][0]["name"] == session, done.stdout + done.stderr[-2000:]
     assert not DEPLOYED.exists()
 
     code, deployed, done = as_(ada, "salt-ssh", TARGET, "state.apply")
@@ -266,6 +270,11 @@ def test_the_example_repository_takes_two_operators_through_the_procedure(
     assert kingfisher_guard(guarded, "no crawls interrupted")["result"] is True  # this Scrapyd runs no job
     code, _, done = as_(ada, "salt-run", "deploytoken.release", "note=stopped by the guard")
     assert code == 0, done.stdout + done.stderr[-2000:]
+    # With nobody holding the token, nobody changes the server.
+    TOUCHED.unlink()
+    code, refused, done = as_(ada, "salt-ssh", TARGET, "cmd.run", f"touch {TOUCHED}")
+    assert code != 0 and not TOUCHED.exists(), done.stdout
+    assert "cmd.run was not run: " in json.dumps(refused) and "nobody holds the deploy token" in json.dumps(refused)
 
     # The report's default file, in the clone where salt-run runs, is one git ignores.
     code, written, done = as_(ada, "salt-run", "deploytoken.report")

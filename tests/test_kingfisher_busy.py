@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from deploytoken.kingfisher import busy as busy_check
-from deploytoken.kingfisher import packages, sources, tmux
+from deploytoken.kingfisher import packages, panes, proc, sources, tmux
 from deploytoken.kingfisher.errors import InputError, SourceError
 from deploytoken.model import human_duration
 
@@ -189,13 +189,16 @@ def test_a_failing_package_tool_is_one_sentence():
 
 def test_tmux_lines_become_sessions():
     line = tmux.SEP.join(["crawl", "1700000000", "2", "1700000600", "0", "bash", "0", "999999999",
-                          "sleep"])
-    (session,) = tmux.parse_panes(line + "\nmalformed line\n", "alice", "/tmp/tmux-1000/default",
-                                  now=1700001000)
+                          "sleep", "%7", "999999998"])
+    (session,), server_pid = tmux.parse_panes(line + "\nmalformed line\n", "alice", "/tmp/tmux-1000/default",
+                                              now=1700001000, table=panes.read(uids=set()))
     assert session["name"] == "crawl" and session["attached"] == 2 and session["owner"] == "alice"
-    assert session["created"].startswith("2023-11-1") and session["idle"] is False
-    assert session["panes"] == [{"window": "0:bash", "pane": 0, "command": "sleep", "cmdline": None,
-                                 "pid": 999999999, "running_for": None, "idle": False}]
+    assert session["created"].startswith("2023-11-1") and server_pid == 999999998
+    # No such process: the pane's program ended between tmux's answer and the look at /proc.
+    assert session["idle"] is True and session["left_over"] == []
+    assert session["panes"] == [{"window": "0:bash", "pane": 0, "pane_id": "%7", "command": "sleep", "cmdline": None,
+                                 "pid": 999999999, "running_for": None, "idle": True, "background": False,
+                                 "stopped": False, "detached": False, "more": 0}]
 
 
 def test_only_listening_stream_sockets_are_live(tmp_path):
@@ -209,3 +212,31 @@ def test_only_listening_stream_sockets_are_live(tmp_path):
         "0000: 00000003 00000000 00000000 0001 03 5\n"
     )
     assert tmux.listening_sockets(str(table)) == {"/tmp/tmux-1001/default", "/tmp/tmux-1003/with space"}
+
+
+def process(pid, comm, ppid, pgid, sid=100, tpgid=102, state="S", uid=1000):
+    return proc.Process(pid=pid, comm=comm, state=state, ppid=ppid, pgid=pgid, sid=sid, tpgid=tpgid, started=0.0,
+                        uid=uid)
+
+
+def pane_of(*rows):
+    """A pane whose shell is pid 100, from ``(process, argv)`` rows (the look at /proc, written out)."""
+    processes = {row[0].pid: row[0] for row in rows}
+    children = {}
+    for found in processes.values():
+        children.setdefault(found.ppid, []).append(found.pid)
+    table = panes.Table(processes=processes, children=children, tagged={}, servers={},
+                        argv={row[0].pid: row[1] for row in rows})
+    return panes.pane(table, 1, "%0", 100, now=10.0)
+
+
+def test_a_root_shell_at_its_prompt_under_sudo_is_idle_and_an_ended_job_runs_nothing():
+    shell = (process(100, "bash", 1, 100), ["-bash"])
+    sudo = (process(101, "sudo", 100, 101), ["sudo", "-i"])
+    root = (process(102, "bash", 101, 102, uid=0), ["-bash"])
+    ended = (process(103, "sleep", 102, 103, state="Z", uid=0), [])
+    assert pane_of(shell, sudo, root, ended)["idle"] is True
+    make = (process(104, "make", 102, 104, uid=0), ["make", "-j2"])
+    found = pane_of(shell, sudo, root, make)
+    assert found["idle"] is False and [work["cmdline"] for work in found["work"]] == ["make -j2"]
+    assert found["work"][0]["background"] is True

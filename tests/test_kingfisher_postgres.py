@@ -1,13 +1,17 @@
 """long_queries against a real PostgreSQL 15 cluster (see kingfisher_fixtures.pg_cluster)."""
 
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 
 import pytest
 
 from deploytoken.kingfisher import postgres as pg_source
 from deploytoken.kingfisher.errors import InputError, SourceError
-from kingfisher_fixtures import lean_python
+from kingfisher_fixtures import PG_BIN, lean_python, wait_for
 
 SLEEP = "SELECT pg_sleep(600)"
 
@@ -23,12 +27,10 @@ def long_queries(cluster, **kwargs):
 def test_long_queries_name_their_owners(pg_cluster, pg_query):
     tcp = pg_query(f"/* alice: reindex */ {SLEEP}", user="alice", tcp=True)
     local = pg_query(f"-- bob: vacuum full\n{SLEEP}", user="bob")
-    idle = pg_query("SELECT 1", user="bob", idle_in_transaction=True)
     time.sleep(1.2)
     report = long_queries(pg_cluster, threshold=1)
     found = {query["pid"]: query for query in report["queries"]}
-    assert set(found) == {tcp, local}, "the idle-in-transaction session is not a long query"
-    assert idle not in found
+    assert set(found) == {tcp, local}
     alice = found[tcp]
     assert alice["usename"] == "alice" and alice["client_addr"] == "127.0.0.1"
     assert alice["comment"] == "alice: reindex" and alice["query"] == "/* alice: reindex */ SELECT pg_sleep(600)"
@@ -61,10 +63,9 @@ def test_without_psycopg_the_servers_psql_gives_the_same_report(pg_cluster, pg_q
     ours = [query for query in with_psql["queries"] if query["pid"] in (tcp, local)]
     assert [query["comment"] for query in ours] == ["alice: it's, \"quoted\" \x1f | x", "bob: vacuum full"]
     assert ours[0]["client_addr"] == "127.0.0.1" and ours[1]["client_addr"] is None
-    for query in with_psycopg["queries"]:
+    for query in with_psycopg["queries"] + with_psql["queries"]:
         query.pop("duration")
-    for query in with_psql["queries"]:
-        query.pop("duration")
+        query.pop("query_duration")
     assert with_psql["queries"] == with_psycopg["queries"]
     code = READ_WITH_PSQL.format(socket_dir=pg_cluster.socket_dir, port=pg_cluster.port, user="dtkmonitor")
     refused = json.loads(lean_python(tmp_path, code))["error"]
@@ -91,6 +92,86 @@ def test_parallel_workers_are_not_counted_twice(pg_cluster, pg_query):
     assert workers > 0, "the test query should run with parallel workers"
     report = long_queries(pg_cluster, threshold=1)
     assert [query["pid"] for query in report["queries"]] == [pid]
+
+
+def reasons_of(report, pid):
+    return [sentence for query, sentence in zip(report["queries"], pg_source.reasons(report)) if query["pid"] == pid]
+
+
+@pytest.fixture
+def psql_script(pg_cluster, tmp_path):
+    """``run(sql)``: ``psql -1 -f`` of a script, as a migration is run, in the background; killed afterwards."""
+    started = []
+
+    def run(sql, user="alice"):
+        script = tmp_path / "migration.sql"
+        script.write_text(sql)
+        process = subprocess.Popen([str(PG_BIN / "psql"), "-X", "-q", "-h", pg_cluster.socket_dir, "-p",
+                                    str(pg_cluster.port), "-U", user, "-d", "postgres", "-1", "-f", str(script)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(process)
+        return process
+
+    yield run
+    for process in started:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def test_a_long_transaction_of_short_statements_counts(pg_cluster, psql_script):
+    # 40 statements of 0.25 s in one transaction: no statement is ever older than the threshold.
+    psql_script("/* alice: migrate */ SELECT pg_sleep(0.25);\n" * 40)
+    with pg_cluster.connect(autocommit=True) as admin:
+        pid = wait_for(lambda: admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = 'alice' AND xact_start < now() - interval '2.5 s'"
+        ).fetchone(), what="the migration to be 2.5 s old")[0]
+    report = long_queries(pg_cluster, threshold=2)
+    (found,) = [query for query in report["queries"] if query["pid"] == pid]
+    assert found["kind"] == "transaction" and found["duration"] >= 2 and found["query_duration"] < 2
+    (sentence,) = reasons_of(report, pid)
+    assert sentence.startswith(f"PostgreSQL transaction {pid} of alice (alice: migrate) has been open for "), sentence
+    assert sentence.endswith("now running: /* alice: migrate */ SELECT pg_sleep(0.25);")
+
+
+def test_an_uncommitted_update_left_idle_in_transaction_counts(pg_cluster, pg_query):
+    with pg_cluster.connect(autocommit=True) as admin:
+        admin.execute("CREATE TABLE IF NOT EXISTS dtk_held (n int)")
+        admin.execute("GRANT ALL ON dtk_held TO bob")
+    pid = pg_query("/* bob: fix prices */ UPDATE dtk_held SET n = n + 1", user="bob", idle_in_transaction=True)
+    time.sleep(1.2)
+    report = long_queries(pg_cluster, threshold=1)
+    (found,) = [query for query in report["queries"] if query["pid"] == pid]
+    assert found["kind"] == "idle in transaction" and found["state"] == "idle in transaction"
+    (sentence,) = reasons_of(report, pid)
+    assert sentence.startswith(f"PostgreSQL session {pid} of bob (bob: fix prices) has left a transaction open for ")
+    assert sentence.endswith("(idle in transaction), a restart would roll it back; its last statement: "
+                             "/* bob: fix prices */ UPDATE dtk_held SET n = n + 1")
+    assert pid not in [query["pid"] for query in long_queries(pg_cluster, threshold=3600)["queries"]]
+
+
+def test_a_running_pg_basebackup_counts_whatever_its_age(pg_cluster):
+    target = tempfile.mkdtemp(prefix="dtk-basebackup-", dir="/tmp")
+    os.rmdir(target)
+    # Throttled, so the copy of the small test cluster lasts while the check runs.
+    backup = subprocess.Popen([str(PG_BIN / "pg_basebackup"), "-h", pg_cluster.socket_dir, "-p", str(pg_cluster.port),
+                               "-U", "postgres", "-D", target, "--max-rate=32k", "-X", "none", "--no-sync"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with pg_cluster.connect(autocommit=True) as admin:
+            pid = wait_for(lambda: admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walsender'").fetchone(),
+                what="pg_basebackup's replication connection")[0]
+        report = long_queries(pg_cluster, threshold=3600)
+        assert backup.poll() is None, "pg_basebackup still runs"
+    finally:
+        backup.kill()
+        backup.wait(timeout=10)
+        shutil.rmtree(target, ignore_errors=True)
+    (found,) = [query for query in report["queries"] if query["pid"] == pid]
+    assert found["kind"] == "replication" and found["usename"] == "postgres"
+    assert reasons_of(report, pid) == [
+        f"PostgreSQL replication connection {pid} of postgres (pg_basebackup) has been open for "
+        f"{pg_source.duration(found['duration'])}; a restart would break it."]
 
 
 def test_unprivileged_role_is_an_error_not_none(pg_cluster, pg_query):

@@ -4,6 +4,7 @@ import contextlib
 import http.server
 import json
 import threading
+import time
 
 import pytest
 
@@ -129,6 +130,68 @@ def test_scrapyd_1_2_answers_are_read_per_project():
     assert running["project"] == "kingfisher" and running["job"] == "j1" and running["pid"] == 7
     assert running["started"].startswith("2020-01-01T10:00:00") and running["running_for"] > 3600
     assert report["pending"] == [{"project": "kingfisher", "spider": "chile", "job": "j2"}]
+
+
+@contextlib.contextmanager
+def dripping(body, every):
+    """A web server on 127.0.0.1 that sends ``body`` one byte every ``every`` seconds (each wait shorter than
+    any per-read timeout), as a stalled proxy or an overloaded Scrapyd can."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for byte in body.encode():
+                if stop.is_set():
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                stop.wait(every)
+
+        def log_message(self, *args):
+            pass
+
+    stop = threading.Event()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_scrapyd_that_drips_its_answer_is_unknown_within_one_deadline(monkeypatch):
+    monkeypatch.setattr(scrapyd, "TIMEOUT", 3)
+    # 31 bytes, one every 0.5 s: 15 s in all, each read well within requests' own timeout.
+    with dripping('{"status": "ok", "projects": []}'[:31], 0.5) as url:
+        start = time.monotonic()
+        report = busy_check.read("scrapyd", settings(url))
+        took = time.monotonic() - start
+    assert took < 3 + 1.5, f"the read took {took:.1f} s"
+    assert report["status"] == "unknown"
+    assert report["error"] == f"Scrapyd at {url} did not answer listprojects.json within 3 seconds."
+
+
+@pytest.mark.parametrize("answer, sentence", [
+    ('{"status": "ok", "running": null, "pending": [], "finished": []}',
+     "answered listjobs.json with a null 'running' list, so its jobs cannot be known."),
+    ('{"status": "ok", "pending": [], "finished": []}',
+     "answered listjobs.json with no 'running' list, so its jobs cannot be known."),
+    ('{"status": "ok", "running": [null], "pending": [], "finished": []}',
+     "answered listjobs.json with a 'running' list that holds something other than jobs."),
+])
+def test_a_null_or_missing_job_list_is_one_clear_sentence(answer, sentence):
+    routes = {"/listprojects.json": '{"status": "ok", "projects": ["p"]}', "/listjobs.json?project=p": answer}
+    with answering("{}", "application/json", routes) as url:
+        report = busy_check.read("scrapyd", settings(url))
+    assert report["status"] == "unknown" and "TypeError" not in report["error"]
+    assert report["error"] == f"Scrapyd at {url} {sentence}"
 
 
 @pytest.mark.parametrize(

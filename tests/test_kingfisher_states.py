@@ -7,6 +7,7 @@ import time
 import pytest
 
 from guard_helpers import MINION
+from kingfisher_fixtures import wait_for
 
 pytestmark = pytest.mark.daemons
 
@@ -88,6 +89,19 @@ def test_tmux_pane_running_a_program_blocks_a_restart(salt_cli, tmux_users, guar
     assert ret.returncode == 1
     comment = guard_of(ret)["comment"]
     assert f"tmux session '{session}' of {user} runs 'sleep 3600'" in comment and idle not in comment
+    assert not marker.exists()
+
+
+def test_a_command_a_dash_pane_runs_blocks_a_restart(salt_cli, login_users, guarded):
+    # tmux names the pane's foreground process "sh" here: dash stays in front and forks the command.
+    name = login_users.make("/bin/sh")
+    login_users.tmux(name, "new-session", "-d", "-s", "crawl", "sleep 600")
+    wait_for(lambda: [argv for _, _, argv in login_users.processes(name) if argv == ["sleep", "600"]],
+             what="sleep 600")
+    sls, marker = guarded("no_active_sessions", users=name)
+    ret = apply(salt_cli, sls)
+    assert ret.returncode == 1
+    assert f"tmux session 'crawl' of {name} runs 'sleep 600' (for " in guard_of(ret)["comment"]
     assert not marker.exists()
 
 

@@ -13,6 +13,7 @@ import yaml
 
 from conftest import REPO
 from guard_helpers import GUARDED
+from kingfisher_fixtures import wait_for
 from ssh_fixtures import SshWorld, guard_of, operator_venv
 from test_setup_cli import CONSENT, repos_arg
 
@@ -297,6 +298,24 @@ def test_setup_over_the_roster_checks_kingfisher_like_minions(
         "busy": False, "answered": True, "reasons": [],
         "summary": "Not busy: checked scrapyd and tmux; skipped postgres (postgres=never)."}}
     assert done.data["token"]["holder"] == "Ada Lovelace" and done.data["done"] is True
+
+
+def test_salt_ssh_sees_the_command_a_dash_pane_runs_and_refuses_users_twice(
+        ssh_world, team, make_scrapyd, login_users):
+    ada = team["ada"]
+    server = make_scrapyd(jobs=0)
+    name = login_users.make("/bin/sh")
+    login_users.tmux(name, "new-session", "-d", "-s", "crawl", "sleep 600")
+    wait_for(lambda: [argv for _, _, argv in login_users.processes(name) if argv == ["sleep", "600"]],
+             what="sleep 600")
+    scrapyd = [f"url={server.url}", f"username={server.username}", f"password={server.password}"]
+    ran = ssh_world.salt_ssh(ada, "kingfisher.busy", "postgres=never", f"users={name}", *scrapyd)
+    assert ran.returncode != 0, ran
+    assert [reason for reason in ran.data["kf"]["reasons"] if name in reason][0].startswith(
+        f"tmux session 'crawl' of {name} runs 'sleep 600' (for "), ran.data
+    twice = ssh_world.salt_ssh(ada, "kingfisher.busy", "postgres=never", f"users={name}", "users=nobody", *scrapyd)
+    assert twice.returncode != 0, twice
+    assert "kingfisher.busy got users= more than once" in twice.stdout, twice
 
 
 def test_busy_check_on_a_target_without_psycopg_reads_postgres_with_psql(ssh_world, team, pg_cluster, pg_query):

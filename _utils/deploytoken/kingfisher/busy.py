@@ -68,10 +68,12 @@ def summary(busy, reports):
 
 def decide(reports):
     """
-    ``{"busy", "reasons", "summary", "sources"}`` from each source's report; a report with
-    ``status: unknown`` makes the server busy, ``status: skipped`` is ignored.
+    ``{"busy", "reasons", "warnings", "summary", "sources"}`` from each source's report; a report with
+    ``status: unknown`` makes the server busy, ``status: skipped`` is ignored. ``warnings`` gathers each
+    source's own: what it saw but does not count (a screen session, work outside tmux).
     """
     reasons = []
+    warnings = [warning for report in reports.values() for warning in report.get("warnings") or []]
     for name, report in reports.items():
         if report.get("status") == "skipped":
             reasons_here = []
@@ -81,7 +83,8 @@ def decide(reports):
                 reasons_here.insert(0, f"{name} cannot be read, so it counts as busy: {report['error']}")
             report["status"] = "busy" if reasons_here else "idle"
         reasons += reasons_here
-    return {"busy": bool(reasons), "reasons": reasons, "summary": summary(bool(reasons), reports), "sources": reports}
+    return {"busy": bool(reasons), "reasons": reasons, "warnings": warnings, "summary": summary(bool(reasons), reports),
+            "sources": reports}
 
 
 def _restart_answer(restart):

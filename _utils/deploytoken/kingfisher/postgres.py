@@ -1,5 +1,8 @@
 """
-Long-running client queries in PostgreSQL, read from pg_stat_activity.
+What a PostgreSQL restart would interrupt, read from pg_stat_activity: client transactions older than
+the threshold (a long statement, a migration of short statements run in one transaction, a session
+left "idle in transaction" holding its changes and locks) and replication connections of any age
+(a pg_basebackup, a standby).
 
 Root cannot log in as ``postgres`` by peer authentication, so the query runs in a forked child
 switched to the ``postgres`` system user (``runas``) that connects over the local socket, which is
@@ -41,18 +44,28 @@ SQL_ALLOWED = (
     "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')"
     " FROM pg_roles WHERE rolname = current_user"
 )
-COLUMNS = "pid, usename, host(client_addr), application_name, EXTRACT(EPOCH FROM now() - query_start)::float8, query"
+# The age of the transaction (or of a replication connection, which has none) and of the current statement.
+AGE = "EXTRACT(EPOCH FROM now() - coalesce(xact_start, backend_start))::float8"
+COLUMNS = (
+    f"pid, usename, host(client_addr), application_name, {AGE}, query, state, backend_type,"
+    " EXTRACT(EPOCH FROM now() - query_start)::float8"
+)
+# What a restart would interrupt: a client's transaction older than the threshold (a long statement, a
+# migration of short statements, or one left open "idle in transaction" holding its locks), and any
+# replication connection (a pg_basebackup, a standby), whatever its age. Parallel workers serve a client
+# backend already counted.
 LONG = (
     " FROM pg_stat_activity"
-    " WHERE state = 'active' AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
-    " AND query_start < now() - make_interval(secs => {threshold})"
+    " WHERE pid <> pg_backend_pid() AND (backend_type = 'walsender' OR (backend_type = 'client backend'"
+    " AND xact_start < now() - make_interval(secs => {threshold})))"
 )
-SQL_LONG = f"SELECT {COLUMNS}{LONG.format(threshold='%s')} ORDER BY query_start"
+ORDER = "coalesce(xact_start, backend_start)"
+SQL_LONG = f"SELECT {COLUMNS}{LONG.format(threshold='%s')} ORDER BY {ORDER}"
 # The same question for psql, answered as one JSON value; :'threshold' is psql's quoted variable.
 LONG_PSQL = LONG.format(threshold=":'threshold'")
 SQL_LONG_JSON = (
     f"SELECT json_build_object('allowed', ({SQL_ALLOWED}), 'rows', (SELECT coalesce(json_agg("
-    f"json_build_array({COLUMNS}) ORDER BY query_start), '[]'){LONG_PSQL}))"
+    f"json_build_array({COLUMNS}) ORDER BY {ORDER}), '[]'){LONG_PSQL}))"
 )
 
 
@@ -111,8 +124,22 @@ def leading_comment(query):
     return (match.group(1) if match.group(1) is not None else match.group(2)).strip()
 
 
-def report(rows):
-    """pg_stat_activity rows (pid, usename, client_addr, application_name, seconds, query) as dicts."""
+def _kind(state, backend_type, query_seconds, threshold):
+    if backend_type == "walsender":
+        return "replication"
+    if state and state.startswith("idle in transaction"):
+        return "idle in transaction"
+    if state == "active" and query_seconds is not None and query_seconds >= threshold:
+        return "query"
+    return "transaction"
+
+
+def report(rows, threshold=0):
+    """
+    pg_stat_activity rows (pid, usename, client_addr, application_name, seconds, query, state,
+    backend_type, query seconds) as dicts; ``duration`` is the transaction's age (a replication
+    connection's), ``kind`` one of query, transaction, idle in transaction, replication.
+    """
     return [
         {
             "pid": pid,
@@ -120,10 +147,13 @@ def report(rows):
             "client_addr": client_addr,
             "application_name": application_name,
             "duration": int(seconds),
+            "query_duration": None if query_seconds is None else int(query_seconds),
+            "state": state,
+            "kind": _kind(state, backend_type, query_seconds, threshold),
             "comment": leading_comment(query),
             "query": " ".join((query or "").split())[:QUERY_START],
         }
-        for pid, usename, client_addr, application_name, seconds, query in rows
+        for pid, usename, client_addr, application_name, seconds, query, state, backend_type, query_seconds in rows
     ]
 
 
@@ -224,8 +254,9 @@ def _fetch_psql(params, runas):
 
 def long_queries(settings, dbname="postgres"):
     """
-    ``{"threshold", "client", "queries": [...]}``: active client queries older than ``settings.threshold``
-    seconds, read with psycopg, or with the server's psql (``client``) when psycopg cannot be imported.
+    ``{"threshold", "client", "queries": [...]}``: client transactions older than ``settings.threshold``
+    seconds (running a statement or idle in transaction) and replication connections, read with psycopg,
+    or with the server's psql (``client``) when psycopg cannot be imported.
     """
     params = {"host": settings.socket_dir, "port": settings.port, "user": settings.user, "dbname": dbname,
               "threshold": settings.threshold}
@@ -241,17 +272,31 @@ def long_queries(settings, dbname="postgres"):
             f"Role {settings.user!r} cannot see other sessions' queries in {where} (it needs superuser or "
             "pg_read_all_stats), so long queries cannot be ruled out."
         )
-    return {"threshold": settings.threshold, "client": client, "queries": report(answer["rows"])}
+    return {"threshold": settings.threshold, "client": client,
+            "queries": report(answer["rows"], settings.threshold)}
 
 
 def reasons(report):
-    """One sentence per long query, naming its role, client and leading comment."""
+    """One sentence per long query, transaction or replication connection, naming its role, client and
+    leading comment."""
     found = []
     for query in report.get("queries", []):
         owner = f"{query['usename']}" + (f" from {query['client_addr']}" if query["client_addr"] else "")
         note = f" ({query['comment']})" if query["comment"] else ""
-        found.append(
-            f"PostgreSQL query {query['pid']} of {owner}{note} has been running for "
-            f"{duration(query['duration'])}: {query['query'][:80]}"
-        )
+        text = query["query"][:80]
+        kind = query.get("kind", "query")
+        age = duration(query["duration"])
+        if kind == "query":
+            found.append(f"PostgreSQL query {query['pid']} of {owner}{note} has been running for "
+                         f"{duration(query.get('query_duration', query['duration']))}: {text}")
+        elif kind == "transaction":
+            found.append(f"PostgreSQL transaction {query['pid']} of {owner}{note} has been open for {age}, "
+                         f"now running: {text}")
+        elif kind == "idle in transaction":
+            found.append(f"PostgreSQL session {query['pid']} of {owner}{note} has left a transaction open for "
+                         f"{age} ({query['state']}), a restart would roll it back; its last statement: {text}")
+        else:
+            client = f" ({query['application_name']})" if query["application_name"] else ""
+            found.append(f"PostgreSQL replication connection {query['pid']} of {owner}{client} has been open for "
+                         f"{age}; a restart would break it.")
     return found

@@ -10,6 +10,7 @@ URL is shown with its userinfo (``user:secret@``) replaced by ``***@``.
 
 import dataclasses
 import datetime
+import json
 import re
 import time
 import urllib.parse
@@ -24,7 +25,9 @@ try:
 except ImportError:  # the target's own Python under salt-ssh may lack it: a sentence when Scrapyd is read
     requests = None
 
+# Seconds for the whole read of Scrapyd's jobs, every call and every byte of each answer included.
 TIMEOUT = 10
+MAX_CHUNK = 65536
 # Everything between the scheme (if any) and the last "@": the userinfo, password included, even when the
 # password holds "/" or "#" or the scheme is missing (a path with an "@" is hidden too, which is harmless).
 USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?).*@", re.DOTALL)
@@ -75,19 +78,57 @@ class Settings:
         return redact(self.url)
 
 
-def _call(url, endpoint, auth, params=None):
+class _Late(Exception):
+    """The deadline of the whole read passed while Scrapyd was still answering."""
+
+
+def _body(response, deadline):
+    """The answer's bytes, read chunk by chunk until ``deadline`` (time.monotonic()): requests' timeout bounds
+    each wait on the socket, not the whole answer, which a server can drip for minutes."""
+    chunks = []
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    # read1 returns what has arrived; read(n) would wait for n bytes (urllib3 before 2 has no read1).
+    read = getattr(response.raw, "read1", None) or response.raw.read
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Late()
+        if sock is not None:
+            sock.settimeout(left)
+        chunk = read(MAX_CHUNK if read is not response.raw.read else 1024, decode_content=True)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _call(url, endpoint, auth, deadline, params=None):
     where = f"Scrapyd at {redact(url)}"
+    late = SourceError(f"{where} did not answer {endpoint} within {TIMEOUT} seconds.")
     try:
-        response = requests.get(f"{url}/{endpoint}", params=params, auth=auth, timeout=TIMEOUT)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise late
+        response = requests.get(f"{url}/{endpoint}", params=params, auth=auth, timeout=left, stream=True)
+        with response:
+            body = _body(response, deadline)
+    except _Late:
+        raise late from None
     except requests.RequestException as exc:
+        if network.kind(exc) == "timeout" or isinstance(exc, requests.Timeout):
+            raise late from None
         why = network.cause(exc, urllib.parse.urlsplit(url).hostname) or type(exc).__name__
         raise SourceError(f"{where} cannot be reached: {why}.") from None
+    except OSError as exc:  # a socket timeout while reading the body, outside requests' own wrapping
+        if isinstance(exc, TimeoutError):
+            raise late from None
+        raise SourceError(f"{where} cannot be reached: {exc}.") from None
     if response.status_code == 401:
         raise SourceError(f"{where} refused the username and password (HTTP 401): check kingfisher:scrapyd.")
     if response.status_code != 200:
         raise SourceError(f"{where} answered {endpoint} with HTTP {response.status_code}.")
     try:
-        data = response.json()
+        data = json.loads(body)
     except ValueError:
         kind = response.headers.get("Content-Type", "unknown type")
         raise SourceError(f"{where} answered {endpoint} with {kind}, not JSON: is the URL Scrapyd's?") from None
@@ -95,6 +136,22 @@ def _call(url, endpoint, auth, params=None):
         message = data.get("message", "no message") if isinstance(data, dict) else "not an object"
         raise SourceError(f"{where} answered {endpoint} with an error: {str(message).strip()}.")
     return data
+
+
+def _listed(data, key, where, endpoint):
+    """``data[key]``, a list of objects (jobs) or of names (projects); SourceError for anything else."""
+    value = data.get(key)
+    if not isinstance(value, list):
+        shown = "no" if key not in data else f"{type(value).__name__ if value is not None else 'a null'}"
+        raise SourceError(f"{where} answered {endpoint} with {shown} {key!r} list, so its jobs cannot be known.")
+    return value
+
+
+def _jobs(listed, key, where):
+    jobs = _listed(listed, key, where, "listjobs.json")
+    if not all(isinstance(job, dict) for job in jobs):
+        raise SourceError(f"{where} answered listjobs.json with a {key!r} list that holds something other than jobs.")
+    return jobs
 
 
 def _started(text):
@@ -113,9 +170,12 @@ def jobs(settings, now=None):
     auth = (settings.username, settings.password or "") if settings.username else None
     now = datetime.datetime.now().astimezone() if now is None else now
     running, pending = [], []
-    for project in _call(url, "listprojects.json", auth).get("projects", []):
-        listed = _call(url, "listjobs.json", auth, params={"project": project})
-        for job in listed.get("running", []):
+    # One deadline for every call of this read: however Scrapyd answers, the check ends in TIMEOUT seconds.
+    deadline = time.monotonic() + TIMEOUT
+    where = f"Scrapyd at {settings.shown_url}"
+    for project in _listed(_call(url, "listprojects.json", auth, deadline), "projects", where, "listprojects.json"):
+        listed = _call(url, "listjobs.json", auth, deadline, params={"project": project})
+        for job in _jobs(listed, "running", where):
             started = _started(job.get("start_time"))
             running.append({
                 "project": project,
@@ -125,7 +185,7 @@ def jobs(settings, now=None):
                 "started": started.isoformat(timespec="seconds") if started else None,
                 "running_for": int((now - started).total_seconds()) if started else None,
             })
-        for job in listed.get("pending", []):
+        for job in _jobs(listed, "pending", where):
             pending.append({"project": project, "spider": job.get("spider"), "job": job.get("id")})
     return {"url": settings.shown_url, "running": running, "pending": pending}
 

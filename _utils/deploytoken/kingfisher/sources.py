@@ -19,7 +19,8 @@ class Source:
     # The key under ``kingfisher:`` in config and pillar, and under ``sources`` in busy's answer.
     name: str
     # A frozen dataclass: its fields and their defaults are the source's settings; ``parse(raw)``
-    # validates them once (InputError), so ``read`` can trust what it gets.
+    # validates them once (InputError), so ``read`` can trust what it gets; an optional ``check_here()``
+    # checks, on the server that reads the source, what only that server knows.
     settings: type
     # settings -> a report of plain data; SourceError when the source cannot be read.
     read: Callable
@@ -68,10 +69,15 @@ def settings(name, given, lookup):
         return None
     if switch not in (None, True) and not isinstance(switch, dict):
         raise InputError(f"kingfisher:{name} must be its settings or false (turned off); got {switch!r}.")
-    return source.settings.parse({
+    parsed = source.settings.parse({
         key: given[key] if given.get(key) is not None else lookup(f"kingfisher:{name}:{key}", default)
         for key, default in defaults.items()
     })
+    # What only the server itself can tell (tmux: that each user named has an account there). Settings
+    # given to deploytoken.setup are parsed on the master, whose accounts are not the server's.
+    if hasattr(parsed, "check_here"):
+        parsed.check_here()
+    return parsed
 
 
 def turned_off(name):

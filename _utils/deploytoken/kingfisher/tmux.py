@@ -13,9 +13,15 @@ that other users can neither enter nor change. The directory is opened once and 
 the socket through that open directory, as the owner, so nothing can be swapped in between: root's
 client only ever talks to a socket in root's own directory. Anything else is a warning, never queried.
 Servers of different users are queried side by side.
+
+tmux names the panes; what runs in them comes from /proc (``panes``): a pane counts as idle only while
+nothing but an interactive shell waits at its prompt. A live tmux server that cannot be asked (its
+socket or its ``tmux-<uid>`` folder was deleted, as clearing /tmp does) is never skipped: it is found
+among the processes and reported as unreadable, with what runs in it, which counts as busy.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -27,6 +33,7 @@ import stat
 import subprocess
 import time
 
+from deploytoken.kingfisher import panes as pane_truth
 from deploytoken.kingfisher import proc
 from deploytoken.kingfisher.errors import InputError, SourceError
 from deploytoken.model import human_duration as duration
@@ -34,11 +41,10 @@ from deploytoken.model import human_duration as duration
 TMUX_DIR = re.compile(r"\Atmux-[0-9]+\Z")
 # A POSIX-portable user name (what useradd accepts by default), so nothing odd reaches a command.
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
-SHELLS = {"bash", "sh", "dash", "zsh", "fish", "ksh", "tcsh", "csh", "mksh"}
 SEP = "\x1f"
 FIELDS = (
     "session_name", "session_created", "session_attached", "session_activity",
-    "window_index", "window_name", "pane_index", "pane_pid", "pane_current_command",
+    "window_index", "window_name", "pane_index", "pane_pid", "pane_current_command", "pane_id", "pid",
 )
 TIMEOUT = 10
 # What tmux's client says when nothing accepts on the socket (ECONNREFUSED or ENOENT).
@@ -65,6 +71,21 @@ def check_users(users):
     return tuple(users)
 
 
+def accounts(users):
+    """``{name: uid}`` of ``users`` (None: everyone); InputError for a name that is no account here."""
+    if users is None:
+        return None
+    found = {}
+    for name in users:
+        try:
+            found[name] = pwd.getpwnam(name).pw_uid
+        except KeyError:
+            raise InputError(
+                f"There is no user account {name!r} on this server, so its tmux sessions cannot be checked: "
+                "give the names of accounts (users=alice,bob) or users=auto.") from None
+    return found
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Whose tmux servers to report (``kingfisher:tmux:users``): ``auto`` is None, else user names."""
@@ -74,6 +95,10 @@ class Settings:
     @classmethod
     def parse(cls, raw):
         return cls(users=check_users(raw.get("users", "auto")))
+
+    def check_here(self):
+        """InputError when a user named is no account on this server (checked where the sessions are read)."""
+        accounts(self.users)
 
 
 def home_users(home="/home"):
@@ -91,19 +116,25 @@ def home_users(home="/home"):
     return names, warnings
 
 
-def listening_sockets(net_unix="/proc/net/unix"):
+def listening(net_unix="/proc/net/unix"):
     """
-    Paths of listening unix stream sockets. A path holding a line break forges a line of its own, so
-    these are only candidates: ``sessions`` checks each on disk before anything connects to it.
+    ``{inode: path}`` of listening unix stream sockets bound to a path. A path holding a line break forges
+    a line of its own, so these are only candidates: ``sessions`` checks each on disk before anything
+    connects to it. A socket whose file was deleted is still listed under the path it was bound to.
     """
-    paths = set()
+    found = {}
     with open(net_unix, errors="surrogateescape") as handle:
         next(handle)
         for line in handle:
             parts = line.split(None, 7)
             if len(parts) == 8 and NET_UNIX_LINE.match(line) and int(parts[3], 16) & ACCEPTING and parts[4] == "0001":
-                paths.add(parts[7].rstrip("\n"))
-    return paths
+                found[int(parts[6])] = parts[7].rstrip("\n")
+    return found
+
+
+def listening_sockets(net_unix="/proc/net/unix"):
+    """The paths of ``listening``."""
+    return set(listening(net_unix).values())
 
 
 def socket_files(tmpdirs):
@@ -214,32 +245,52 @@ def _iso(epoch):
     return datetime.datetime.fromtimestamp(int(epoch)).astimezone().isoformat(timespec="seconds")
 
 
-def _pane(fields, now):
+def _pane(fields, table, now):
     pane_pid = int(fields["pane_pid"])
-    command = fields["pane_current_command"]
+    truth = pane_truth.pane(table, _int(fields["pid"]), fields["pane_id"], pane_pid, now)
     pane = {
         "window": f"{fields['window_index']}:{fields['window_name']}",
         "pane": int(fields["pane_index"]),
-        "command": command,
+        "pane_id": fields["pane_id"],
+        "command": fields["pane_current_command"],
         "cmdline": None,
         "pid": pane_pid,
         "running_for": None,
-        "idle": command in SHELLS,
+        "idle": truth["idle"],
+        "background": False,
+        "stopped": False,
+        "detached": False,
+        "more": 0,
     }
-    try:
-        pid = proc.foreground_pid(pane_pid)
-        pane["pid"] = pid
-        pane["cmdline"] = " ".join(proc.cmdline(pid))
-        pane["running_for"] = proc.seconds_since(proc.started(pid), now)
-    except (OSError, ValueError, IndexError):
-        pass  # the pane's process ended between tmux's answer and our look
+    if truth["work"]:
+        first = truth["work"][0]
+        shown = ("command", "cmdline", "pid", "running_for", "background", "stopped", "detached")
+        pane.update({key: first[key] for key in shown})
+        pane["more"] = len(truth["work"]) - 1
+    elif truth["shell"] is not None:
+        shell = table.processes[truth["shell"]]
+        pane.update(command=shell.comm, cmdline=" ".join(table.cmdline(shell.pid)) or shell.comm, pid=shell.pid,
+                    running_for=proc.seconds_since(shell.started, now))
     return pane
 
 
-def parse_panes(text, owner, socket, now=None):
-    """tmux's ``list-panes -a`` lines (FIELDS joined by SEP) as sessions with their panes."""
+def _int(text):
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def parse_panes(text, owner, socket, now=None, table=None):
+    """
+    tmux's ``list-panes -a`` lines (FIELDS joined by SEP) as sessions with their panes, each judged from
+    ``table`` (``panes.read()``, one look at /proc; a fresh one when not given). Work started in one of
+    the server's panes that has closed since is kept under ``left_over`` of the first session.
+    """
     now = time.time() if now is None else now
+    table = pane_truth.read() if table is None else table
     sessions = {}
+    pane_ids, server_pid = set(), None
     for line in text.splitlines():
         values = line.split(SEP)
         if len(values) != len(FIELDS):
@@ -256,10 +307,17 @@ def parse_panes(text, owner, socket, now=None):
                 "last_activity": _iso(fields["session_activity"]),
                 "panes": [],
             }
-        sessions[name]["panes"].append(_pane(fields, now))
+        sessions[name]["panes"].append(_pane(fields, table, now))
+        pane_ids.add(fields["pane_id"])
+        server_pid = _int(fields["pid"])
     for session in sessions.values():
         session["idle"] = all(pane["idle"] for pane in session["panes"])
-    return list(sessions.values())
+    found = list(sessions.values())
+    left = pane_truth.left_over(table, server_pid, pane_ids, now) if server_pid else []
+    if found:
+        found[0]["left_over"] = left
+        found[0]["idle"] = found[0]["idle"] and not left
+    return found, server_pid
 
 
 def query(server, tmux="tmux"):
@@ -289,8 +347,9 @@ def query(server, tmux="tmux"):
     return done.stdout
 
 
-def _read_server(path, users, tmux, now):
-    """``("sessions" | "errors" | "warnings", items)`` for one live socket; None to leave it out."""
+def _read_server(path, users):
+    """The checked Server of one live socket (to ``_ask``), ``("warnings", [sentence])`` for a socket tmux
+    would not trust, or None to leave it out (gone, or of a user not asked about)."""
     try:
         server = open_server(path)
     except Unsafe as exc:
@@ -299,28 +358,73 @@ def _read_server(path, users, tmux, now):
         if server is not None:
             os.close(server.dir_fd)
         return None
+    return server
+
+
+def _ask(server, tmux):
+    """``("answer", (server, text))``, or ``("stale" | "errors", items)``; closes the server's ``dir_fd``."""
     try:
-        return "sessions", parse_panes(query(server, tmux), server.owner, path, now)
+        return "answer", (server, query(server, tmux))
     except subprocess.CalledProcessError as exc:
         if NO_SERVER in (exc.stderr or ""):
             # Nothing accepts on it: a stale socket, listed as live only by a forged /proc/net/unix line.
-            return "stale", [{"socket": path, "owner": server.owner}]
-        reason = (exc.stderr or "").strip().replace(server.reachable_path, path) or f"exit status {exc.returncode}"
+            return "stale", [{"socket": server.path, "owner": server.owner}]
+        reason = (exc.stderr or "").strip().replace(server.reachable_path, server.path)
+        reason = reason or f"exit status {exc.returncode}"
         error = f"tmux failed: {reason.rstrip('.')}."
     except (OSError, subprocess.TimeoutExpired) as exc:
         error = f"tmux failed: {exc}."
     finally:
         os.close(server.dir_fd)
-    return "errors", [{"socket": path, "owner": server.owner, "error": error}]
+    return "errors", [{"socket": server.path, "owner": server.owner, "error": error}]
+
+
+def _why_unreachable(path, pid):
+    """Why root did not ask the server ``pid`` listening on ``path`` (None: on no path), and the command that
+    gives it its socket back, when there is one (tmux makes its socket again on SIGUSR1)."""
+    if path is None:
+        return "it listens on no socket bound to a path", None
+    directory = os.path.dirname(path)
+    if not TMUX_DIR.match(os.path.basename(directory)):
+        return f"its socket {path} is not in a tmux-<uid> folder, so it was not queried", None
+    if not os.path.lexists(directory):
+        mend = f"mkdir -m 700 {directory}; kill -USR1 {pid}"
+        return f"its socket {path} and its folder {directory} were deleted", mend
+    if not os.path.lexists(path):
+        return f"its socket {path} was deleted", f"kill -USR1 {pid}"
+    return f"its socket {path} was deleted and another took its place", None
+
+
+def unreachable(table, read_pids, reported, listening_by_inode, now):
+    """
+    Live tmux servers in ``table`` that were not read (their pid is not in ``read_pids``) and whose
+    socket is not among the ``reported`` paths (an error, a warning, or an answer without panes, which
+    names no pid): each with its owner, socket, why, how to mend it, and what runs in it according to
+    /proc. A server started since ``now``, when the check began, was not there to be read: it is left out.
+    """
+    found = []
+    for pid, server in sorted(table.servers.items()):
+        if pid in read_pids or server.started >= now:
+            continue
+        paths = sorted(listening_by_inode[inode] for inode in proc.socket_inodes(pid) if inode in listening_by_inode)
+        path = paths[0] if paths else None
+        if path in reported:
+            continue
+        why, mend = _why_unreachable(path, pid)
+        found.append({"owner": _name(server.uid), "pid": pid, "socket": path, "why": why, "mend": mend,
+                      "work": pane_truth.server_work(table, pid, now)})
+    return found
 
 
 def sessions(settings, tmpdirs=None, home="/home", tmux="tmux"):
     """
-    ``{"sessions", "stale", "errors", "checked", "warnings"}``: every session of every live server
-    (only those of ``settings.users`` when given), stale sockets, servers that could not be read, and
-    sockets that were not queried because tmux itself would not trust them.
+    ``{"sessions", "stale", "errors", "unreachable", "checked", "warnings"}``: every session of every
+    live server (only those of ``settings.users`` when given), stale sockets, servers that could not be
+    read, live servers whose socket cannot be reached, and sockets that were not queried because tmux
+    itself would not trust them. InputError when a user named is no account here.
     """
     users = settings.users
+    uids = accounts(users)
     if tmpdirs is None:
         tmpdirs = sorted({"/tmp", os.environ.get("TMUX_TMPDIR") or "/tmp"})
     warnings = []
@@ -329,19 +433,70 @@ def sessions(settings, tmpdirs=None, home="/home", tmux="tmux"):
         checked = ["root", *names]
     else:
         checked = list(users)
-    live = {path for path in listening_sockets() if TMUX_DIR.match(pathlib.Path(path).parent.name)}
-    report = {"sessions": [], "stale": [], "errors": [], "checked": checked, "warnings": warnings}
+    now = time.time()
+    by_inode = listening()
+    live = {path for path in by_inode.values() if TMUX_DIR.match(pathlib.Path(path).parent.name)}
+    report = {"sessions": [], "stale": [], "errors": [], "unreachable": [], "checked": checked,
+              "warnings": warnings}
     for socket in sorted(socket_files(tmpdirs) - live):
         owner = _owner(socket)
         if users is None or owner in users:
             report["stale"].append({"socket": socket, "owner": owner})
-    now = time.time()
+    servers = []
+    for path in sorted(live):
+        found = _read_server(path, users)
+        if isinstance(found, Server):
+            servers.append(found)
+        elif found is not None:
+            report[found[0]].extend(found[1])
+    answers = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        answers = pool.map(lambda path: _read_server(path, users, tmux, now), sorted(live))
-        for answer in answers:
-            if answer is not None:
-                report[answer[0]].extend(answer[1])
+        for kind, items in pool.map(lambda server: _ask(server, tmux), servers):
+            if kind == "answer":
+                answers.append(items)
+            else:
+                report[kind].extend(items)
+    # After the answers, so every pane tmux listed has its processes in this one look at /proc.
+    table = pane_truth.read(None if uids is None else set(uids.values()))
+    read_pids, reported = set(), set()
+    for server, text in answers:
+        found, server_pid = parse_panes(text, server.owner, server.path, now, table)
+        report["sessions"].extend(found)
+        if server_pid is None:
+            reported.add(server.path)
+        read_pids.add(server_pid)
+    reported |= {item["socket"] for item in report["errors"] + report["stale"]}
+    reported |= {path for path in live if any(repr(path) in warning for warning in report["warnings"])}
+    report["unreachable"] = unreachable(table, read_pids, reported, by_inode, now)
+    report["warnings"] += _outside_warnings(table, uids, checked, now)
     return report
+
+
+def _outside_warnings(table, uids, checked, now):
+    """Warnings for the work of the users checked (not root's: the system's own) that tmux does not hold."""
+    if uids is None:
+        uids = {}
+        for name in checked:
+            with contextlib.suppress(KeyError):
+                uids[name] = pwd.getpwnam(name).pw_uid
+    wanted = {uid for uid in uids.values() if uid != 0}
+    found = pane_truth.outside(table, wanted, now)
+    warnings = [
+        f"{_name(screen['uid'])} has a screen session ({screen['cmdline']!r}, pid {screen['pid']}, for "
+        f"{duration(screen['running_for'])}), which is not checked: look at it (screen -ls as "
+        f"{_name(screen['uid'])}) before a restart."
+        for screen in found["screen"]
+    ]
+    by_user = {}
+    for item in found["processes"]:
+        by_user.setdefault(item["uid"], []).append(item)
+    for uid, items in sorted(by_user.items()):
+        first = items[0]
+        more = f" and {len(items) - 1} more" if len(items) > 1 else ""
+        warnings.append(
+            f"{_name(uid)} runs {first['cmdline']!r} (pid {first['pid']}, for {duration(first['running_for'])})"
+            f"{more} outside tmux, which is not checked: look at it (ps -u {_name(uid)}) before a restart.")
+    return warnings
 
 
 def read(settings):
@@ -352,18 +507,37 @@ def read(settings):
         raise SourceError(f"tmux sessions cannot be listed: {exc}") from None
 
 
+def _doing(work):
+    """``runs 'sleep 600' in the background (for 2 min)``: what one piece of work is and how it runs."""
+    words = (("background", "in the background"), ("detached", "outside the pane's session"),
+             ("stopped", "stopped (Ctrl-Z)"))
+    how = [word for key, word in words if work.get(key)]
+    return f"runs {work['cmdline'] or work['command']!r}{' ' + ', '.join(how) if how else ''} " \
+           f"(for {duration(work['running_for'])})"
+
+
 def reasons(report):
-    """One sentence per pane that runs something, and per server that cannot be read."""
+    """One sentence per pane that runs something, per server that cannot be read, and per live server
+    whose socket cannot be reached."""
     found = []
     for session in report.get("sessions", []):
         for pane in session["panes"]:
             if not pane["idle"]:
-                found.append(
-                    f"tmux session {session['name']!r} of {session['owner']} runs "
-                    f"{pane['cmdline'] or pane['command']!r} (for {duration(pane['running_for'])})."
-                )
+                more = pane.get("more") or 0
+                also = f", and {more} more process{'es' if more > 1 else ''}" if more else ""
+                what = _doing(pane) if pane.get("cmdline") or pane.get("command") else "runs something"
+                found.append(f"tmux session {session['name']!r} of {session['owner']} {what}{also}.")
+        for work in session.get("left_over", []):
+            found.append(f"A process of {session['owner']} started in a tmux pane that has closed since (socket "
+                         f"{session['socket']}) {_doing(work)}.")
     found += [
         f"The tmux server of {error['owner']} at {error['socket']} cannot be read: {error['error']}"
         for error in report.get("errors", [])
     ]
+    for server in report.get("unreachable", []):
+        work = server.get("work") or []
+        runs = f" {_doing(work[0])}" + (f" and {len(work) - 1} more" if len(work) > 1 else "") if work else ""
+        mend = f" {server['owner']} can bring it back with: {server['mend']}." if server.get("mend") else ""
+        found.append(f"The tmux server of {server['owner']} (pid {server['pid']}){runs}, but {server['why']}, so "
+                     f"its sessions cannot be named and it counts as busy.{mend}")
     return found
