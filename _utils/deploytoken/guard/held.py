@@ -225,13 +225,9 @@ def token_data(opts, grains, pillar, job=None, now=None):
     job moments ago (``own_pillar_problem``); otherwise it asks its master for a fresh compile of its
     pillar, so that neither a ``pillar=`` of the job nor a saved snapshot counts. A salt-ssh target (no
     master key) has the data its operator's machine compiled for this very run, in ``pillar``."""
-    path = os.path.join(opts.get("pki_dir") or "", "minion_master.pub")
-    if not os.path.isfile(path):
+    path = _master_key(opts)
+    if path is None:
         return (pillar or {}).get("deploytoken"), None
-    if opts.get("file_client") == "local":
-        raise model.DeploytokenError(
-            "this run has no master to ask who holds the deploy token (salt-call --local?); run it through the "
-            "master, or with salt-call without --local.")
     own = (pillar or {}).get("deploytoken")
     problem = own_pillar_problem(opts, job, own, now)
     if problem is None:
@@ -239,12 +235,70 @@ def token_data(opts, grains, pillar, job=None, now=None):
                  job.get("jid"))
         return own, path
     log.info("deploytoken.held: asking the master for a fresh pillar: %s", problem)
+    return _fresh_pillar(opts, grains).get("deploytoken"), path
+
+
+def master_pillar(opts, grains, pillar, job=None):
+    """``(pillar, given)``: this minion's pillar as the master compiles it, without anything a command line
+    adds, and why the job's own ``pillar`` was not taken as that (None: it was).
+
+    The job's own pillar is the master's when the job is one the master compiles a pillar for as it starts,
+    with no argument that could add to it (``pillar_args_problem``); otherwise the master is asked for a fresh
+    compile. Under salt-ssh the operator's machine compiled the job's pillar: it is taken as it is."""
+    if _master_key(opts) is None:
+        return dict(pillar or {}), None
+    problem = pillar_args_problem(opts, job)
+    if problem is None:
+        return dict(pillar or {}), None
+    log.info("kingfisher guard: asking the master for its own pillar: %s", problem)
+    return _fresh_pillar(opts, grains), problem
+
+
+def _master_key(opts):
+    """The master's public key file, None under salt-ssh (whose target has no master); DeploytokenError
+    where neither holds (a minion config without the master's key, e.g. salt-call -c elsewhere) or where
+    there is no master to ask (``salt-call --local``)."""
+    path = os.path.join(opts.get("pki_dir") or "", "minion_master.pub")
+    if not os.path.isfile(path):
+        if opts.get("__cli") == "salt-ssh":
+            return None
+        raise model.DeploytokenError(
+            f"this minion has no master's public key ({path}), so the token data cannot be checked (salt-call "
+            "--local, or -c with another configuration?); run it through the master, or with salt-call and the "
+            "minion's own configuration.")
+    if opts.get("file_client") == "local":
+        raise model.DeploytokenError(
+            "this run has no master to ask who holds the deploy token (salt-call --local?); run it through the "
+            "master, or with salt-call without --local.")
+    return path
+
+
+def _fresh_pillar(opts, grains):
     # Imported here: a salt-ssh target never needs it.
     import salt.pillar
 
     fresh = salt.pillar.get_pillar(opts, dict(grains), opts["id"], saltenv=opts.get("saltenv"),
                                    pillarenv=opts.get("pillarenv")).compile_pillar()
-    return fresh.get("deploytoken"), path
+    return fresh if isinstance(fresh, dict) else {}
+
+
+def pillar_args_problem(opts, job):
+    """Why the job's pillar might hold more than the master compiled for it (None: it cannot): the job
+    is not one whose pillar the master compiles for it as it starts (``OWN_PILLAR_FUNS``), or it was given
+    an argument other than ``OWN_PILLAR_KWARGS`` (a ``pillar=``, ``pillarenv=``...)."""
+    if not isinstance(job, dict) or not job:
+        return "this job's proc file was not found"
+    if job.get("tgt") == "salt-call":
+        # salt-call writes no arguments into its proc file: its own command line, which its parser keeps in
+        # the opts, says.
+        if opts.get("fun") != job.get("fun"):
+            return "this salt-call's command line is unknown"
+        fun, args = opts.get("fun"), opts.get("arg")
+    else:
+        fun, args = job.get("fun"), job.get("arg")
+    if not isinstance(fun, str) or fun not in OWN_PILLAR_FUNS:
+        return f"{fun} is not one of {', '.join(OWN_PILLAR_FUNS)}"
+    return _arguments_problem(args)
 
 
 def own_pillar_problem(opts, job, data, now=None):
@@ -257,21 +311,11 @@ def own_pillar_problem(opts, job, data, now=None):
     one put there any other way the second; the signature, the minion and the store are checked afterwards
     by ``decide`` whichever way the data came.
     """
-    if not isinstance(job, dict) or not job:
-        return "this job's proc file was not found"
-    if job.get("tgt") == "salt-call":
-        # salt-call writes neither the arguments into its proc file nor when it compiled its pillar (as it
-        # started): its own command line, which its parser keeps in the opts, and the process's start say.
-        if opts.get("fun") != job.get("fun"):
-            return "this salt-call's command line is unknown"
-        fun, args, started = opts.get("fun"), opts.get("arg"), _process_start()
-    else:
-        fun, args, started = job.get("fun"), job.get("arg"), job.get("written")
-    if not isinstance(fun, str) or fun not in OWN_PILLAR_FUNS:
-        return f"{fun} is not one of {', '.join(OWN_PILLAR_FUNS)}"
-    unknown = _arguments_problem(args)
-    if unknown:
-        return unknown
+    problem = pillar_args_problem(opts, job)
+    if problem:
+        return problem
+    # salt-call compiled its pillar as it started; a daemon's job as the minion wrote its proc file.
+    started = _process_start() if job.get("tgt") == "salt-call" else job.get("written")
     issued = model.parse_time((data or {}).get("issued") if isinstance(data, dict) else None)
     if issued is None or not isinstance(started, (int, float)):
         return "the job's start or the token data's time of issue is unknown"
