@@ -377,7 +377,9 @@ def setup(targets=None, reason="", wait=False, consent=None, repos=None, tgt_typ
         How ``targets`` is matched (``glob`` by default, ``list``, ``compound``, ...).
 
     busy_args
-        A mapping of arguments for ``kingfisher.busy``, e.g. ``'{"postgres": "always"}'``.
+        A mapping of arguments for ``kingfisher.busy``, e.g. ``'{"postgres": "always"}'``. Any other than
+        ``postgres: always`` changes what the targets check (``users``, ``postgres: never``, a threshold,
+        another Scrapyd), so it needs ``consent``, and is recorded with it in the claim's reason.
 
     timeout, interval
         With ``wait``, as for ``deploytoken.acquire``.
