@@ -17,6 +17,9 @@ from deploytoken import model
 from deploytoken.model import describe, since_text
 
 REFUSED = 1
+# How far past its own timeout a waiter's last try may come (a wake-up late on a loaded machine); later
+# than that its process was held up (stopped), and it no longer takes the token.
+LATE_SECONDS = 2
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +152,18 @@ def take(store, asked, progress=None, notify=None, sleep=None, clock=time.monoto
                 since=model.isoformat(model.utcnow()),
                 reason=asked.reason,
             )
-            # While others wait ahead of us, only look: the token is theirs first.
+            # While others wait ahead of us, only look: the token is theirs first. A waiter past its own
+            # timeout (a process stopped and resumed) only looks too, and gives up below.
             line = [] if ticket is not None or asked.force else store.waiting()
-            if line or (ticket is not None and store.ahead(ticket) > 0):
+            late = asked.wait and clock() - start > asked.timeout + LATE_SECONDS
+            if late or line or (ticket is not None and store.ahead(ticket) > 0):
                 current = store.read()
             else:
                 current = store.acquire(wanted)
             done = _taken(store, asked, wanted, current, notify)
             waited = clock() - start
+            if late and not done:
+                return _after_wait(store, asked, ticket, began, waited, _refused_late(asked, current, waited))
             if done:
                 return _after_wait(store, asked, ticket, began, waited, done)
             if not asked.wait or waited >= asked.timeout:
@@ -225,6 +232,18 @@ def _taken(store, asked, wanted, current, notify):
             f"(claim {current.claim}).",
         )
     return None
+
+
+def _refused_late(asked, current, waited):
+    """The refusal of a waiter that came back past its own timeout (its process was stopped)."""
+    answer = _refused(asked, current, waited)
+    answer["message"] = (
+        f"Gave up: this wait was meant to last at most {model.human_duration(asked.timeout)}, but its process was "
+        f"held up for {model.human_duration(waited)} in all (stopped?), so it did not take the deploy token"
+        + (f", held by {describe(current)}." if current else ".")
+        + " Try again with salt-run deploytoken.acquire wait=True."
+    )
+    return answer
 
 
 def _refused(asked, current, waited, line=()):

@@ -7,7 +7,10 @@ serialised by SQLite's own lock, and a release commits together with its history
 Waiters stand in line in the ``waiters`` table, in the order they joined. Each row names a lock file
 in the folder ``<store>.line`` that its waiter holds (``flock``) for as long as it waits: the kernel
 lets go of it when the waiter dies, however it dies, so a row whose lock is free no longer counts
-(and the next waiter to join removes it). Waiters wake when the store file or the line's folder
+(and the next waiter to join removes it). A waiter touches its lock file at least every
+``model.WAITER_HEARTBEAT`` seconds; one left untouched for ``model.WAITER_STALE`` seconds (a stopped
+process still holds its lock) no longer counts either, and a waiter that finds its own place gone that
+way joins the line again at its end. Waiters wake when the store file or the line's folder
 changes (``deploytoken.filewatch``), so the first in line takes the token as soon as it is released.
 """
 
@@ -73,6 +76,7 @@ class SqliteStore:
         self.location = self.path
         self.line_folder = self.path + ".line"
         self._place = None  # (ticket, descriptor of the held lock file, its name) while in the line
+        self._who = None  # who stands in the line, to join again after losing the place
         self._watch = None  # while in the line: changes to the store or the line's folder
 
     @classmethod
@@ -180,16 +184,33 @@ class SqliteStore:
             raise
         for _, lock in dead:
             self._remove_lock(lock)
-        self._place = (ticket, descriptor, name)
+        self._place, self._who = (ticket, descriptor, name), who
         return ticket
 
     def ahead(self, ticket):
-        """How many live waiters joined the line before ``ticket``: 0 means it is this waiter's turn."""
+        """How many live waiters joined the line before this waiter: 0 means it is its turn. A waiter whose
+        place went stale (unseen for ``model.WAITER_STALE`` seconds: it was stopped) joins again at the end."""
         if self._place is None:
             raise model.InputError("ahead() needs a ticket from enqueue() of this store.")
+        if not self._keep_place():
+            who = self._who
+            self.dequeue(ticket)
+            self.enqueue(who)
         with self._transaction("DEFERRED") as db:
-            locks = [lock for (lock,) in db.execute("SELECT lock FROM waiters WHERE ticket < ?", (ticket,))]
+            mine = self._place[0]
+            locks = [lock for (lock,) in db.execute("SELECT lock FROM waiters WHERE ticket < ?", (mine,))]
         return sum(1 for lock in locks if self._alive(lock))
+
+    def _keep_place(self):
+        """Mark this waiter's place seen; False when it was lost (stale, or removed by another waiter)."""
+        ticket, descriptor, _ = self._place
+        if time.time() - os.fstat(descriptor).st_mtime > model.WAITER_STALE:
+            return False
+        with self._transaction("DEFERRED") as db:
+            if db.execute("SELECT 1 FROM waiters WHERE ticket = ?", (ticket,)).fetchone() is None:
+                return False
+        os.utime(descriptor)
+        return True
 
     def dequeue(self, ticket):
         """Leave the line (after taking the token or giving up); the change wakes the next waiter."""
@@ -216,11 +237,17 @@ class SqliteStore:
         ``seconds``. In the line the watch has been on since joining, so no release is missed between two
         calls; outside it, a watch is opened for this call only. Without inotify: after ``seconds``."""
         if self._place is not None:
-            if self._watch is None:
-                time.sleep(seconds)
-            else:
-                self._watch.wait(seconds)
-            return
+            deadline = time.monotonic() + seconds
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or time.time() - os.fstat(self._place[1]).st_mtime > model.WAITER_STALE:
+                    return  # a place gone stale is seen to by ahead()
+                os.utime(self._place[1])
+                step = min(left, model.WAITER_HEARTBEAT)
+                if self._watch is None:
+                    time.sleep(step)
+                elif self._watch.wait(step):
+                    return
         watch = filewatch.watch([(self.path, filewatch.CHANGED)])
         if watch is None:
             time.sleep(seconds)
@@ -233,7 +260,8 @@ class SqliteStore:
             watch.close()
 
     def _alive(self, lock):
-        """Whether the waiter of lock file ``lock`` still holds it (a shared lock cannot be had)."""
+        """Whether the waiter of lock file ``lock`` still holds it (a shared lock cannot be had) and touched it
+        within ``model.WAITER_STALE`` seconds."""
         if not isinstance(lock, str) or not _LOCK_NAME.fullmatch(lock):
             return False
         try:
@@ -241,6 +269,8 @@ class SqliteStore:
         except OSError:
             return False
         try:
+            if time.time() - os.fstat(descriptor).st_mtime > model.WAITER_STALE:
+                return False
             fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
             return False
         except BlockingIOError:
