@@ -309,3 +309,42 @@ def test_only_setup_writes_a_consent_mark(tmp_path):
                                                "salt-run deploytoken.setup consent="):
         token.acquire(store, "bob", PEOPLE, reason="quick fix [consent: Dana Lee: fine]")
     assert store.read() is None
+
+
+# ---- the third review ---------------------------------------------------------------------------
+
+
+def local_minion(root, pillar=None):
+    """A minion configuration of its own for salt-call --local: our modules and states, no master, no master's
+    public key; ``pillar`` as its local pillar."""
+    for folder in ("conf", "pillar"):
+        (root / folder).mkdir(exist_ok=True)
+    (root / "conf" / "minion").write_text(json.dumps({
+        "id": "dt-local", "root_dir": str(root), "cachedir": str(root / "cache"), "pki_dir": str(root / "pki"),
+        "sock_dir": str(root / "sock"), "log_file": str(root / "log"), "file_client": "local",
+        "module_dirs": [str(REPO / "_modules")], "states_dirs": [str(REPO / "_states")],
+        "utils_dirs": [str(REPO / "_utils")], "file_roots": {"base": []},
+        "pillar_roots": {"base": [str(root / "pillar")]},
+    }))
+    (root / "pillar" / "top.sls").write_text("base:\n  '*':\n    - dt\n")
+    (root / "pillar" / "dt.sls").write_text(json.dumps(pillar or {}))
+    return root / "conf"
+
+
+def test_salt_call_local_without_the_masters_key_does_not_trust_a_self_made_pillar(tmp_path):
+    settings = token_settings.Settings(cachedir=str(tmp_path), sections={}, people=PEOPLE)
+    holding = model.Holding(holder="Alice Smith", login="alice", caller="alice", claim="0123456789abcdef",
+                            since=model.isoformat(model.utcnow()), reason="self-made")
+    made = seal.seal(token_pillar.stamp(token_pillar.snapshot(holding, PEOPLE), settings, "dt-local", False))
+    conf = local_minion(tmp_path, {"deploytoken": made})
+    done = subprocess.run([str(BIN / "salt-call"), "-c", str(conf), "--local", "--out=json", "state.single",
+                           "deploytoken.held", "name=guard"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, SUDO_USER="alice"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    (state,) = json.loads(done.stdout)["local"].values()
+    assert state["result"] is False
+    assert state["comment"] == (
+        f"The deploy token guard failed, so nothing may deploy: this minion has no master's public key "
+        f"({tmp_path / 'pki' / 'minion_master.pub'}), so the token data cannot be checked (salt-call --local, or -c "
+        "with another configuration?); run it through the master, or with salt-call and the minion's own "
+        "configuration.")
