@@ -348,3 +348,43 @@ def test_salt_call_local_without_the_masters_key_does_not_trust_a_self_made_pill
         f"({tmp_path / 'pki' / 'minion_master.pub'}), so the token data cannot be checked (salt-call --local, or -c "
         "with another configuration?); run it through the master, or with salt-call and the minion's own "
         "configuration.")
+
+
+def report_run(root, path, **env):
+    done = subprocess.run([str(BIN / "salt-run"), "-c", str(root / "conf"), "--out=json", "deploytoken.report",
+                           f"path={path}"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, SUDO_USER="alice", **env))
+    return done.returncode, json.loads(done.stdout) if done.stdout.strip() else None, done.stderr
+
+
+def test_a_report_is_not_written_through_another_users_link_into_a_root_only_folder(runner_conf, tmp_path):
+    private = tmp_path / "root-only"
+    private.mkdir(mode=0o700)
+    link = tmp_path / "bobs-reports"
+    link.symlink_to(private)
+    os.lchown(link, NOBODY.pw_uid, NOBODY.pw_gid)
+    status, answer, stderr = report_run(runner_conf, link / "r.html", SUDO_UID=str(pwd.getpwnam("daemon").pw_uid))
+    assert (status, answer) == (2, {"retcode": 2, "error": (
+        f"{link} belongs to nobody, not to you or root, so the report is not written through it (its owner could "
+        "lead it elsewhere): give path= a file in a folder of yours.")}), stderr
+    assert os.listdir(private) == []
+
+
+def test_a_report_name_too_long_or_a_full_disk_is_one_sentence(runner_conf, tmp_path):
+    name = "r" * 300 + ".html"
+    status, answer, stderr = report_run(runner_conf, tmp_path / name)
+    assert status == 2 and "Traceback" not in stderr
+    assert answer["error"] == (f"The file name '{'r' * 39}… is longer than 255 bytes, which no folder takes: give "
+                               "path= a shorter name."), answer
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(full)], check=True)
+    try:
+        (full / "filler").write_bytes(b"x" * 4096)
+        status, answer, stderr = report_run(runner_conf, full / "r.html")
+        assert status == 2 and "Traceback" not in stderr, stderr
+        assert answer["error"] == (f"The report cannot be written to {full / 'r.html'}: No space left on device (the "
+                                   "disk is full); nothing was written."), answer
+        assert os.listdir(full) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(full)], check=True)

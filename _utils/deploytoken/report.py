@@ -9,8 +9,10 @@ value comes from the history, where people wrote names, reasons and notes: each 
 """
 
 import datetime
+import errno
 import html
 import os
+import pwd
 import re
 import stat
 import statistics
@@ -20,6 +22,8 @@ from deploytoken import model, settings
 
 DEFAULT_SINCE = "30d"
 DEFAULT_PATH = "deploytoken-report.html"
+# The longest file name Linux folders take, in bytes.
+NAME_MAX = 255
 # The first line of every page; an existing file without it is not ours to overwrite.
 MARK = "<!DOCTYPE html><!-- deploytoken report -->"
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -66,8 +70,12 @@ def check_path(path):
                                f"{model.shown(path)}.")
     path = os.path.abspath(path.strip())
     folder = os.path.dirname(path)
+    if len(os.fsencode(os.path.basename(path))) > NAME_MAX:
+        raise model.InputError(f"The file name {model.shown(os.path.basename(path))} is longer than {NAME_MAX} bytes, "
+                               "which no folder takes: give path= a shorter name.")
     if not os.path.isdir(folder):
         raise model.InputError(f"The folder {folder} does not exist: give path= a file in an existing folder.")
+    _check_folders(folder)
     if os.path.lexists(path):
         if not os.path.isfile(path) or os.path.islink(path):
             raise model.InputError(f"{path} is not a plain file: give path= the name of a new file.")
@@ -85,6 +93,42 @@ def check_path(path):
             raise model.InputError(f"{path} exists and is not a deploytoken report, so it is left alone: give path= "
                                    "the name of a new file.")
     return path
+
+
+def writer_uid():
+    """Whom the report is written for: the person behind sudo when run as root through it, else this user."""
+    if os.geteuid() == 0 and os.environ.get("SUDO_UID", "").isdigit():
+        return int(os.environ["SUDO_UID"])
+    return os.geteuid()
+
+
+def _check_folders(folder):
+    """InputError unless every folder on the way to ``folder`` (and every link on it) belongs to the person the
+    report is written for or to root: another user could swap a folder of theirs, or a link of theirs could lead
+    root's write into a folder that user may not enter."""
+    allowed = {0, writer_uid()}
+    parts = folder.strip(os.sep).split(os.sep)
+    seen = [os.sep + os.sep.join(parts[:length]) for length in range(len(parts) + 1)]
+    real = os.path.realpath(folder)
+    real_parts = real.strip(os.sep).split(os.sep)
+    seen += [os.sep + os.sep.join(real_parts[:length]) for length in range(len(real_parts) + 1)]
+    for place in dict.fromkeys(seen):
+        try:
+            owner = os.lstat(place).st_uid
+        except OSError as exc:
+            raise model.InputError(f"The folder {place} cannot be checked ({exc.strerror}): give path= a file in "
+                                   "another folder.") from None
+        if owner not in allowed:
+            raise model.InputError(
+                f"{place} belongs to {_login(owner)}, not to you or root, so the report is not written through it "
+                "(its owner could lead it elsewhere): give path= a file in a folder of yours.")
+
+
+def _login(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 # ---- the figures ------------------------------------------------------------------------------
@@ -352,6 +396,11 @@ def _save(path, text):
                 os.fchown(handle.fileno(), int(os.environ["SUDO_UID"]), int(os.environ.get("SUDO_GID") or -1))
             handle.write(text)
         os.replace(temporary, path)
+    except OSError as exc:
+        os.unlink(temporary)
+        full = " (the disk is full)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise model.InputError(f"The report cannot be written to {path}: {exc.strerror}{full}; nothing was "
+                               "written.") from None
     except BaseException:
         os.unlink(temporary)
         raise
