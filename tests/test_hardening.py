@@ -388,3 +388,36 @@ def test_a_report_name_too_long_or_a_full_disk_is_one_sentence(runner_conf, tmp_
         assert os.listdir(full) == ["filler"]
     finally:
         subprocess.run(["umount", str(full)], check=True)
+
+
+@pytest.mark.parametrize("targets, sentence", [
+    ("targets=", "targets is empty, so the override would cover no server: give minion ids or globs separated by "
+                 "commas, e.g. targets='kingfisher*,db1' or targets=L@db1,db2, or leave targets out to cover every "
+                 "minion."),
+    ("targets= ", "targets is empty, so the override would cover no server: give minion ids or globs separated by "
+                  "commas, e.g. targets='kingfisher*,db1' or targets=L@db1,db2, or leave targets out to cover every "
+                  "minion."),
+    ("targets=G@os:Debian", "targets 'G@os:Debian' would match no minion: the guard knows a server by its minion id "
+                            "only, so give minion ids or globs separated by commas, e.g. targets='kingfisher*,db1' or "
+                            "targets=L@db1,db2."),
+    ("targets=db1,,db2", "targets 'db1,,db2' holds an empty name between commas: give minion ids or globs separated "
+                         "by commas, e.g. targets='kingfisher*,db1' or targets=L@db1,db2."),
+])
+def test_an_override_that_would_cover_nothing_or_everything_by_mistake_is_refused(runner_conf, targets, sentence):
+    status, answer, _ = salt_run(runner_conf, "deploytoken.override", "reason=db down", targets)
+    assert (status, answer) == (2, {"error": sentence, "retcode": 2})
+    status, answer, _ = salt_run(runner_conf, "deploytoken.status")
+    assert answer["overrides"] == []
+
+
+def test_an_override_on_a_list_covers_exactly_those_minions(runner_conf):
+    status, made, _ = salt_run(runner_conf, "deploytoken.override", "reason=db down", "targets=L@db1,db2",
+                               "minutes=5")
+    try:
+        assert status == 0 and made["targets"] == "L@db1,db2", made
+        opts = {"cachedir": str(runner_conf / "cache"), "deploytoken": {"people": PEOPLE}}
+        covered = {minion: token_pillar.pillar(opts, minion)["override"] is not None
+                   for minion in ("db1", "db2", "db", "db12", "L@db1")}
+        assert covered == {"db1": True, "db2": True, "db": False, "db12": False, "L@db1": False}
+    finally:
+        salt_run(runner_conf, "deploytoken.override", "cancel=True", "reason=db back")
