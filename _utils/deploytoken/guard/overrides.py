@@ -86,6 +86,18 @@ def matches(targets, minion_id):
     return any(fnmatch.fnmatchcase(minion_id, pattern) for pattern in targets.split(",") if pattern)
 
 
+def end_copies(source, target, who, caller, now=None):
+    """After ``deploytoken.migrate`` copied ``source``'s history into ``target``: end there (a cancellation
+    row each) the overrides still running in ``source``. An override is made for the store the servers obey:
+    the copy would otherwise run on in ``target`` as one made there. Returns the records ended."""
+    now = now or model.utcnow()
+    running = [record for record in (from_row(row, source.identity) for row in source.overrides(now)) if record]
+    for record in running:
+        target.append_history(_cancel_row(record, who, caller, f"moved to {target.location} by deploytoken.migrate; "
+                                          "an override is made in the store the servers obey", now))
+    return running
+
+
 # ---- overrides from history rows --------------------------------------------------------------
 
 
