@@ -31,6 +31,8 @@ HELD = (model.HOLDING, model.FORCED)
 
 # The timeline's geometry, in SVG units: the page scales it to its width.
 WIDTH, LEFT, RIGHT, TOP, LANE, BAR = 1000, 170, 20, 30, 30, 18
+# The most characters of a name that fit left of the timeline's bars (12 px text, about 7 px a character).
+LANE_CHARS = 22
 TICK_STEPS = [3600 * hours for hours in (1, 3, 6, 12)] + [86400 * days for days in (1, 2, 7, 14, 28)]
 
 
@@ -214,7 +216,9 @@ def page(rows, holding, since, now, found, location):
            'aria-label="Timeline of the deploy token">']
     svg += _axis(since, now, x, height)
     for index, name in enumerate(lanes + extra):
-        svg.append(f'<text class="lane" x="{LEFT - 8}" y="{lane_y(index) + BAR - 4:.1f}">{_e(name)}</text>')
+        # Cut to the room left of the bars (the whole name in the tooltip and in the tables below).
+        svg.append(f'<text class="lane" x="{LEFT - 8}" y="{lane_y(index) + BAR - 4:.1f}"><title>{_e(name)}</title>'
+                   f'{_e(_cut(name, LANE_CHARS))}</text>')
     for row, start, end in held:
         left, right = x(start), x(end)
         kind = "forced" if row.kind == model.FORCED else "current" if row.released is None else "holding"
@@ -330,6 +334,10 @@ def _rows_html(rows, since, now):
             f"<th>Forced or cancelled by</th></tr>{body}</table>")
 
 
+def _cut(text, most):
+    return text if len(text) <= most else text[:most - 1] + "\u2026"
+
+
 def _time(text):
     return _e(model.clock(text)) if text else ""
 
@@ -351,7 +359,8 @@ line.tick{stroke:#ddd;stroke-width:1}
 svg.key{width:14px;height:14px;vertical-align:middle;margin-left:1em}
 dl.figures{display:grid;grid-template-columns:max-content auto;gap:.3em 1.5em}dt{font-weight:bold}dd{margin:0}
 table{border-collapse:collapse;margin-top:1em;font-size:.9em}
-td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top}
+td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+table.rows{table-layout:fixed;width:100%}
 tr.holding td:first-child{color:#3b7dd8}tr.forced td:first-child{color:#d8543b}
 """
 
