@@ -33,7 +33,7 @@ OWN_PILLAR_KWARGS = ("test", "saltenv", "exclude", "queue", "concurrent")
 # How long after its compile a job's own token data is still taken as it is, and how far the master's
 # clock (and ``issued``'s whole seconds) may be from the minion's for that purpose: beyond either, the
 # guard asks the master again, which costs time and nothing else.
-OWN_PILLAR_AGE = 10
+OWN_PILLAR_AGE = 5
 CLOCK_SLACK = 2
 
 log = logging.getLogger(__name__)
