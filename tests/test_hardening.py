@@ -421,3 +421,20 @@ def test_an_override_on_a_list_covers_exactly_those_minions(runner_conf):
         assert covered == {"db1": True, "db2": True, "db": False, "db12": False, "L@db1": False}
     finally:
         salt_run(runner_conf, "deploytoken.override", "cancel=True", "reason=db back")
+
+
+def test_a_store_on_a_read_only_file_system_says_so(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(folder)], check=True)
+    try:
+        path = folder / "token.sqlite"
+        token.acquire(sqlite_store.SqliteStore(str(path)), "alice", PEOPLE)
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        with pytest.raises(model.StoreError) as caught:
+            token.release(sqlite_store.SqliteStore(str(path)), "alice", PEOPLE)
+        assert str(caught.value) == (
+            f"The token store {path} is on a read-only file system, so the token cannot be written: remount it "
+            "read-write, or set deploytoken:sqlite:path to a file on a writable one.")
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -314,6 +314,11 @@ class SqliteStore:
             ) from None
         if os.path.isdir(self.path):
             raise model.StoreError(f"The token store {self.path} is a folder, not a file: fix deploytoken:sqlite:path.")
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            raise model.StoreError(
+                f"The token store {self.path} is on a read-only file system, so the token cannot be written: "
+                "remount it read-write, or set deploytoken:sqlite:path to a file on a writable one."
+            )
         if os.path.exists(self.path) and not os.access(self.path, os.R_OK | os.W_OK):
             raise model.StoreError(
                 f"The token store {self.path} cannot be read and written by this user: check its owner and mode."
@@ -510,6 +515,11 @@ def _store_error(path, exc):
         return model.StoreError(
             f"The token store {path} is damaged or not a SQLite file ({text}); it was left untouched: "
             "restore it from a backup or move it aside to start a new one."
+        )
+    if "readonly" in text or "read-only" in text:
+        return model.StoreError(
+            f"The token store {path} cannot be written ({text}): the file or its folder is read-only (a read-only "
+            "file system, an immutable file, or a folder the master's user cannot write); nothing was changed."
         )
     if "locked" in text or "busy" in text:
         return model.StoreError(
