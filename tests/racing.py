@@ -205,3 +205,11 @@ def wait_in_line(settings, login, timeout, interval):
     held_at = time.time()
     token.release(store, login, {}, note="served")
     return login, True, taken["claim"], taken["message"], held_at
+
+
+def wait_and_hold(settings, login, timeout, interval):
+    """``acquire wait=True`` as ``login``, then hold the token (until killed, or a minute)."""
+    taken = token.acquire(token_stores.open_store(settings), login, {}, reason="in line", wait=True,
+                          timeout=timeout, interval=interval)
+    time.sleep(60)
+    return login, taken.get("acquired")

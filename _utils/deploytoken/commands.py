@@ -156,8 +156,13 @@ def take(store, asked, progress=None, notify=None, sleep=None, clock=time.monoto
             # timeout (a process stopped and resumed) only looks too, and gives up below.
             line = [] if ticket is not None or asked.force else store.waiting()
             late = asked.wait and clock() - start > asked.timeout + LATE_SECONDS
+            waited_row = None
             if late or line or (ticket is not None and store.ahead(ticket) > 0):
                 current = store.read()
+            elif ticket is not None and getattr(store, "writes_wait_with_acquire", False):
+                # The wait's row is written with the holding, in one transaction.
+                waited_row = _wait_row(asked, began, clock() - start, took=True)
+                current = store.acquire(wanted, waited=waited_row)
             else:
                 current = store.acquire(wanted)
             done = _taken(store, asked, wanted, current, notify)
@@ -165,7 +170,8 @@ def take(store, asked, progress=None, notify=None, sleep=None, clock=time.monoto
             if late and not done:
                 return _after_wait(store, asked, ticket, began, waited, _refused_late(asked, current, waited))
             if done:
-                return _after_wait(store, asked, ticket, began, waited, done)
+                written = waited_row is not None and current.claim == wanted.claim
+                return done if written else _after_wait(store, asked, ticket, began, waited, done)
             if not asked.wait or waited >= asked.timeout:
                 return _after_wait(store, asked, ticket, began, waited, _refused(asked, current, waited, line))
             if ticket is None:
@@ -188,7 +194,17 @@ def _after_wait(store, asked, ticket, began, waited, answer):
     token changed hands all the same."""
     if ticket is None:
         return answer
-    row = model.HistoryRow(
+    row = _wait_row(asked, began, waited, took=bool(answer.get("acquired")))
+    try:
+        store.append_history(row)
+    except model.DeploytokenError as exc:
+        log.warning("deploytoken: the wait of %s is not in the history: %s", asked.shown, exc)
+    return answer
+
+
+def _wait_row(asked, began, waited, took):
+    """The history row (kind ``waited``) of a wait in the line that began at ``began`` and lasted ``waited`` s."""
+    return model.HistoryRow(
         claim=model.WAIT_PREFIX + secrets.token_hex(8),
         holder=asked.shown,
         login=asked.login,
@@ -197,14 +213,9 @@ def _after_wait(store, asked, ticket, began, waited, answer):
         released=model.isoformat(model.utcnow()),
         duration=int(waited),
         reason=asked.reason,
-        note="took the token" if answer.get("acquired") else "gave up",
+        note="took the token" if took else "gave up",
         kind=model.WAITED,
     )
-    try:
-        store.append_history(row)
-    except model.DeploytokenError as exc:
-        log.warning("deploytoken: the wait of %s is not in the history: %s", asked.shown, exc)
-    return answer
 
 
 def _taken(store, asked, wanted, current, notify):

@@ -105,8 +105,12 @@ class SqliteStore:
         with self._transaction("DEFERRED") as db:
             return self._current(db)
 
-    def acquire(self, holding):
-        """Write ``holding`` if nobody holds the token; return whoever holds it afterwards."""
+    # acquire() writes a waiter's ``waited`` row in the transaction that gives it the token.
+    writes_wait_with_acquire = True
+
+    def acquire(self, holding, waited=None):
+        """Write ``holding`` if nobody holds the token, and with it the history row ``waited`` when given;
+        return whoever holds it afterwards."""
         with self._transaction("IMMEDIATE") as db:
             current = self._current(db)
             if current is not None:
@@ -116,6 +120,8 @@ class SqliteStore:
                 f" VALUES (1, {', '.join('?' for _ in _HOLDING_FIELDS)})",
                 [getattr(holding, field) for field in _HOLDING_FIELDS],
             )
+            if waited is not None:
+                _insert_history(db, waited, "INSERT OR IGNORE")
             return holding
 
     def release(self, claim, row):
