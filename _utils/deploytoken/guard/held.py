@@ -225,7 +225,7 @@ def token_data(opts, grains, pillar, job=None, now=None):
     job moments ago (``own_pillar_problem``); otherwise it asks its master for a fresh compile of its
     pillar, so that neither a ``pillar=`` of the job nor a saved snapshot counts. A salt-ssh target (no
     master key) has the data its operator's machine compiled for this very run, in ``pillar``."""
-    path = _master_key(opts)
+    path = _master_key(opts, pillar)
     if path is None:
         return (pillar or {}).get("deploytoken"), None
     own = (pillar or {}).get("deploytoken")
@@ -245,7 +245,7 @@ def master_pillar(opts, grains, pillar, job=None):
     The job's own pillar is the master's when the job is one the master compiles a pillar for as it starts,
     with no argument that could add to it (``pillar_args_problem``); otherwise the master is asked for a fresh
     compile. Under salt-ssh the operator's machine compiled the job's pillar: it is taken as it is."""
-    if _master_key(opts) is None:
+    if _master_key(opts, pillar) is None:
         return dict(pillar or {}), None
     problem = pillar_args_problem(opts, job)
     if problem is None:
@@ -254,13 +254,13 @@ def master_pillar(opts, grains, pillar, job=None):
     return _fresh_pillar(opts, grains), problem
 
 
-def _master_key(opts):
+def _master_key(opts, pillar):
     """The master's public key file, None under salt-ssh (whose target has no master); DeploytokenError
     where neither holds (a minion config without the master's key, e.g. salt-call -c elsewhere) or where
     there is no master to ask (``salt-call --local``)."""
     path = os.path.join(opts.get("pki_dir") or "", "minion_master.pub")
     if not os.path.isfile(path):
-        if opts.get("__cli") == "salt-ssh":
+        if _salt_ssh_run(opts, pillar):
             return None
         raise model.DeploytokenError(
             f"this minion has no master's public key ({path}), so the token data cannot be checked (salt-call "
@@ -271,6 +271,16 @@ def _master_key(opts):
             "this run has no master to ask who holds the deploy token (salt-call --local?); run it through the "
             "master, or with salt-call without --local.")
     return path
+
+
+def _salt_ssh_run(opts, pillar):
+    """Whether this run came through salt-ssh: there the state run reaches the target as ``state.pkg`` (the
+    operator's machine compiled it) and the token data names the operator."""
+    if opts.get("__cli") == "salt-ssh":
+        return True
+    # The job's pillar is Salt's loader-context wrapper of a dict, not a dict itself.
+    data = (pillar or {}).get("deploytoken")
+    return opts.get("fun") == "state.pkg" and operator_login(data) is not None
 
 
 def _fresh_pillar(opts, grains):
