@@ -25,6 +25,7 @@ setting, or a source that cannot be read), so they pass through unchanged as one
 import contextvars
 import functools
 import os
+import re
 from typing import TYPE_CHECKING
 
 import salt.utils.args
@@ -35,6 +36,7 @@ from deploytoken.guard import held
 from deploytoken.kingfisher import busy as busy_check
 from deploytoken.kingfisher import packages as package_cache
 from deploytoken.kingfisher import sources
+from deploytoken.kingfisher.errors import InputError
 
 if TYPE_CHECKING:
     __opts__: dict
@@ -240,7 +242,7 @@ def postgres_restart_pending(state_test=None):
     """
     packages = _postgres_upgrades()
     state_return = None
-    state_test = _setting("postgres:state_test", state_test)
+    state_test = _check_state_test(_setting("postgres:state_test", state_test))
     if state_test:
         # True tests the highstate; a string names the sls files to test (comma-separated).
         mods = [state_test] if isinstance(state_test, str) else []
@@ -252,6 +254,18 @@ def postgres_restart_pending(state_test=None):
     found = busy_check.restart_reasons(packages.pop("upgrades"), state_return)
     found["packages"] = packages
     return found
+
+
+def _check_state_test(value):
+    """``state_test`` as given: True, False, or sls names separated by commas; anything else is refused before a
+    (slow) test run of the whole highstate starts."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    names = value.split(",") if isinstance(value, str) else None
+    if not names or not all(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-/]*", name.strip()) for name in names):
+        raise InputError(f"state_test must be True, False or sls names separated by commas, e.g. "
+                         f"state_test=postgres,kingfisher; got {value!r}.")
+    return ",".join(name.strip() for name in names)
 
 
 def _postgres_upgrades():

@@ -385,7 +385,9 @@ def setup(targets=None, reason="", wait=False, consent=None, repos=None, tgt_typ
         How ``targets`` is matched (``glob`` by default, ``list``, ``compound``, ...).
 
     busy_args
-        A mapping of arguments for ``kingfisher.busy``, e.g. ``'{"postgres": "always"}'``.
+        A mapping of arguments for ``kingfisher.busy``, e.g. ``'{"postgres": "always"}'``. Any other than
+        ``postgres: always`` changes what the targets check (``users``, ``postgres: never``, a threshold,
+        another Scrapyd), so it needs ``consent``, and is recorded with it in the claim's reason.
 
     timeout, interval
         With ``wait``, as for ``deploytoken.acquire``.
@@ -560,10 +562,17 @@ def migrate(to=None):
     def copy(config, store):
         target = stores.open_store(dataclasses.replace(config, backend=to))
         moved = moving.migrate(store, target)
+        login = _caller(config, store)
+        ended = overrides.end_copies(store, target, model.display_name(login, config.people), login)
         holder = f"the holder's claim {moved['holder']}" if moved["holder"] else "no holder (nobody holds the token)"
-        return dict(moved, source=store.location, target=target.location, message=(
+        running = (
+            f" {len(ended)} running override(s) ({', '.join(record['id'] for record in ended)}) were copied as ended: "
+            f"they keep running in {store.location} only, for the servers that obey it; once they obey {to}, make "
+            "any still needed again with salt-run deploytoken.override." if ended else "")
+        return dict(moved, source=store.location, target=target.location, overrides_ended=[
+            record["id"] for record in ended], message=(
             f"Copied {moved['history_rows']} history row(s) and {holder} from {store.location} to "
-            f"{target.location}. Now set deploytoken:backend to {to} in the master config."))
+            f"{target.location}.{running} Now set deploytoken:backend to {to} in the master config."))
 
     return _run(copy)
 

@@ -17,8 +17,12 @@ history and carried in the master-signed token data, lets them pass with a loud 
 that one guard for Scrapyd, PostgreSQL and tmux.
 """
 
+import os
+import re
+import threading
 from typing import TYPE_CHECKING
 
+import salt.utils.data
 from salt.exceptions import SaltException
 
 from deploytoken.guard import held as token_guard
@@ -50,7 +54,9 @@ def not_interrupted(name, source, **settings):
         The source's name in the registry.
 
     Other keyword arguments are the source's settings, as for ``kingfisher.report``; by default
-    ``kingfisher:<source>:<setting>`` from config or pillar.
+    ``kingfisher:<source>:<setting>`` from the minion config, else the pillar the master compiles for
+    this minion. A ``kingfisher:`` given with ``pillar=`` on the command line is not obeyed (it could turn
+    the guard off or narrow it): the comment says so.
 
     CLI Example:
 
@@ -66,7 +72,8 @@ def not_interrupted(name, source, **settings):
         ret["comment"] = str(exc)
         return ret
     try:
-        report = __salt__["kingfisher.report"](source, **given)
+        lookup, ignored = _lookup(source)
+        report = sources.read(source, sources.settings(source, given, lookup))
         reasons = found.reasons(report)
     except SaltException as exc:
         ret["comment"] = (
@@ -74,7 +81,7 @@ def not_interrupted(name, source, **settings):
         )
         return ret
     if report.get("status") == "skipped":
-        ret.update(result=True, comment=f"No {found.what} is checked: {source} is {report['why']}.")
+        ret.update(result=True, comment=f"No {found.what} is checked: {source} is {report['why']}.{ignored}")
         return ret
     consent, unchecked = None, ""
     if reasons:
@@ -86,8 +93,44 @@ def not_interrupted(name, source, **settings):
     typed = kingfisher.get("consent") if isinstance(kingfisher, dict) else None
     decision = kf_guard.decide(reasons, consent, found.what, test=bool(__opts__.get("test")),
                                typed=typed)
-    ret.update(result=decision["result"], comment=decision["comment"] + unchecked)
+    ret.update(result=decision["result"], comment=decision["comment"] + unchecked + ignored)
     return ret
+
+
+def _lookup(source):
+    """``(lookup, ignored)``: ``lookup(key, default)`` reads the minion config, else the pillar the master
+    compiles for this minion (never what a command line adds); ``ignored`` is the sentence saying that the
+    job's pillar set ``kingfisher:<source>`` otherwise and was not obeyed (empty when it did not)."""
+    job = token_guard.find_job(os.path.join(__opts__["cachedir"], "proc"), os.getpid(), _jid())
+    mine = __pillar__.get("kingfisher") if isinstance(__pillar__.get("kingfisher"), dict) else {}
+    if mine.get(source) is None:
+        master = __pillar__
+    else:
+        master, _ = token_guard.master_pillar(__opts__, __grains__, __pillar__, job)
+
+    def lookup(key, default):
+        for data in (__opts__, master):
+            found = salt.utils.data.traverse_dict_and_list(data, key, _MISSING, delimiter=":")
+            if found is not _MISSING:
+                return found
+        return default
+
+    theirs = (master.get("kingfisher") if isinstance(master.get("kingfisher"), dict) else {}).get(source)
+    ignored = ""
+    if mine.get(source) is not None and mine.get(source) != theirs:
+        ignored = (f" This job's pillar sets kingfisher:{source} otherwise than the master's pillar (a pillar= on "
+                   "the command line?), which is not obeyed: a guard's settings come from the minion config or the "
+                   "master's pillar, and a guard is passed only with a consent given when taking the token.")
+    return lookup, ignored
+
+
+_MISSING = object()
+
+
+def _jid():
+    """This job's jid on a minion with ``multiprocessing: False`` (see ``deploytoken.held``), else None."""
+    named = re.fullmatch(r"ProcessPayload\(jid=(\d+)\)", threading.current_thread().name)
+    return named.group(1) if named else None
 
 
 def _consent():

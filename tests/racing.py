@@ -193,3 +193,23 @@ def cycle(settings, login, seconds):
     except model.DeploytokenError as exc:  # cut off by a server fault: say who, as a person would know
         raise model.StoreError(f"{login}: {exc}") from None
     return released
+
+
+def wait_in_line(settings, login, timeout, interval):
+    """``acquire wait=True`` as ``login``, giving the token back at once if it came: (login, acquired, claim,
+    message, when it held it or None)."""
+    store = token_stores.open_store(settings)
+    taken = token.acquire(store, login, {}, reason="in line", wait=True, timeout=timeout, interval=interval)
+    if not taken.get("acquired"):
+        return login, False, None, taken["message"], None
+    held_at = time.time()
+    token.release(store, login, {}, note="served")
+    return login, True, taken["claim"], taken["message"], held_at
+
+
+def wait_and_hold(settings, login, timeout, interval):
+    """``acquire wait=True`` as ``login``, then hold the token (until killed, or a minute)."""
+    taken = token.acquire(token_stores.open_store(settings), login, {}, reason="in line", wait=True,
+                          timeout=timeout, interval=interval)
+    time.sleep(60)
+    return login, taken.get("acquired")

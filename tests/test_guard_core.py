@@ -402,7 +402,7 @@ def test_token_data_issued_before_the_job_started_is_not_its_own(issued, problem
 def test_a_job_whose_own_data_grew_old_asks_again():
     started = job(written=NOW.timestamp() - 60)
     assert guard.own_pillar_problem({}, started, {"issued": "2026-11-26T14:39:45Z"}, now=NOW) == (
-        "the token data was issued more than 10 s ago")
+        "the token data was issued more than 5 s ago")
 
 
 def test_salt_call_goes_by_its_own_command_line_and_start():

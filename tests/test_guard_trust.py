@@ -1,6 +1,7 @@
 """The guard believes only the master, asked afresh: token data given with pillar= on the command line or a
 replayed snapshot counts for nothing, through the real salt CLI against the real master and minion."""
 
+import concurrent.futures
 import json
 import pathlib
 import time
@@ -219,4 +220,23 @@ def test_salt_call_with_a_replayed_snapshot_asks_the_master(salt_minion, snapsho
     assert guard_of(ret)["comment"].startswith(ALICE_HOLDS)
     (line,) = log.guard_lines()
     assert FRESH + "the job was given pillar=" in line, line
+    assert not marker.exists()
+
+
+def test_a_token_taken_by_someone_else_while_a_slow_job_renders_is_seen_by_its_guard(
+        salt_cli, salt_run, write_sls, marker_dir, token):
+    """The job's own pillar is taken as of its start for at most OWN_PILLAR_AGE seconds: a job whose state files
+    take 7 s to render asks the master afresh, and sees that Bob took the token meanwhile."""
+    marker = marker_dir / "deployed"
+    sls = write_sls("dtslow", "{% set _ = salt['test.sleep'](7) %}\n" + GUARDED.format(marker=marker))
+    token.take("alice")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(apply_as, salt_cli, "alice", sls)
+        time.sleep(3)
+        forced = salt_run.run("deploytoken.release", "force=True", "reason=urgent", env={"SUDO_USER": "bob"})
+        assert forced.returncode == 0, forced
+        token.take("bob")
+        ret = running.result(timeout=120)
+    assert ret.returncode == 1
+    assert guard_of(ret)["comment"].startswith("Deploy token is held by Bob Jones (bob) since "), ret
     assert not marker.exists()

@@ -374,3 +374,132 @@ def test_only_setup_writes_a_consent_mark(tmp_path):
                                                "salt-run deploytoken.setup consent="):
         token.acquire(store, "bob", PEOPLE, reason="quick fix [consent: Dana Lee: fine]")
     assert store.read() is None
+
+
+# ---- the third review ---------------------------------------------------------------------------
+
+
+def local_minion(root, pillar=None):
+    """A minion configuration of its own for salt-call --local: our modules and states, no master, no master's
+    public key; ``pillar`` as its local pillar."""
+    for folder in ("conf", "pillar"):
+        (root / folder).mkdir(exist_ok=True)
+    (root / "conf" / "minion").write_text(json.dumps({
+        "id": "dt-local", "root_dir": str(root), "cachedir": str(root / "cache"), "pki_dir": str(root / "pki"),
+        "sock_dir": str(root / "sock"), "log_file": str(root / "log"), "file_client": "local",
+        "module_dirs": [str(REPO / "_modules")], "states_dirs": [str(REPO / "_states")],
+        "utils_dirs": [str(REPO / "_utils")], "file_roots": {"base": []},
+        "pillar_roots": {"base": [str(root / "pillar")]},
+    }))
+    (root / "pillar" / "top.sls").write_text("base:\n  '*':\n    - dt\n")
+    (root / "pillar" / "dt.sls").write_text(json.dumps(pillar or {}))
+    return root / "conf"
+
+
+def test_salt_call_local_without_the_masters_key_does_not_trust_a_self_made_pillar(tmp_path):
+    settings = token_settings.Settings(cachedir=str(tmp_path), sections={}, people=PEOPLE)
+    holding = model.Holding(holder="Alice Smith", login="alice", caller="alice", claim="0123456789abcdef",
+                            since=model.isoformat(model.utcnow()), reason="self-made")
+    made = seal.seal(token_pillar.stamp(token_pillar.snapshot(holding, PEOPLE), settings, "dt-local", False))
+    conf = local_minion(tmp_path, {"deploytoken": made})
+    done = subprocess.run([str(BIN / "salt-call"), "-c", str(conf), "--local", "--out=json", "state.single",
+                           "deploytoken.held", "name=guard"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, SUDO_USER="alice"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    (state,) = json.loads(done.stdout)["local"].values()
+    assert state["result"] is False
+    assert state["comment"] == (
+        f"The deploy token guard failed, so nothing may deploy: this minion has no master's public key "
+        f"({tmp_path / 'pki' / 'minion_master.pub'}), so the token data cannot be checked (salt-call --local, or -c "
+        "with another configuration?); run it through the master, or with salt-call and the minion's own "
+        "configuration.")
+
+
+def report_run(root, path, **env):
+    done = subprocess.run([str(BIN / "salt-run"), "-c", str(root / "conf"), "--out=json", "deploytoken.report",
+                           f"path={path}"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, SUDO_USER="alice", **env))
+    return done.returncode, json.loads(done.stdout) if done.stdout.strip() else None, done.stderr
+
+
+def test_a_report_is_not_written_through_another_users_link_into_a_root_only_folder(runner_conf, tmp_path):
+    private = tmp_path / "root-only"
+    private.mkdir(mode=0o700)
+    link = tmp_path / "bobs-reports"
+    link.symlink_to(private)
+    os.lchown(link, NOBODY.pw_uid, NOBODY.pw_gid)
+    status, answer, stderr = report_run(runner_conf, link / "r.html", SUDO_UID=str(pwd.getpwnam("daemon").pw_uid))
+    assert (status, answer) == (2, {"retcode": 2, "error": (
+        f"{link} belongs to nobody, not to you or root, so the report is not written through it (its owner could "
+        "lead it elsewhere): give path= a file in a folder of yours.")}), stderr
+    assert os.listdir(private) == []
+
+
+def test_a_report_name_too_long_or_a_full_disk_is_one_sentence(runner_conf, tmp_path):
+    name = "r" * 300 + ".html"
+    status, answer, stderr = report_run(runner_conf, tmp_path / name)
+    assert status == 2 and "Traceback" not in stderr
+    assert answer["error"] == (f"The file name '{'r' * 39}… is longer than 255 bytes, which no folder takes: give "
+                               "path= a shorter name."), answer
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(full)], check=True)
+    try:
+        (full / "filler").write_bytes(b"x" * 4096)
+        status, answer, stderr = report_run(runner_conf, full / "r.html")
+        assert status == 2 and "Traceback" not in stderr, stderr
+        assert answer["error"] == (f"The report cannot be written to {full / 'r.html'}: No space left on device (the "
+                                   "disk is full); nothing was written."), answer
+        assert os.listdir(full) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+
+
+@pytest.mark.parametrize("targets, sentence", [
+    ("targets=", "targets is empty, so the override would cover no server: give minion ids or globs separated by "
+                 "commas, e.g. targets='kingfisher*,db1' or targets=L@db1,db2, or leave targets out to cover every "
+                 "minion."),
+    ("targets= ", "targets is empty, so the override would cover no server: give minion ids or globs separated by "
+                  "commas, e.g. targets='kingfisher*,db1' or targets=L@db1,db2, or leave targets out to cover every "
+                  "minion."),
+    ("targets=G@os:Debian", "targets 'G@os:Debian' would match no minion: the guard knows a server by its minion id "
+                            "only, so give minion ids or globs separated by commas, e.g. targets='kingfisher*,db1' or "
+                            "targets=L@db1,db2."),
+    ("targets=db1,,db2", "targets 'db1,,db2' holds an empty name between commas: give minion ids or globs separated "
+                         "by commas, e.g. targets='kingfisher*,db1' or targets=L@db1,db2."),
+])
+def test_an_override_that_would_cover_nothing_or_everything_by_mistake_is_refused(runner_conf, targets, sentence):
+    status, answer, _ = salt_run(runner_conf, "deploytoken.override", "reason=db down", targets)
+    assert (status, answer) == (2, {"error": sentence, "retcode": 2})
+    status, answer, _ = salt_run(runner_conf, "deploytoken.status")
+    assert answer["overrides"] == []
+
+
+def test_an_override_on_a_list_covers_exactly_those_minions(runner_conf):
+    status, made, _ = salt_run(runner_conf, "deploytoken.override", "reason=db down", "targets=L@db1,db2",
+                               "minutes=5")
+    try:
+        assert status == 0 and made["targets"] == "L@db1,db2", made
+        opts = {"cachedir": str(runner_conf / "cache"), "deploytoken": {"people": PEOPLE}}
+        covered = {minion: token_pillar.pillar(opts, minion)["override"] is not None
+                   for minion in ("db1", "db2", "db", "db12", "L@db1")}
+        assert covered == {"db1": True, "db2": True, "db": False, "db12": False, "L@db1": False}
+    finally:
+        salt_run(runner_conf, "deploytoken.override", "cancel=True", "reason=db back")
+
+
+def test_a_store_on_a_read_only_file_system_says_so(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(folder)], check=True)
+    try:
+        path = folder / "token.sqlite"
+        token.acquire(sqlite_store.SqliteStore(str(path)), "alice", PEOPLE)
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        with pytest.raises(model.StoreError) as caught:
+            token.release(sqlite_store.SqliteStore(str(path)), "alice", PEOPLE)
+        assert str(caught.value) == (
+            f"The token store {path} is on a read-only file system, so the token cannot be written: remount it "
+            "read-write, or set deploytoken:sqlite:path to a file on a writable one.")
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -135,6 +135,15 @@ def test_restart_pending_runs_the_state_test(salt, sls_dir):
         (sls_dir / "dtkpgrestart.sls").unlink()
 
 
+@pytest.mark.parametrize("value", ["[1]", "1", '{"a": 1}', "a b"])
+def test_restart_pending_refuses_a_state_test_that_names_no_sls(salt, value):
+    ret = salt("kingfisher.postgres_restart_pending", f"state_test={value}")
+    assert ret.returncode == 1
+    assert "state_test must be True, False or sls names separated by commas, e.g. state_test=postgres,kingfisher; " \
+        "got " in ret.stdout, ret
+    assert "Succeeded" not in ret.stdout and "state.apply" not in ret.stdout
+
+
 @pytest.mark.parametrize(
     "args, sentence",
     [

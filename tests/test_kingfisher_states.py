@@ -183,3 +183,36 @@ def test_unknown_source_or_setting_blocks_with_one_sentence(salt_cli, guarded):
         "Cannot tell whether a tmux session would be interrupted, so this deployment may not go on: "
         "tmux has no setting 'threshold'; its settings are users.")
     assert not marker.exists()
+
+
+COMMAND_LINE_OFF = 'pillar={"kingfisher": {"scrapyd": false, "tmux": false}}'
+NOT_OBEYED = ("This job's pillar sets kingfisher:{source} otherwise than the master's pillar (a pillar= on the command "
+              "line?), which is not obeyed: a guard's settings come from the minion config or the master's pillar, "
+              "and a guard is passed only with a consent given when taking the token.")
+
+
+def test_sources_turned_off_with_pillar_on_the_command_line_are_checked_anyway(
+        salt_cli, scrapyd_busy, tmux_users, guarded):
+    sls, marker = guarded("no_running_jobs", **scrapyd(scrapyd_busy))
+    ret = apply(salt_cli, sls, COMMAND_LINE_OFF)
+    assert ret.returncode == 1
+    comment = guard_of(ret)["comment"]
+    assert f"Scrapyd job {scrapyd_busy.running} of spider sleeper" in comment
+    assert comment.endswith(NOT_OBEYED.format(source="scrapyd"))
+    user, session = tmux_users["sleep"]
+    sls, _ = guarded("no_active_sessions", users=user)
+    ret = apply(salt_cli, sls, COMMAND_LINE_OFF)
+    assert ret.returncode == 1
+    comment = guard_of(ret)["comment"]
+    assert f"tmux session '{session}' of {user} runs 'sleep 3600'" in comment
+    assert comment.endswith(NOT_OBEYED.format(source="tmux"))
+    assert not marker.exists()
+
+
+def test_a_source_turned_off_in_the_masters_pillar_passes(salt_cli, scrapyd_busy, guarded, pillar_sls):
+    pillar_sls("kingfisher: {scrapyd: false}\n")
+    sls, marker = guarded("no_running_jobs", **scrapyd(scrapyd_busy))
+    ret = apply(salt_cli, sls)
+    assert ret.returncode == 0, ret
+    assert guard_of(ret)["comment"] == "No Scrapyd job is checked: scrapyd is turned off: kingfisher:scrapyd is false."
+    assert marker.exists()

@@ -75,3 +75,24 @@ def test_migrate_copies_the_holder_and_history_once(salt_run_with, postgres_conf
     assert as_user(old, "carol", "deploytoken.migrate").data == {
         "error": f"Say which store to copy into, e.g. {hint_prefix(old)} deploytoken.migrate to=postgres.",
         "retcode": 2}
+
+
+def test_migrate_ends_the_copy_of_a_running_override_and_says_so(salt_run_with, postgres_config, tmp_path):
+    sqlite = {"sqlite": {"path": str(tmp_path / "token.sqlite")}, "people": PEOPLE}
+    old = salt_run_with(dict(sqlite, postgres=postgres_config["postgres"]))
+    made = as_user(old, "bob", "deploytoken.override", "reason=db down", "targets=db1", "minutes=30")
+    assert made.returncode == 0, made
+    moved = as_user(old, "carol", "deploytoken.migrate", "to=postgres")
+    assert moved.returncode == 0, moved
+    assert moved.data["overrides_ended"] == [made.data["id"]]
+    ended = f" 1 running override(s) ({made.data['id']}) were copied as ended: they keep running in {tmp_path}/"
+    assert ended + "token.sqlite only, " in moved.data["message"], moved.data["message"]
+    assert moved.data["message"].endswith(f"make any still needed again with {hint_prefix(old)} deploytoken.override. "
+                                          "Now set deploytoken:backend to postgres in the master config.")
+    new = salt_run_with(postgres_config)
+    assert as_user(new, "alice", "deploytoken.status").data["overrides"] == []
+    assert [entry["id"] for entry in as_user(old, "alice", "deploytoken.status").data["overrides"]] == [
+        made.data["id"]]
+    (cancel,) = [row for row in as_user(new, "alice", "deploytoken.history").data
+                 if row["kind"] == "override_cancelled"]
+    assert cancel["forced_by"] == "Carol Díaz" and cancel["force_reason"].startswith("moved to postgresql://"), cancel

@@ -266,7 +266,9 @@ def test_a_waiter_that_stops_marking_its_row_loses_its_turn(pg_store_cluster, pg
         conn.execute(f"UPDATE {pg_section['schema']}.waiters SET seen = now() - interval '1 minute' WHERE ticket = %s",
                      (tickets[0],))
     assert second.ahead(tickets[1]) == 0 and [entry["who"] for entry in second.waiting()] == ["Second"]
-    assert first.ahead(tickets[0]) == 0 and second.ahead(tickets[1]) == 1
+    # Back (it was stopped), the first one has lost its turn: it joins again at the end of the line.
+    assert first.ahead(tickets[0]) == 1 and second.ahead(tickets[1]) == 0
+    assert [entry["who"] for entry in second.waiting()] == ["Second", "First"]
     first.dequeue(tickets[0])
     second.dequeue(tickets[1])
 

@@ -16,6 +16,7 @@ import zlib
 import pytest
 
 from conftest import hint_prefix
+from deploytoken import commands as report_token
 from deploytoken import model, report
 from deploytoken.stores import sqlite as sqlite_store
 
@@ -326,3 +327,27 @@ def test_the_runner_writes_the_page_and_refuses_bad_input(runner, tmp_path):
         assert refused.returncode == 2 and refused.data == {
             "error": sentence.replace("salt-run", hint_prefix(runner)), "retcode": 2}, refused
     assert other.read_text() == "my notes\n"
+
+
+def test_a_long_reason_wraps_within_the_page_and_a_long_name_fits_left_of_the_timeline(tmp_path):
+    store = sqlite_store.SqliteStore(str(tmp_path / "token.sqlite"))
+    name = "Maximiliana Alexandrina Wolfeschlegelsteinhausenbergerdorff"
+    taken = report_token.acquire(store, "alice", {}, name=name, reason="x" * 500)
+    assert taken["acquired"], taken
+    report_token.release(store, "alice", {}, name=name, note="y" * 500)
+    page = tmp_path / "report.html"
+    report.write(store, since="1d", path=str(page))
+    # Measured by the browser itself, on a copy of the page with a script that writes what it found.
+    probe = tmp_path / "measured.html"
+    # (without the page's Content-Security-Policy, which forbids scripts)
+    probe.write_text(re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", page.read_text()) + (
+        "<script>const box = document.querySelector('text.lane').getBBox();"
+        "const root = document.documentElement;"
+        "document.body.dataset.overflow = String(root.scrollWidth > root.clientWidth);"
+        "document.body.dataset.laneLeft = String(Math.floor(box.x));</script>"))
+    rendered = subprocess.run(CHROMIUM + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    assert rendered.returncode == 0, rendered.stderr
+    assert 'data-overflow="false"' in rendered.stdout
+    lane_left = int(re.search(r'data-lane-left="(-?\d+)"', rendered.stdout).group(1))
+    assert lane_left >= 0, lane_left
+    assert f"<title>{name}</title>" in rendered.stdout and f"<td>{name}</td>" in rendered.stdout

@@ -25,10 +25,21 @@ def repos_arg(*repos):
                                   for repo in repos])
 
 
-def busy_arg(server):
-    # Only this test's Scrapyd; no tmux user has a server; PostgreSQL is not part of these checks.
-    return "busy_args=" + json.dumps({"url": server.url, "username": server.username, "password": server.password,
-                                      "users": "dtknobody", "postgres": "never"})
+@pytest.fixture
+def busy_settings(salt_cli, pillar_sls):
+    """``busy_settings(server)``: only this test's Scrapyd, no tmux user with a server and PostgreSQL not
+    asked, as the minion's kingfisher pillar, where a team keeps them (busy_args that narrow the check need
+    a consent)."""
+
+    def use(server):
+        pillar_sls(json.dumps({"kingfisher": {
+            "scrapyd": {"url": server.url, "username": server.username, "password": server.password},
+            "tmux": {"users": "dtknobody"}, "busy": {"postgres": "never"}}}) + "\n")
+        assert salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=MINION).returncode == 0
+
+    yield use
+    pillar_sls("{}\n")
+    salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=MINION)
 
 
 @pytest.fixture
@@ -80,12 +91,14 @@ def test_update_repos_bad_entry_changes_nothing(runner, behind, entry, sentence)
     assert clone.active_branch.name == "feature"
 
 
-def test_setup_on_idle_minion_takes_the_token_and_cleanup_gives_it_back(salt_run, salt_minion, behind, make_scrapyd):
+def test_setup_on_idle_minion_takes_the_token_and_cleanup_gives_it_back(
+        salt_run, salt_minion, behind, make_scrapyd, busy_settings):
     clone, upstream = behind
     server = make_scrapyd(jobs=0)
+    busy_settings(server)
     # Warnings shown: Salt names every client left open on exit.
     ret = as_alice(salt_run, "--log-level=warning", "deploytoken.setup", f"targets={MINION}",
-                   "reason=upgrade postgres", repos_arg(clone), busy_arg(server))
+                   "reason=upgrade postgres", repos_arg(clone))
     assert ret.returncode == 0, ret
     summary = ret.data
     assert summary["done"] is True and summary["consent"] is None
@@ -107,9 +120,11 @@ def test_setup_on_idle_minion_takes_the_token_and_cleanup_gives_it_back(salt_run
     assert token_holder(salt_run) is None
 
 
-def test_running_crawl_stops_setup_and_consent_lets_it_through(salt_run, salt_minion, behind, scrapyd_busy):
+def test_running_crawl_stops_setup_and_consent_lets_it_through(
+        salt_run, salt_minion, behind, scrapyd_busy, busy_settings):
     clone, _ = behind
-    args = (f"targets={MINION}", "reason=new spider", repos_arg(clone), busy_arg(scrapyd_busy))
+    busy_settings(scrapyd_busy)
+    args = (f"targets={MINION}", "reason=new spider", repos_arg(clone))
     stopped = as_alice(salt_run, "deploytoken.setup", *args)
     assert stopped.returncode == 1, stopped
     assert stopped.data["done"] is False and stopped.data["token"] is None
@@ -193,8 +208,10 @@ def test_setup_checks_every_argument_before_the_first_step(runner, behind, arg, 
     assert token_holder(runner) is None
 
 
-def test_the_history_says_what_each_row_is_through_the_cli(salt_run, salt_minion, behind, scrapyd_busy):
+def test_the_history_says_what_each_row_is_through_the_cli(
+        salt_run, salt_minion, behind, scrapyd_busy, busy_settings):
     clone, _ = behind
+    busy_settings(scrapyd_busy)
     bob = {"env": {"SUDO_USER": "bob"}}
     start = model.isoformat(model.utcnow())
     as_alice(salt_run, "deploytoken.acquire", "reason=upgrade postgres")
@@ -206,8 +223,7 @@ def test_the_history_says_what_each_row_is_through_the_cli(salt_run, salt_minion
     assert salt_run.run("deploytoken.release", "force=True", "reason=Alice is away", **bob).returncode == 0
     made = salt_run.run("deploytoken.override", "reason=db down", "targets=dt-nomatch-*", **bob).data
     salt_run.run("deploytoken.override", "cancel=True", f"id={made['id']}", "reason=db back", **bob)
-    stopped = as_alice(salt_run, "deploytoken.setup", f"targets={MINION}", "reason=new spider", repos_arg(clone),
-                       busy_arg(scrapyd_busy))
+    stopped = as_alice(salt_run, "deploytoken.setup", f"targets={MINION}", "reason=new spider", repos_arg(clone))
     assert stopped.returncode == 1 and stopped.data["message"].startswith("Setup stopped: Kingfisher is busy.")
 
     rows = as_alice(salt_run, "deploytoken.history", "limit=5").data[::-1]
@@ -225,3 +241,32 @@ def test_the_history_says_what_each_row_is_through_the_cli(salt_run, salt_minion
 
     table = as_alice(salt_run, "--out=table", "deploytoken.history", "limit=5")
     assert table.returncode == 0 and " Kind " in table.stdout and "setup_stopped" in table.stdout, table.stdout
+
+
+def test_busy_args_that_narrow_the_check_need_a_consent_and_are_recorded_with_it(
+        salt_run, salt_minion, behind, scrapyd_busy, busy_settings):
+    clone, _ = behind
+    busy_settings(scrapyd_busy)
+    narrow = 'busy_args={"users": "dtknobody", "postgres": "never", "password": "s3cret"}'
+    args = (f"targets={MINION}", "reason=new spider", repos_arg(clone), narrow)
+    refused = as_alice(salt_run, "deploytoken.setup", *args)
+    assert refused.returncode == 2, refused
+    assert refused.data["error"] == (
+        "busy_args users='dtknobody', postgres='never', password='***' change what kingfisher.busy checks on the "
+        "targets, so the check could miss someone's work: that needs the data support manager's consent, recorded "
+        "with the claim, as consent='Dana Lee: the crawl can be restarted tomorrow'; or leave them out (settings "
+        "belong in the minions' config or pillar). Only busy_args='{\"postgres\": \"always\"}' needs none.")
+    assert token_holder(salt_run) is None and clone.active_branch.name == "feature"
+
+    agreed = as_alice(salt_run, "deploytoken.setup", *args, f"consent={CONSENT}")
+    assert agreed.returncode == 0, agreed
+    recorded = (f"new spider [consent: {CONSENT} (busy check narrowed with busy_args users='dtknobody', "
+                "postgres='never', password='***')]")
+    assert agreed.data["token"]["reason"] == recorded and "s3cret" not in agreed.stdout
+    assert as_alice(salt_run, "deploytoken.cleanup", "note=done").returncode == 0
+    (row,) = as_alice(salt_run, "deploytoken.history", "limit=1").data
+    assert row["reason"] == recorded
+
+    widened = as_alice(salt_run, "deploytoken.setup", f"targets={MINION}", "reason=reindex", repos_arg(clone),
+                       'busy_args={"postgres": "always"}')
+    assert widened.returncode == 1 and widened.data["message"].startswith("Setup stopped: Kingfisher is busy.")

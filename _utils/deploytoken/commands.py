@@ -17,6 +17,9 @@ from deploytoken import model
 from deploytoken.model import describe, since_text
 
 REFUSED = 1
+# How far past its own timeout a waiter's last try may come (a wake-up late on a loaded machine); later
+# than that its process was held up (stopped), and it no longer takes the token.
+LATE_SECONDS = 2
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +152,26 @@ def take(store, asked, progress=None, notify=None, sleep=None, clock=time.monoto
                 since=model.isoformat(model.utcnow()),
                 reason=asked.reason,
             )
-            # While others wait ahead of us, only look: the token is theirs first.
+            # While others wait ahead of us, only look: the token is theirs first. A waiter past its own
+            # timeout (a process stopped and resumed) only looks too, and gives up below.
             line = [] if ticket is not None or asked.force else store.waiting()
-            if line or (ticket is not None and store.ahead(ticket) > 0):
+            late = asked.wait and clock() - start > asked.timeout + LATE_SECONDS
+            waited_row = None
+            if late or line or (ticket is not None and store.ahead(ticket) > 0):
                 current = store.read()
+            elif ticket is not None and getattr(store, "writes_wait_with_acquire", False):
+                # The wait's row is written with the holding, in one transaction.
+                waited_row = _wait_row(asked, began, wanted.since, took=True)
+                current = store.acquire(wanted, waited=waited_row)
             else:
                 current = store.acquire(wanted)
             done = _taken(store, asked, wanted, current, notify)
             waited = clock() - start
+            if late and not done:
+                return _after_wait(store, asked, ticket, began, waited, _refused_late(asked, current, waited))
             if done:
-                return _after_wait(store, asked, ticket, began, waited, done)
+                written = waited_row is not None and current.claim == wanted.claim
+                return done if written else _after_wait(store, asked, ticket, began, waited, done)
             if not asked.wait or waited >= asked.timeout:
                 return _after_wait(store, asked, ticket, began, waited, _refused(asked, current, waited, line))
             if ticket is None:
@@ -184,7 +197,17 @@ def _after_wait(store, asked, ticket, began, waited, answer):
         return answer
     # A wait that led to a holding ends when that holding began, not once the answer was made.
     ended = answer["since"] if answer.get("changed") and answer.get("since") else model.isoformat(model.utcnow())
-    row = model.HistoryRow(
+    row = _wait_row(asked, began, ended, took=bool(answer.get("acquired")))
+    try:
+        store.append_history(row)
+    except model.DeploytokenError as exc:
+        log.warning("deploytoken: the wait of %s is not in the history: %s", asked.shown, exc)
+    return answer
+
+
+def _wait_row(asked, began, ended, took):
+    """The history row (kind ``waited``) of a wait in the line that began at ``began`` and ended at ``ended``."""
+    return model.HistoryRow(
         claim=model.WAIT_PREFIX + secrets.token_hex(8),
         holder=asked.shown,
         login=asked.login,
@@ -193,14 +216,9 @@ def _after_wait(store, asked, ticket, began, waited, answer):
         released=ended,
         duration=model.seconds_between(model.isoformat(began), ended) or 0,
         reason=asked.reason,
-        note="took the token" if answer.get("acquired") else "gave up",
+        note="took the token" if took else "gave up",
         kind=model.WAITED,
     )
-    try:
-        store.append_history(row)
-    except model.DeploytokenError as exc:
-        log.warning("deploytoken: the wait of %s is not in the history: %s", asked.shown, exc)
-    return answer
 
 
 def _taken(store, asked, wanted, current, notify):
@@ -228,6 +246,18 @@ def _taken(store, asked, wanted, current, notify):
             f"(claim {current.claim}).",
         )
     return None
+
+
+def _refused_late(asked, current, waited):
+    """The refusal of a waiter that came back past its own timeout (its process was stopped)."""
+    answer = _refused(asked, current, waited)
+    answer["message"] = (
+        f"Gave up: this wait was meant to last at most {model.human_duration(asked.timeout)}, but its process was "
+        f"held up for {model.human_duration(waited)} in all (stopped?), so it did not take the deploy token"
+        + (f", held by {describe(current)}." if current else ".")
+        + " Try again with salt-run deploytoken.acquire wait=True."
+    )
+    return answer
 
 
 def _refused(asked, current, waited, line=()):

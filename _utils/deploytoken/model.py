@@ -19,6 +19,10 @@ MAX_NAME_LENGTH = 80
 MAX_TEXT_LENGTH = 500
 NOBODY = "Nobody"
 MAX_TIMEOUT = 24 * 3600
+# A waiter in line shows it is alive at least every WAITER_HEARTBEAT seconds; one unseen for WAITER_STALE
+# seconds (a stopped process, a lost connection) loses its place on every store, and the line moves on.
+WAITER_HEARTBEAT = 5
+WAITER_STALE = 30
 MAX_INTERVAL = 3600
 MAX_LIMIT = 10000
 # Claim ids: 16 hex digits, or ``hand-`` and 16 hex digits for a name typed in the Google Doc.

@@ -9,8 +9,10 @@ value comes from the history, where people wrote names, reasons and notes: each 
 """
 
 import datetime
+import errno
 import html
 import os
+import pwd
 import re
 import stat
 import statistics
@@ -20,6 +22,8 @@ from deploytoken import model, settings
 
 DEFAULT_SINCE = "30d"
 DEFAULT_PATH = "deploytoken-report.html"
+# The longest file name Linux folders take, in bytes.
+NAME_MAX = 255
 # The first line of every page; an existing file without it is not ours to overwrite.
 MARK = "<!DOCTYPE html><!-- deploytoken report -->"
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -27,6 +31,8 @@ HELD = (model.HOLDING, model.FORCED)
 
 # The timeline's geometry, in SVG units: the page scales it to its width.
 WIDTH, LEFT, RIGHT, TOP, LANE, BAR = 1000, 170, 20, 30, 30, 18
+# The most characters of a name that fit left of the timeline's bars (12 px text, about 7 px a character).
+LANE_CHARS = 22
 TICK_STEPS = [60 * minutes for minutes in (5, 15, 30)] + [3600 * hours for hours in (1, 3, 6, 12)] + [
     86400 * days for days in (1, 2, 7, 14, 28)]
 # The timeline zooms to the part of the period with activity when that is less than this share of it, with a
@@ -74,8 +80,12 @@ def check_path(path):
                                f"{model.shown(path)}.")
     path = os.path.abspath(path.strip())
     folder = os.path.dirname(path)
+    if len(os.fsencode(os.path.basename(path))) > NAME_MAX:
+        raise model.InputError(f"The file name {model.shown(os.path.basename(path))} is longer than {NAME_MAX} bytes, "
+                               "which no folder takes: give path= a shorter name.")
     if not os.path.isdir(folder):
         raise model.InputError(f"The folder {folder} does not exist: give path= a file in an existing folder.")
+    _check_folders(folder)
     if os.path.lexists(path):
         if not os.path.isfile(path) or os.path.islink(path):
             raise model.InputError(f"{path} is not a plain file: give path= the name of a new file.")
@@ -93,6 +103,42 @@ def check_path(path):
             raise model.InputError(f"{path} exists and is not a deploytoken report, so it is left alone: give path= "
                                    "the name of a new file.")
     return path
+
+
+def writer_uid():
+    """Whom the report is written for: the person behind sudo when run as root through it, else this user."""
+    if os.geteuid() == 0 and os.environ.get("SUDO_UID", "").isdigit():
+        return int(os.environ["SUDO_UID"])
+    return os.geteuid()
+
+
+def _check_folders(folder):
+    """InputError unless every folder on the way to ``folder`` (and every link on it) belongs to the person the
+    report is written for or to root: another user could swap a folder of theirs, or a link of theirs could lead
+    root's write into a folder that user may not enter."""
+    allowed = {0, writer_uid()}
+    parts = folder.strip(os.sep).split(os.sep)
+    seen = [os.sep + os.sep.join(parts[:length]) for length in range(len(parts) + 1)]
+    real = os.path.realpath(folder)
+    real_parts = real.strip(os.sep).split(os.sep)
+    seen += [os.sep + os.sep.join(real_parts[:length]) for length in range(len(real_parts) + 1)]
+    for place in dict.fromkeys(seen):
+        try:
+            owner = os.lstat(place).st_uid
+        except OSError as exc:
+            raise model.InputError(f"The folder {place} cannot be checked ({exc.strerror}): give path= a file in "
+                                   "another folder.") from None
+        if owner not in allowed:
+            raise model.InputError(
+                f"{place} belongs to {_login(owner)}, not to you or root, so the report is not written through it "
+                "(its owner could lead it elsewhere): give path= a file in a folder of yours.")
+
+
+def _login(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 # ---- the figures ------------------------------------------------------------------------------
@@ -200,7 +246,9 @@ def page(rows, holding, since, now, found, location):
            'aria-label="Timeline of the deploy token">']
     svg += _axis(shown_from, shown_to, x, height)
     for index, name in enumerate(lanes + extra):
-        svg.append(f'<text class="lane" x="{LEFT - 8}" y="{lane_y(index) + BAR - 4:.1f}">{_e(name)}</text>')
+        # Cut to the room left of the bars (the whole name in the tooltip and in the tables below).
+        svg.append(f'<text class="lane" x="{LEFT - 8}" y="{lane_y(index) + BAR - 4:.1f}"><title>{_e(name)}</title>'
+                   f'{_e(_cut(name, LANE_CHARS))}</text>')
     bars = {}  # each lane's bars, (left, right), for where a label fits
     for row, start, end in held:
         bars.setdefault(row.holder, []).append((x(start), max(x(start) + MIN_BAR, x(end))))
@@ -367,6 +415,10 @@ def _ended_by(row):
     return f"{row.forced_by}: {row.force_reason}" if row.force_reason else row.forced_by
 
 
+def _cut(text, most):
+    return text if len(text) <= most else text[:most - 1] + "\u2026"
+
+
 def _time(text):
     return f'<span class="time">{_e(model.clock(text))}</span>' if text else ""
 
@@ -389,7 +441,8 @@ text.barlabel{font-size:11px;fill:#444}text.barlabel.before{text-anchor:end}.tim
 svg.key{width:14px;height:14px;vertical-align:middle;margin-left:1em}
 dl.figures{display:grid;grid-template-columns:max-content auto;gap:.3em 1.5em}dt{font-weight:bold}dd{margin:0}
 table{border-collapse:collapse;margin-top:1em;font-size:.9em}
-td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top}
+td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+table.rows{table-layout:fixed;width:100%}
 tr.holding td:first-child{color:#3b7dd8}tr.forced td:first-child{color:#d8543b}
 """
 
@@ -434,6 +487,11 @@ def _save(path, text):
                 os.fchown(handle.fileno(), int(os.environ["SUDO_UID"]), int(os.environ.get("SUDO_GID") or -1))
             handle.write(text)
         os.replace(temporary, path)
+    except OSError as exc:
+        os.unlink(temporary)
+        full = " (the disk is full)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise model.InputError(f"The report cannot be written to {path}: {exc.strerror}{full}; nothing was "
+                               "written.") from None
     except BaseException:
         os.unlink(temporary)
         raise

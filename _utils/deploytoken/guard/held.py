@@ -37,7 +37,7 @@ OWN_PILLAR_KWARGS = ("test", "saltenv", "exclude", "queue", "concurrent")
 # How long after its compile a job's own token data is still taken as it is, and how far the master's
 # clock (and ``issued``'s whole seconds) may be from the minion's for that purpose: beyond either, the
 # guard asks the master again, which costs time and nothing else.
-OWN_PILLAR_AGE = 10
+OWN_PILLAR_AGE = 5
 CLOCK_SLACK = 2
 
 log = logging.getLogger(__name__)
@@ -258,15 +258,11 @@ def token_data(opts, grains, pillar, job=None, now=None):
     job moments ago (``own_pillar_problem``); otherwise it asks its master for a fresh compile of its
     pillar, so that neither a ``pillar=`` of the job nor a saved snapshot counts. A salt-ssh target (no
     master key) has the data its operator's machine compiled for this very run, in ``pillar``."""
-    path = master_key(opts)
-    if not path:
+    path = _master_key(opts, pillar)
+    if path is None:
         # A salt-ssh target: the state run's pillar, else what the operator's roster put into this run's
         # minion options (a function call that is not a state run carries no pillar to the target).
         return (pillar or {}).get("deploytoken") or opts.get(SSH_TOKEN_OPTION), None
-    if opts.get("file_client") == "local":
-        raise model.DeploytokenError(
-            "this run has no master to ask who holds the deploy token (salt-call --local?); run it through the "
-            "master, or with salt-call without --local.")
     own = (pillar or {}).get("deploytoken")
     problem = own_pillar_problem(opts, job, own, now)
     if problem is None:
@@ -274,12 +270,84 @@ def token_data(opts, grains, pillar, job=None, now=None):
                  job.get("jid"))
         return own, path
     log.info("deploytoken.held: asking the master for a fresh pillar: %s", problem)
+    return _fresh_pillar(opts, grains).get("deploytoken"), path
+
+
+def master_pillar(opts, grains, pillar, job=None):
+    """``(pillar, given)``: this minion's pillar as the master compiles it, without anything a command line
+    adds, and why the job's own ``pillar`` was not taken as that (None: it was).
+
+    The job's own pillar is the master's when the job is one the master compiles a pillar for as it starts,
+    with no argument that could add to it (``pillar_args_problem``); otherwise the master is asked for a fresh
+    compile. Under salt-ssh the operator's machine compiled the job's pillar: it is taken as it is."""
+    if _master_key(opts, pillar) is None:
+        return dict(pillar or {}), None
+    problem = pillar_args_problem(opts, job)
+    if problem is None:
+        return dict(pillar or {}), None
+    log.info("kingfisher guard: asking the master for its own pillar: %s", problem)
+    return _fresh_pillar(opts, grains), problem
+
+
+def _master_key(opts, pillar):
+    """The master's public key file, None under salt-ssh (whose target has no master); DeploytokenError
+    where neither holds (a minion config without the master's key, e.g. salt-call -c elsewhere) or where
+    there is no master to ask (``salt-call --local``)."""
+    path = os.path.join(opts.get("pki_dir") or "", "minion_master.pub")
+    if not os.path.isfile(path):
+        if _salt_ssh_run(opts, pillar):
+            return None
+        raise model.DeploytokenError(
+            f"this minion has no master's public key ({path}), so the token data cannot be checked (salt-call "
+            "--local, or -c with another configuration?); run it through the master, or with salt-call and the "
+            "minion's own configuration.")
+    if opts.get("file_client") == "local":
+        raise model.DeploytokenError(
+            "this run has no master to ask who holds the deploy token (salt-call --local?); run it through the "
+            "master, or with salt-call without --local.")
+    return path
+
+
+def _salt_ssh_run(opts, pillar):
+    """Whether this run came through salt-ssh: there the state run reaches the target as ``state.pkg`` (the
+    operator's machine compiled it) and the token data names the operator, and any other function carries
+    the token data the ``deploytoken`` roster made for it, naming the operator."""
+    if opts.get("__cli") == "salt-ssh":
+        return True
+    # The job's pillar is Salt's loader-context wrapper of a dict, not a dict itself.
+    data = (pillar or {}).get("deploytoken")
+    if opts.get("fun") == "state.pkg" and operator_login(data) is not None:
+        return True
+    # Any other function: the token data the deploytoken roster put into this run's minion options.
+    return operator_login(opts.get(SSH_TOKEN_OPTION)) is not None
+
+
+def _fresh_pillar(opts, grains):
     # Imported here: a salt-ssh target never needs it.
     import salt.pillar
 
     fresh = salt.pillar.get_pillar(opts, dict(grains), opts["id"], saltenv=opts.get("saltenv"),
                                    pillarenv=opts.get("pillarenv")).compile_pillar()
-    return fresh.get("deploytoken"), path
+    return fresh if isinstance(fresh, dict) else {}
+
+
+def pillar_args_problem(opts, job):
+    """Why the job's pillar might hold more than the master compiled for it (None: it cannot): the job
+    is not one whose pillar the master compiles for it as it starts (``OWN_PILLAR_FUNS``), or it was given
+    an argument other than ``OWN_PILLAR_KWARGS`` (a ``pillar=``, ``pillarenv=``...)."""
+    if not isinstance(job, dict) or not job:
+        return "this job's proc file was not found"
+    if job.get("tgt") == "salt-call":
+        # salt-call writes no arguments into its proc file: its own command line, which its parser keeps in
+        # the opts, says.
+        if opts.get("fun") != job.get("fun"):
+            return "this salt-call's command line is unknown"
+        fun, args = opts.get("fun"), opts.get("arg")
+    else:
+        fun, args = job.get("fun"), job.get("arg")
+    if not isinstance(fun, str) or fun not in OWN_PILLAR_FUNS:
+        return f"{fun} is not one of {', '.join(OWN_PILLAR_FUNS)}"
+    return _arguments_problem(args)
 
 
 def own_pillar_problem(opts, job, data, now=None):
@@ -292,21 +360,11 @@ def own_pillar_problem(opts, job, data, now=None):
     one put there any other way the second; the signature, the minion and the store are checked afterwards
     by ``decide`` whichever way the data came.
     """
-    if not isinstance(job, dict) or not job:
-        return "this job's proc file was not found"
-    if job.get("tgt") == "salt-call":
-        # salt-call writes neither the arguments into its proc file nor when it compiled its pillar (as it
-        # started): its own command line, which its parser keeps in the opts, and the process's start say.
-        if opts.get("fun") != job.get("fun"):
-            return "this salt-call's command line is unknown"
-        fun, args, started = opts.get("fun"), opts.get("arg"), _process_start()
-    else:
-        fun, args, started = job.get("fun"), job.get("arg"), job.get("written")
-    if not isinstance(fun, str) or fun not in OWN_PILLAR_FUNS:
-        return f"{fun} is not one of {', '.join(OWN_PILLAR_FUNS)}"
-    unknown = _arguments_problem(args)
-    if unknown:
-        return unknown
+    problem = pillar_args_problem(opts, job)
+    if problem:
+        return problem
+    # salt-call compiled its pillar as it started; a daemon's job as the minion wrote its proc file.
+    started = _process_start() if job.get("tgt") == "salt-call" else job.get("written")
     issued = model.parse_time((data or {}).get("issued") if isinstance(data, dict) else None)
     if issued is None or not isinstance(started, (int, float)):
         return "the job's start or the token data's time of issue is unknown"

@@ -46,11 +46,7 @@ def check(reason, targets, minutes):
             "An override needs a reason, e.g. salt-run deploytoken.override reason='database down, agreed with "
             "Alice' targets='kingfisher*'."
         )
-    if isinstance(targets, (list, tuple)):
-        targets = ",".join(str(target) for target in targets)
-    targets = model.check_text("*" if targets in (None, "") else targets, "targets")
-    if any(char.isspace() for char in targets):
-        raise model.InputError(f"targets must be minion ids or globs separated by commas, got {targets!r}.")
+    targets = check_targets(targets)
     minutes = model.check_count(DEFAULT_MINUTES if minutes is None else minutes, "minutes")
     if minutes > MAX_MINUTES:
         # shown: 1e300 is a whole number too, and 301 digits are no help.
@@ -59,8 +55,47 @@ def check(reason, targets, minutes):
     return reason, targets, minutes
 
 
+def check_targets(targets):
+    """The minions an override covers: ``*`` when left out, minion ids or globs separated by commas, or
+    ``L@`` and a list of exact minion ids; InputError for anything that is empty or could match nothing
+    (Salt's other matchers: the ext_pillar knows a minion by its id only)."""
+    if targets is None:
+        return "*"
+    if isinstance(targets, (list, tuple)):
+        targets = ",".join(str(target) for target in targets)
+    text = model.check_text(targets, "targets")
+    example = "give minion ids or globs separated by commas, e.g. targets='kingfisher*,db1' or targets=L@db1,db2"
+    if not text:
+        raise model.InputError(f"targets is empty, so the override would cover no server: {example}, or leave "
+                               "targets out to cover every minion.")
+    if any(char.isspace() for char in text):
+        raise model.InputError(f"targets must be minion ids or globs separated by commas, got {text!r}.")
+    listed = text[2:] if text.startswith("L@") else text
+    if "@" in listed or (text.startswith("L@") and any(char in listed for char in "*?[")):
+        raise model.InputError(f"targets {text!r} would match no minion: the guard knows a server by its minion id "
+                               f"only, so {example}.")
+    if any(not item for item in listed.split(",")):
+        raise model.InputError(f"targets {text!r} holds an empty name between commas: {example}.")
+    return text
+
+
 def matches(targets, minion_id):
+    """Whether ``targets`` (as ``check_targets`` returns them) covers ``minion_id``: ``L@`` lists exact ids."""
+    if targets.startswith("L@"):
+        return minion_id in targets[2:].split(",")
     return any(fnmatch.fnmatchcase(minion_id, pattern) for pattern in targets.split(",") if pattern)
+
+
+def end_copies(source, target, who, caller, now=None):
+    """After ``deploytoken.migrate`` copied ``source``'s history into ``target``: end there (a cancellation
+    row each) the overrides still running in ``source``. An override is made for the store the servers obey:
+    the copy would otherwise run on in ``target`` as one made there. Returns the records ended."""
+    now = now or model.utcnow()
+    running = [record for record in (from_row(row, source.identity) for row in source.overrides(now)) if record]
+    for record in running:
+        target.append_history(_cancel_row(record, who, caller, f"moved to {target.location} by deploytoken.migrate; "
+                                          "an override is made in the store the servers obey", now))
+    return running
 
 
 # ---- overrides from history rows --------------------------------------------------------------

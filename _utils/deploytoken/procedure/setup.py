@@ -11,7 +11,7 @@ from deploytoken import commands as token
 from deploytoken import consent as consents
 from deploytoken import model
 from deploytoken.kingfisher import busy as busy_check
-from deploytoken.kingfisher import errors
+from deploytoken.kingfisher import errors, scrapyd
 from deploytoken.procedure import repos
 
 REFUSED = 1
@@ -24,6 +24,9 @@ TARGET_TYPES = (
 CONSENT_EXAMPLE = "consent='Dana Lee: the crawl can be restarted tomorrow'"
 # The longest note of a setup_stopped history row: whole reasons up to here, then how many more.
 MAX_NOTE = 2000
+# busy_args that only widen the check: anything else changes what the targets check (fewer tmux users,
+# PostgreSQL not asked, a higher threshold, another Scrapyd), which is a consent in disguise.
+WIDENING = {"postgres": ("auto", "always")}
 
 
 def check_targets(targets):
@@ -44,8 +47,9 @@ def check_tgt_type(tgt_type):
     return tgt_type
 
 
-def check_busy_args(busy_args, targets):
-    """``None`` or a mapping of arguments that ``kingfisher.busy`` takes, given with ``targets``."""
+def check_busy_args(busy_args, targets, consent=None):
+    """``{}`` or a mapping of arguments that ``kingfisher.busy`` takes, given with ``targets``. Arguments that
+    change what the targets check (``narrowing``) need ``consent``: InputError without it."""
     if busy_args is None:
         return {}
     if not isinstance(busy_args, dict):
@@ -58,9 +62,33 @@ def check_busy_args(busy_args, targets):
             "targets='collect*', or leave busy_args out."
         )
     try:
-        return busy_check.check_arguments(busy_args)
+        busy_check.check_arguments(busy_args)
     except errors.InputError as exc:
         raise model.InputError(f"busy_args: {exc}") from None
+    narrowed = narrowing(busy_args)
+    if narrowed and not consent:
+        raise model.InputError(
+            f"busy_args {narrowed} change what kingfisher.busy checks on the targets, so the check could miss "
+            "someone's work: that needs the data support manager's consent, recorded with the claim, as "
+            f"{CONSENT_EXAMPLE}; or leave them out (settings belong in the minions' config or pillar). Only "
+            "busy_args='{\"postgres\": \"always\"}' needs none."
+        )
+    return busy_args
+
+
+def narrowing(busy_args):
+    """The busy_args that change what the check reads, as written in the history (a password hidden, a
+    URL's credentials too), e.g. ``users='alice', postgres='never'``; empty when they only widen it."""
+    shown = []
+    for key, value in (busy_args or {}).items():
+        if value is None or value in WIDENING.get(key, ()):
+            continue
+        if key == "password":
+            value = "***"
+        elif key == "url":
+            value = scrapyd.redact(value)
+        shown.append(f"{key}={value!r}")
+    return ", ".join(shown)
 
 
 def check_consent(consent):
@@ -111,11 +139,13 @@ def run(store, caller, people, paths, targets, tgt_type, reason, consent, busy_a
     targets = check_targets(targets)
     tgt_type = check_tgt_type(tgt_type)
     consent = check_consent(consent)
-    busy_args = check_busy_args(busy_args, targets)
-    asked = token.request(caller, people, reason=reason, consent=consent, **acquire_args)
+    busy_args = check_busy_args(busy_args, targets, consent)
+    narrowed = narrowing(busy_args)
+    recorded = f"{consent} (busy check narrowed with busy_args {narrowed})" if narrowed else consent
+    asked = token.request(caller, people, reason=reason, consent=recorded, **acquire_args)
     reason = model.check_text(reason, "reason")
     paths = repos.check_paths(paths)
-    summary = {"repos": None, "kingfisher": None, "consent": consent, "token": None, "done": False}
+    summary = {"repos": None, "kingfisher": None, "consent": recorded, "token": None, "done": False}
 
     progress(f"Step 1 of 3: updating {model.counted(len(paths), 'repository', 'repositories')}.")
     summary["repos"] = repos.update_each(paths, progress)

@@ -29,7 +29,9 @@ class TokenStore(Protocol):
         """The current holding, or None when nobody holds the token."""
 
     def acquire(self, holding: model.Holding) -> model.Holding:
-        """Write ``holding`` if nobody holds the token; return whoever holds it afterwards."""
+        """Write ``holding`` if nobody holds the token; return whoever holds it afterwards. A store whose
+        ``writes_wait_with_acquire`` is true also takes ``waited=``, a history row it writes in the same
+        transaction when the token is taken (a waiter killed right after still leaves its ``waited`` row)."""
 
     def release(self, claim: str, row: model.HistoryRow) -> model.HistoryRow:
         """End ``claim`` and record ``row`` in the history; ClaimConflict if ``claim`` is not current."""

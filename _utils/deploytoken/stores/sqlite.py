@@ -7,7 +7,10 @@ serialised by SQLite's own lock, and a release commits together with its history
 Waiters stand in line in the ``waiters`` table, in the order they joined. Each row names a lock file
 in the folder ``<store>.line`` that its waiter holds (``flock``) for as long as it waits: the kernel
 lets go of it when the waiter dies, however it dies, so a row whose lock is free no longer counts
-(and the next waiter to join removes it). Waiters wake when the store file or the line's folder
+(and the next waiter to join removes it). A waiter touches its lock file at least every
+``model.WAITER_HEARTBEAT`` seconds; one left untouched for ``model.WAITER_STALE`` seconds (a stopped
+process still holds its lock) no longer counts either, and a waiter that finds its own place gone that
+way joins the line again at its end. Waiters wake when the store file or the line's folder
 changes (``deploytoken.filewatch``), so the first in line takes the token as soon as it is released.
 """
 
@@ -73,6 +76,7 @@ class SqliteStore:
         self.location = self.path
         self.line_folder = self.path + ".line"
         self._place = None  # (ticket, descriptor of the held lock file, its name) while in the line
+        self._who = None  # who stands in the line, to join again after losing the place
         self._watch = None  # while in the line: changes to the store or the line's folder
 
     @classmethod
@@ -101,8 +105,12 @@ class SqliteStore:
         with self._transaction("DEFERRED") as db:
             return self._current(db)
 
-    def acquire(self, holding):
-        """Write ``holding`` if nobody holds the token; return whoever holds it afterwards."""
+    # acquire() writes a waiter's ``waited`` row in the transaction that gives it the token.
+    writes_wait_with_acquire = True
+
+    def acquire(self, holding, waited=None):
+        """Write ``holding`` if nobody holds the token, and with it the history row ``waited`` when given;
+        return whoever holds it afterwards."""
         with self._transaction("IMMEDIATE") as db:
             current = self._current(db)
             if current is not None:
@@ -112,6 +120,8 @@ class SqliteStore:
                 f" VALUES (1, {', '.join('?' for _ in _HOLDING_FIELDS)})",
                 [getattr(holding, field) for field in _HOLDING_FIELDS],
             )
+            if waited is not None:
+                _insert_history(db, waited, "INSERT OR IGNORE")
             return holding
 
     def release(self, claim, row):
@@ -180,16 +190,33 @@ class SqliteStore:
             raise
         for _, lock in dead:
             self._remove_lock(lock)
-        self._place = (ticket, descriptor, name)
+        self._place, self._who = (ticket, descriptor, name), who
         return ticket
 
     def ahead(self, ticket):
-        """How many live waiters joined the line before ``ticket``: 0 means it is this waiter's turn."""
+        """How many live waiters joined the line before this waiter: 0 means it is its turn. A waiter whose
+        place went stale (unseen for ``model.WAITER_STALE`` seconds: it was stopped) joins again at the end."""
         if self._place is None:
             raise model.InputError("ahead() needs a ticket from enqueue() of this store.")
+        if not self._keep_place():
+            who = self._who
+            self.dequeue(ticket)
+            self.enqueue(who)
         with self._transaction("DEFERRED") as db:
-            locks = [lock for (lock,) in db.execute("SELECT lock FROM waiters WHERE ticket < ?", (ticket,))]
+            mine = self._place[0]
+            locks = [lock for (lock,) in db.execute("SELECT lock FROM waiters WHERE ticket < ?", (mine,))]
         return sum(1 for lock in locks if self._alive(lock))
+
+    def _keep_place(self):
+        """Mark this waiter's place seen; False when it was lost (stale, or removed by another waiter)."""
+        ticket, descriptor, _ = self._place
+        if time.time() - os.fstat(descriptor).st_mtime > model.WAITER_STALE:
+            return False
+        with self._transaction("DEFERRED") as db:
+            if db.execute("SELECT 1 FROM waiters WHERE ticket = ?", (ticket,)).fetchone() is None:
+                return False
+        os.utime(descriptor)
+        return True
 
     def dequeue(self, ticket):
         """Leave the line (after taking the token or giving up); the change wakes the next waiter."""
@@ -216,11 +243,17 @@ class SqliteStore:
         ``seconds``. In the line the watch has been on since joining, so no release is missed between two
         calls; outside it, a watch is opened for this call only. Without inotify: after ``seconds``."""
         if self._place is not None:
-            if self._watch is None:
-                time.sleep(seconds)
-            else:
-                self._watch.wait(seconds)
-            return
+            deadline = time.monotonic() + seconds
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or time.time() - os.fstat(self._place[1]).st_mtime > model.WAITER_STALE:
+                    return  # a place gone stale is seen to by ahead()
+                os.utime(self._place[1])
+                step = min(left, model.WAITER_HEARTBEAT)
+                if self._watch is None:
+                    time.sleep(step)
+                elif self._watch.wait(step):
+                    return
         watch = filewatch.watch([(self.path, filewatch.CHANGED)])
         if watch is None:
             time.sleep(seconds)
@@ -233,7 +266,8 @@ class SqliteStore:
             watch.close()
 
     def _alive(self, lock):
-        """Whether the waiter of lock file ``lock`` still holds it (a shared lock cannot be had)."""
+        """Whether the waiter of lock file ``lock`` still holds it (a shared lock cannot be had) and touched it
+        within ``model.WAITER_STALE`` seconds."""
         if not isinstance(lock, str) or not _LOCK_NAME.fullmatch(lock):
             return False
         try:
@@ -241,6 +275,8 @@ class SqliteStore:
         except OSError:
             return False
         try:
+            if time.time() - os.fstat(descriptor).st_mtime > model.WAITER_STALE:
+                return False
             fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
             return False
         except BlockingIOError:
@@ -284,6 +320,11 @@ class SqliteStore:
             ) from None
         if os.path.isdir(self.path):
             raise model.StoreError(f"The token store {self.path} is a folder, not a file: fix deploytoken:sqlite:path.")
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            raise model.StoreError(
+                f"The token store {self.path} is on a read-only file system, so the token cannot be written: "
+                "remount it read-write, or set deploytoken:sqlite:path to a file on a writable one."
+            )
         if os.path.exists(self.path) and not os.access(self.path, os.R_OK | os.W_OK):
             raise model.StoreError(
                 f"The token store {self.path} cannot be read and written by this user: check its owner and mode."
@@ -480,6 +521,11 @@ def _store_error(path, exc):
         return model.StoreError(
             f"The token store {path} is damaged or not a SQLite file ({text}); it was left untouched: "
             "restore it from a backup or move it aside to start a new one."
+        )
+    if "readonly" in text or "read-only" in text:
+        return model.StoreError(
+            f"The token store {path} cannot be written ({text}): the file or its folder is read-only (a read-only "
+            "file system, an immutable file, or a folder the master's user cannot write); nothing was changed."
         )
     if "locked" in text or "busy" in text:
         return model.StoreError(

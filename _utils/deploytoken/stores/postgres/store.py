@@ -49,8 +49,12 @@ class PostgresStore:
         """The current holding, or None when nobody holds the token."""
         return self.database.query(self._current)
 
-    def acquire(self, holding):
-        """Write ``holding`` if nobody holds the token; return whoever holds it afterwards.
+    # acquire() writes a waiter's ``waited`` row in the transaction that gives it the token.
+    writes_wait_with_acquire = True
+
+    def acquire(self, holding, waited=None):
+        """Write ``holding`` if nobody holds the token, and with it the history row ``waited`` when given;
+        return whoever holds it afterwards.
 
         Run again after a lost connection, it finds its own claim if the first COMMIT happened."""
 
@@ -64,6 +68,8 @@ class PostgresStore:
                     [getattr(holding, column) for column in _HOLDING_COLUMNS],
                 ).fetchone()
                 if inserted:
+                    if waited is not None:
+                        self._insert_history(conn, waited)
                     return holding
                 current = self._current(conn)
                 if current is not None:  # else it was released between the two statements: try again

@@ -15,9 +15,11 @@ from deploytoken import model
 from deploytoken.stores.postgres import connection
 
 # A waiter marks its row as seen at least this often; a row unseen for STALE_SECONDS no longer counts
-# (its backend may live on in a connection pooler after the waiter died).
-HEARTBEAT_SECONDS = 5
-STALE_SECONDS = 30
+# (its backend may live on in a connection pooler after the waiter died, or the waiter was stopped), and
+# a waiter that finds its own row stale joins the line again at its end.
+HEARTBEAT_SECONDS = model.WAITER_HEARTBEAT
+STALE_SECONDS = model.WAITER_STALE
+_FRESH = f"seen > now() - interval '{STALE_SECONDS} seconds'"
 # A waiter's row counts while the backend of its waiting session lives and the waiter keeps marking it
 # seen. Another role's backend shows its pid but not its start time, so a missing start time is a match.
 _LIVE = (
@@ -36,6 +38,7 @@ class WaitingLine:
         self._channel = sql.Identifier(self.settings.schema)
         self._session = None  # the waiting session: LISTENs, and keeps this waiter's row alive
         self._place = None  # (ticket, who, since) while in the line
+        self._seen = 0.0  # when this waiter last marked its row seen (time.monotonic)
 
     def enqueue(self, who):
         """Join the line of waiters as ``who``; return the ticket. The row lives as long as this store's
@@ -48,22 +51,40 @@ class WaitingLine:
         return self._place[0]
 
     def ahead(self, ticket):
-        """How many live waiters joined the line before ``ticket``: 0 means it is this waiter's turn."""
+        """How many live waiters joined the line before this waiter: 0 means it is its turn. A waiter whose row
+        went stale (unseen for ``STALE_SECONDS``: it was stopped) joins again at the end."""
         if self._place is None:
             raise model.InputError("ahead() needs a ticket from enqueue() of this store.")
         conn = self._waiting_session()
+        kept = self._session_query(
+            conn,
+            sql.SQL("UPDATE {} SET seen = now() WHERE ticket = %s AND " + _FRESH + " RETURNING ticket").format(
+                self.settings.table("waiters")),
+            (self._place[0],),
+        ).fetchone()
+        if kept is None:
+            self._rejoin(conn)
+        else:
+            self._seen = time.monotonic()
         return self._session_query(
             conn,
-            sql.SQL(
-                "WITH me AS (UPDATE {table} SET seen = now() WHERE ticket = %s)"
-                " SELECT count(*) FROM {table} w WHERE ticket < %s AND " + _LIVE
-            ).format(table=self.settings.table("waiters")),
-            (ticket, ticket),
+            sql.SQL("SELECT count(*) FROM {table} w WHERE ticket < %s AND " + _LIVE).format(
+                table=self.settings.table("waiters")),
+            (self._place[0],),
         ).fetchone()[0]
+
+    def _rejoin(self, conn):
+        """Leave a place gone stale and join the line at its end, in the same session."""
+        _, who, _ = self._place
+        self._session_query(conn, sql.SQL("DELETE FROM {} WHERE ticket = %s").format(self.settings.table("waiters")),
+                            (self._place[0],))
+        self._place = (None, who, model.isoformat(model.utcnow()))
+        self._place = (self._take_place(conn), who, self._place[2])
 
     def dequeue(self, ticket):
         """Leave the line (after taking the token or giving up) and wake the waiter who is first now."""
-        self._place = None
+        place, self._place = self._place, None
+        ticket = place[0] if place is not None else ticket
         conn, self._session = self._session, None
         if conn is None:
             return
@@ -106,13 +127,15 @@ class WaitingLine:
                     if now >= deadline:
                         return
                     if now - seen >= HEARTBEAT_SECONDS:
-                        conn.execute(
-                            sql.SQL("UPDATE {} SET seen = now() WHERE ticket = %s").format(
+                        kept = conn.execute(
+                            sql.SQL("UPDATE {} SET seen = now() WHERE ticket = %s AND " + _FRESH).format(
                                 self.settings.table("waiters")
                             ),
                             (self._place[0],),
-                        )
-                        seen = now
+                        ).rowcount
+                        if not kept:
+                            return  # a row gone stale (this waiter was stopped): ahead() joins again
+                        seen = self._seen = now
                     payload = _next_notification(conn, min(seen + HEARTBEAT_SECONDS, deadline) - now)
                     if payload is not None and _wakes(payload, self._place[0]):
                         return
@@ -159,24 +182,33 @@ class WaitingLine:
                 self._session_query(conn, self.settings.session_limits)
                 self._session_query(conn, sql.SQL("LISTEN {}").format(self._channel))
                 ticket, who, since = self._place
-                # A new waiter draws a ticket; one whose session dropped puts its row back under the same one.
-                found = self._session_query(
-                    conn,
-                    sql.SQL(
-                        "INSERT INTO {} (ticket, who, since, backend_pid, backend_start)"
-                        " SELECT coalesce(%s::bigint, nextval(pg_get_serial_sequence(%s, 'ticket'))), %s, %s,"
-                        " pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
-                        " ON CONFLICT (ticket) DO UPDATE SET backend_pid = EXCLUDED.backend_pid,"
-                        " backend_start = EXCLUDED.backend_start, seen = now() RETURNING ticket"
-                    ).format(self.settings.table("waiters")),
-                    (ticket, f"{self.settings.schema}.waiters", who, since),
-                ).fetchone()
+                if ticket is not None and time.monotonic() - self._seen > STALE_SECONDS:
+                    # Away for longer than a place lasts (stopped): back to the end of the line.
+                    self._place = (None, who, model.isoformat(model.utcnow()))
+                found = self._take_place(conn)
             except BaseException:
                 conn.close()
                 raise
-            self._place = (found[0], who, since)
+            self._place = (found, who, self._place[2])
             self._session = conn
             return conn
+
+    def _take_place(self, conn):
+        """Write this waiter's row for the session ``conn``; return its ticket. A new waiter draws a ticket; one
+        whose session dropped puts its row back under the same one."""
+        ticket, who, since = self._place
+        self._seen = time.monotonic()
+        return self._session_query(
+            conn,
+            sql.SQL(
+                "INSERT INTO {} (ticket, who, since, backend_pid, backend_start)"
+                " SELECT coalesce(%s::bigint, nextval(pg_get_serial_sequence(%s, 'ticket'))), %s, %s,"
+                " pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+                " ON CONFLICT (ticket) DO UPDATE SET backend_pid = EXCLUDED.backend_pid,"
+                " backend_start = EXCLUDED.backend_start, seen = now() RETURNING ticket"
+            ).format(self.settings.table("waiters")),
+            (ticket, f"{self.settings.schema}.waiters", who, since),
+        ).fetchone()[0]
 
     def _session_query(self, conn, query, params=None):
         try:
