@@ -645,6 +645,7 @@ def doctor(targets="*", tgt_type="glob", ssh=None):
                              ssh or _has_roster())
     login = _caller(config, store) if store and not error else model.login_of(__user__)
     findings.append(checks.person(login, config, block_file, ssh=ssh, emails=emails))
+    entries = {}
     if ssh:
         home = checks.home_of_this_process()
         sudo = os.geteuid() == 0 and login != "root"  # ssh then reads root's ~/.ssh, not the person's
@@ -661,7 +662,7 @@ def doctor(targets="*", tgt_type="glob", ssh=None):
         where = "in the salt-ssh roster" if ssh else "among this master's accepted minions"
         findings.append(checks.finding("problem", f"No server matches {targets!r} {where}."))
     for name, facts in sorted((answers or {}).items()):
-        findings += checks.target(name, facts, login, config, identity, ssh)
+        findings += checks.target(name, facts, login, config, identity, ssh, entry=entries.get(name))
     return _doctor_report(findings)
 
 
