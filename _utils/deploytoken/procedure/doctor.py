@@ -92,6 +92,68 @@ def ext_pillar(entries, conf_file):
                    f"ext_pillar: [{{deploytoken: {{}}}}] to {conf_file}.")
 
 
+# ---- the clone of a deploy repository ----------------------------------------------------------------
+
+
+def clone_top(conf_file):
+    """The top folder of the deploy repository whose ``salt-config/master`` is ``conf_file`` (a ``Saltfile``
+    beside the config folder), or None on a master or any other set-up."""
+    if not conf_file:
+        return None
+    top = os.path.dirname(os.path.dirname(os.path.abspath(conf_file)))
+    return top if os.path.isfile(os.path.join(top, "Saltfile")) else None
+
+
+def working_folder(top, cwd):
+    """Whether salt-run runs in the top folder of the clone: Salt looks for the Saltfile only in the folder it
+    runs in and resolves the master file's relative paths (``root_dir: .salt``) from there."""
+    if os.path.realpath(cwd) == os.path.realpath(top):
+        return finding(OK, f"You run Salt from the top folder of your clone, {top}.")
+    stray = os.path.join(cwd, ".salt")
+    remove = f", and remove the {stray} folder Salt made here" if os.path.isdir(stray) else ""
+    return finding(PROBLEM, f"You ran this from {cwd}, not from {top}, the top folder of your clone: Salt reads the "
+                   f"Saltfile and the relative paths of salt-config/master from the folder it runs in: cd {top} and "
+                   f"run every salt-run and salt-ssh from there{remove}.")
+
+
+def not_under_sudo(login):
+    """Run in a clone under sudo: ssh reads root's keys and known_hosts, and Salt writes root's files in the
+    clone's ``.salt/``, which the person's own runs then cannot write."""
+    return finding(PROBLEM, f"You ran this under sudo: in your clone, run salt-run and salt-ssh as yourself "
+                   f"({login}), never with sudo (ssh would use root's keys and known_hosts, and Salt leaves files in "
+                   ".salt that only root can write); then, as yourself, sudo chown -R $USER: .salt")
+
+
+def salt_files_owner(root_dir, uid, shown):
+    """Whether every file of Salt's ``root_dir`` (the clone's ``.salt/``) belongs to ``uid``, who runs Salt. A
+    run under sudo leaves root's files there, after which Salt cannot write its cache and every run warns
+    ``Failed to open log file``. ``shown``: how the fix names the folder (``.salt`` from the top folder)."""
+    others = {}
+    for folder, dirs, files in os.walk(root_dir):
+        for path in ([folder] if folder == root_dir else []) + [os.path.join(folder, name) for name in dirs + files]:
+            try:
+                owner = os.lstat(path).st_uid
+            except OSError:  # gone meanwhile
+                continue
+            if owner != uid:
+                others.setdefault(owner, []).append(path)
+    if not others:
+        return finding(OK, f"Every file in {root_dir} is yours.")
+    count = sum(len(paths) for paths in others.values())
+    owners = " and ".join(_user_name(owner) for owner in sorted(others))
+    first = min(min(paths) for paths in others.values())
+    return finding(PROBLEM, f"{count} file{'s' if count > 1 else ''} in {root_dir} belong{'s' if count == 1 else ''} "
+                   f"to {owners}, not to you (left by a run under sudo; {first} first), so Salt cannot write its cache "
+                   f"and log there (Failed to open log file): sudo chown -R $USER: {shown}")
+
+
+def _user_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 # ---- the store ------------------------------------------------------------------------------------
 
 
@@ -341,8 +403,8 @@ def ssh_failure(name, text, entry):
     """
     for pattern, sentence in SSH_FAILURES:
         if re.search(pattern, text):
-            host, port = entry.get("host") or name, int(entry.get("port") or 22)
-            known = host if port == 22 else f"[{host}]:{port}"
+            host, port = entry.get("host") or name, str(entry.get("port") or 22)
+            known = host if port == "22" else f"[{host}]:{port}"
             return sentence.format(name=name, ssh=_ssh_command(name, entry), known=known)
     return None
 
