@@ -647,6 +647,23 @@ def test_acquire_documents_interval_as_the_docs_do():
         (REPO / "docs" / "commands.md").read_text().split())
 
 
+def test_the_salt_ssh_page_gives_the_fixes_doctor_gives():
+    # A newcomer reads the page first and doctor's findings after: the same folder, the same chown, the same
+    # set_path, the same ssh to run once.
+    page = " ".join((REPO / "docs" / "salt-ssh.md").read_text().split())
+    assert "Every command runs from the top folder of your clone, the one with the `Saltfile`" in page
+    assert "every command runs as yourself, never with `sudo`" in page and "**Never with sudo.**" in page
+    fix = "sudo chown -R $USER: .salt"
+    assert f"`{fix}`" in page and doctor.not_under_sudo("ada")["text"].endswith(fix)
+    (set_path,) = re.findall(r"`(set_path: [^`]+)`", page)
+    (ssh_once,) = re.findall(r"`(ssh -p PORT root@HOST)` once", page)
+    entry = {"host": "HOST", "port": "PORT", "user": "root"}
+    told = {kind: doctor.ssh_failure("kf", text, entry)
+            for kind, text in (("shim", "KeyError: 'LD_LIBRARY_PATH'"), ("host key", "Host key verification failed"))}
+    assert f"add {set_path} to kf's entry in the roster" in told["shim"]
+    assert f"run {ssh_once} once" in told["host key"] and "not salt-ssh -i" in told["host key"]
+
+
 def test_the_salt_ssh_store_memory_setting_of_the_docs_is_what_the_guard_reads():
     # A roster entry's minion_opts become the target's opts under salt-ssh (the salt-ssh tests' roster moves
     # the memory this way, tests/ssh_fixtures.py); the docs give the same setting.
