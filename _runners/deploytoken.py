@@ -599,12 +599,13 @@ def flush():
 def doctor(targets="*", tgt_type="glob", ssh=None):
     """
     Check this operator's (or this master's) set-up and say, one line each, what is right and what to
-    fix: the config files (one ``deploytoken:`` block, the ext_pillar on), the chat's webhook file (there,
-    yours, mode 0600, a URL in it), the token store (readable, and
-    shared by the team when deploying with salt-ssh), you in ``deploytoken:people`` with the key you log
-    in with, and for each server: it answers, its sshd says which key logged in (``ExposeAuthInfo``), the
-    busy check can read each Kingfisher source, and it obeys no other token store. Exit status 0 only when
-    every line is ``ok``.
+    fix: the config files (one ``deploytoken:`` block, the ext_pillar on), in a clone of the deploy
+    repository that it runs from the top folder, not under sudo, with every file of ``.salt/`` yours, the
+    chat's webhook file (there, yours, mode 0600, a URL in it), the token store (readable, and shared by
+    the team when deploying with salt-ssh), you in ``deploytoken:people`` with the key you log in with,
+    and for each server: it answers (a salt-ssh failure is told as its fix), its sshd says which key
+    logged in (``ExposeAuthInfo``), the busy check can read each Kingfisher source, and it obeys no other
+    token store. Exit status 0 only when every line is ``ok``.
 
     targets
         The servers to check (default every one): roster targets with salt-ssh, else minions.
@@ -635,6 +636,7 @@ def doctor(targets="*", tgt_type="glob", ssh=None):
     block_file = checks.block_file(files, conf_file)
     findings = checks.deploytoken_blocks(files)
     findings.append(checks.ext_pillar(__opts__.get("ext_pillar"), block_file))
+    findings += _clone_findings(conf_file)
     try:
         config = settings.from_opts(__opts__)
         ssh = _ssh(config, ssh)
@@ -654,6 +656,7 @@ def doctor(targets="*", tgt_type="glob", ssh=None):
                              ssh or _has_roster())
     login = _caller(config, store) if store and not error else model.login_of(__user__)
     findings.append(checks.person(login, config, block_file, ssh=ssh, emails=emails))
+    entries = {}
     if ssh:
         home = checks.home_of_this_process()
         sudo = os.geteuid() == 0 and login != "root"  # ssh then reads root's ~/.ssh, not the person's
@@ -670,8 +673,27 @@ def doctor(targets="*", tgt_type="glob", ssh=None):
         where = "in the salt-ssh roster" if ssh else "among this master's accepted minions"
         findings.append(checks.finding("problem", f"No server matches {targets!r} {where}."))
     for name, facts in sorted((answers or {}).items()):
-        findings += checks.target(name, facts, login, config, identity, ssh)
+        findings += checks.target(name, facts, login, config, identity, ssh, entry=entries.get(name))
     return _doctor_report(findings)
+
+
+def _clone_findings(conf_file):
+    """In a clone of the team's deploy repository: run from its top folder, as yourself, with Salt's files
+    in its ``.salt/`` all yours."""
+    top = checks.clone_top(conf_file)
+    if not top:
+        return []
+    cwd = os.getcwd()
+    found = [checks.working_folder(top, cwd)]
+    if str(__user__).startswith("sudo_"):
+        found.append(checks.not_under_sudo(model.login_of(__user__)))
+    elif os.geteuid() != 0:
+        root_dir = os.path.abspath(__opts__.get("root_dir") or "/")
+        if root_dir != "/":
+            inside = os.path.commonpath([root_dir, cwd]) == cwd
+            found.append(checks.salt_files_owner(root_dir, os.geteuid(), os.path.relpath(root_dir, cwd) if inside
+                                                 else root_dir))
+    return found
 
 
 def _has_roster():

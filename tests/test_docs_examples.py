@@ -10,7 +10,10 @@ Every fenced block of ``README.md`` and ``docs/*.md`` is checked, so the docs ca
 - ``yaml``: a ``deploytoken:`` block read by our ``Settings`` and its store's own checks, a ``kingfisher:``
   block by each source's settings, a state file against the loaded states' signatures;
 - ``json``: ``kingfisher.busy``'s answer, its keys and its summary sentence;
-- ``text``: an output example, whose printed ``salt-run deploytoken.*`` commands are checked as above.
+- ``text``: an output example, whose printed ``salt-run deploytoken.*`` commands are checked as above;
+- ``sql``: run as pasted by a superuser of a throwaway PostgreSQL cluster that asks for passwords over TCP,
+  then the store opened as the role it made, with the password from the page's ``pgpass`` line only;
+- ``pgpass``: lines of libpq's password file, ``host:port:dbname:user:password``.
 
 A block of any other kind fails. The example master configuration is loaded with Salt's own config
 loader, and the quick start is run as pasted.
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 
+import psycopg
 import pytest
 import salt.config
 import salt.loader
@@ -39,7 +43,7 @@ import salt.state
 import salt.utils.args
 import salt.utils.parsers
 import yaml
-from salt.exceptions import CommandExecutionError, SaltInvocationError
+from salt.exceptions import CommandExecutionError, SaltException, SaltInvocationError
 
 import deploytoken
 from conftest import REPO, TIERS, example_master_conf
@@ -51,6 +55,7 @@ from deploytoken.kingfisher import sources
 from deploytoken.procedure import doctor
 from deploytoken.stores.google import client, history
 from deploytoken.stores.postgres import store as pg_store
+from kingfisher_fixtures import start_postgres
 
 PAGES = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
 FENCE = re.compile(r"^(?P<indent> *)```(?P<info>[a-z]*)\n(?P<body>.*?)^(?P=indent)```$", re.M | re.S)
@@ -414,6 +419,58 @@ def check_busy_json(block):
     assert answer["summary"] == busy_check.summary(answer["busy"], answer["sources"])
 
 
+# ---- the database an administrator sets up --------------------------------------------------------------
+
+PGPASS_LINE = re.compile(r"(?P<host>[^:]+):(?P<port>\d+|\*):(?P<dbname>[^:]+):(?P<user>[^:]+):(?P<password>.+)")
+
+
+def check_pgpass(block):
+    lines = block.text.splitlines()
+    assert lines and all(PGPASS_LINE.fullmatch(line) for line in lines), f"{block}: not host:port:dbname:user:password"
+
+
+def check_sql(block):
+    """The page's SQL as pasted, then the store opened as the role it made, over TCP with a password read
+    from the page's ``.pgpass`` line only (the host and port made this cluster's), file mode 0600."""
+    (pgpass,) = [other for other in BLOCKS if other.page == block.page and other.kind == "pgpass"]
+    line = PGPASS_LINE.fullmatch(pgpass.text.strip())
+    cluster = start_postgres()
+    try:
+        hba = cluster.data / "pg_hba.conf"
+        hba.write_text(f"host all {line['user']} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        with cluster.connect(autocommit=True) as conn:
+            for statement in block.text.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("SELECT pg_reload_conf()")
+        folder = pathlib.Path(tempfile.mkdtemp(prefix="dt-pgpass-"))
+        try:
+            passfile = folder / ".pgpass"
+            passfile.write_text(f"127.0.0.1:{cluster.port}:{line['dbname']}:{line['user']}:{line['password']}\n")
+            passfile.chmod(0o600)
+            section = {"host": "127.0.0.1", "port": cluster.port, "dbname": line["dbname"], "user": line["user"],
+                       "sslmode": "disable", "schema": "deploytoken", "passfile": str(passfile)}
+            store = token_stores.open_store(token_settings.Settings(
+                cachedir="/nonexistent", backend="postgres", sections={"postgres": section}))
+            store.read()
+            with psycopg.connect(host=cluster.socket_dir, port=cluster.port, user="postgres",
+                                 dbname=line["dbname"]) as conn:
+                assert conn.execute("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'deploytoken'"
+                                    ).fetchone() == (line["user"],)
+            # What the page says happens without the line, and with TLS asked of a server without it.
+            for changed, words in (({"passfile": str(folder / "none")}, "fe_sendauth: no password supplied"),
+                                   ({"sslmode": "require"}, "server does not support SSL")):
+                with pytest.raises(SaltException, match=words):
+                    token_stores.open_store(token_settings.Settings(
+                        cachedir="/nonexistent", backend="postgres", sections={"postgres": dict(section, **changed)}
+                    )).read()
+                assert words in (REPO / block.page).read_text()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        cluster.stop()
+
+
 CHECKS = {
     "file": check_file,
     "part of": check_part,
@@ -424,6 +481,8 @@ CHECKS = {
     "yaml": check_yaml,
     "json": check_busy_json,
     "text": check_output,
+    "sql": check_sql,
+    "pgpass": check_pgpass,
 }
 
 
@@ -586,6 +645,23 @@ def test_acquire_documents_interval_as_the_docs_do():
     assert "the longest sleep, in seconds, between two looks at the token (default 10)" in doc, doc
     assert "`interval` is only the longest sleep between two looks" in " ".join(
         (REPO / "docs" / "commands.md").read_text().split())
+
+
+def test_the_salt_ssh_page_gives_the_fixes_doctor_gives():
+    # A newcomer reads the page first and doctor's findings after: the same folder, the same chown, the same
+    # set_path, the same ssh to run once.
+    page = " ".join((REPO / "docs" / "salt-ssh.md").read_text().split())
+    assert "Every command runs from the top folder of your clone, the one with the `Saltfile`" in page
+    assert "every command runs as yourself, never with `sudo`" in page and "**Never with sudo.**" in page
+    fix = "sudo chown -R $USER: .salt"
+    assert f"`{fix}`" in page and doctor.not_under_sudo("ada")["text"].endswith(fix)
+    (set_path,) = re.findall(r"`(set_path: [^`]+)`", page)
+    (ssh_once,) = re.findall(r"`(ssh -p PORT root@HOST)` once", page)
+    entry = {"host": "HOST", "port": "PORT", "user": "root"}
+    told = {kind: doctor.ssh_failure("kf", text, entry)
+            for kind, text in (("shim", "KeyError: 'LD_LIBRARY_PATH'"), ("host key", "Host key verification failed"))}
+    assert f"add {set_path} to kf's entry in the roster" in told["shim"]
+    assert f"run {ssh_once} once" in told["host key"] and "not salt-ssh -i" in told["host key"]
 
 
 def test_the_salt_ssh_store_memory_setting_of_the_docs_is_what_the_guard_reads():

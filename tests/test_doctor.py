@@ -1,18 +1,23 @@
 """``deploytoken.doctor``: each check on real files, real keys, a real SQLite store and the real facts of
 this machine, then through the real ``salt-run`` and ``salt-ssh`` of an operator, and of a master with its minion."""
 
+import json
 import os
+import pathlib
 import pwd
+import shutil
 import subprocess
 
 import pytest
 
-from conftest import MINION_ID, as_user
+from conftest import MINION_ID, REPO, as_user
 from deploytoken import settings as token_settings
 from deploytoken.chat import notify as chat
 from deploytoken.guard import held as guard
 from deploytoken.procedure import doctor, facts
 from deploytoken.stores.sqlite import SqliteStore
+from kingfisher_fixtures import RUNUSER
+from ssh_fixtures import SYSTEM_PATH
 
 ALL_OFF = {"kingfisher:scrapyd": False, "kingfisher:tmux": False, "kingfisher:postgres": False}
 
@@ -209,14 +214,128 @@ def test_a_source_the_busy_check_cannot_read_names_the_setting_to_fix(tmp_path):
                                     "(kingfisher: {scrapyd: false}) if kf has none.")
 
 
+ENTRY = {"host": "kf.example.org", "port": 2222, "user": "root"}
+
+
 def test_a_server_that_does_not_answer_is_a_problem(tmp_path):
-    assert doctor.target("kf", "ssh: connect to host 127.0.0.1 port 1: Connection refused", "ada",
-                         settings_of(tmp_path), None, ssh=True) == [doctor.finding("problem", (
-                             "kf did not answer deploytoken.facts (ssh: connect to host 127.0.0.1 port 1: Connection "
-                             "refused): check that it is up, that you can log in to it, and that deploytoken is "
-                             "installed in the Python that runs your salt-ssh (then run salt-ssh -t once)."))]
+    assert doctor.target("kf", "ssh: connect to host kf.example.org port 2222: Connection refused", "ada",
+                         settings_of(tmp_path), None, ssh=True, entry=ENTRY) == [doctor.finding("problem", (
+                             "kf did not answer deploytoken.facts (ssh: connect to host kf.example.org port 2222: "
+                             "Connection refused): check that it is up and that you can log in to it: ssh -p 2222 "
+                             "root@kf.example.org"))]
+    assert doctor.target("kf", "'deploytoken.facts' is not available.", "ada", settings_of(tmp_path), None,
+                         ssh=True, entry=ENTRY)[0]["text"].endswith(
+        "check that it is up, that you can log in to it, and that deploytoken is installed in the Python that runs "
+        "your salt-ssh (then run salt-ssh -t once).")
     assert doctor.target("kf", None, "ada", settings_of(tmp_path), None, ssh=False)[0]["text"].endswith(
         "check that it is up, that you can log in to it, and that its modules are synced.")
+
+
+# What salt-ssh returned instead of an answer, as seen (salt/client/ssh/shell.py, its shim, ssh and libpq).
+UNKNOWN_HOST_KEY = """The host key needs to be accepted, to auto accept run salt-ssh with the -i flag:
+The authenticity of host '[kf.example.org]:2222 ([203.0.113.7]:2222)' can't be established.
+ED25519 key fingerprint is SHA256:4vF0m6L0nVhQb0Ixm9mKkD0zX9H6d0w2pWJ1x1Yt3nE.
+This key is not known by any other names.
+Are you sure you want to continue connecting (yes/no/[fingerprint])? """
+CHANGED_HOST_KEY = """@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!
+Host key verification failed."""
+PYENV_SHIM = """Traceback (most recent call last):
+  File "<string>", line 4, in <module>
+  File "<string>", line 4, in <listcomp>
+  File "<frozen os>", line 679, in __getitem__
+KeyError: 'LD_LIBRARY_PATH'
+ERROR: Unable to locate appropriate python command"""
+NO_PG_PASSWORD = ('the server refused this role (connection failed: connection to server at "127.0.0.1", port 5432 '
+                  'failed: fe_sendauth: no password supplied)')
+
+
+@pytest.mark.parametrize("text, sentence", [
+    (UNKNOWN_HOST_KEY,
+     "kf's host key is not known to you yet, so ssh refused to log in: run ssh -p 2222 root@kf.example.org once, "
+     "check the fingerprint it shows against the one the team publishes and answer yes (not salt-ssh -i, which "
+     "accepts any host key)."),
+    ("Host key verification failed.",
+     "kf's host key is not known to you yet, so ssh refused to log in: run ssh -p 2222 root@kf.example.org once, "
+     "check the fingerprint it shows against the one the team publishes and answer yes (not salt-ssh -i, which "
+     "accepts any host key)."),
+    (CHANGED_HOST_KEY,
+     "kf's host key is not the one your known_hosts holds (the server was reinstalled, or something poses as it), "
+     "so ssh refused to log in: ask whoever runs kf; once sure, ssh-keygen -R '[kf.example.org]:2222', then ssh -p "
+     "2222 root@kf.example.org once and check the fingerprint it shows."),
+    (PYENV_SHIM,
+     "salt-ssh could not start on kf: root's PATH there starts with a python3 that is not the system's (a pyenv "
+     "shim): add set_path: /usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin to kf's entry in the roster."),
+    ("root@127.0.0.1: Permission denied (publickey).",
+     "kf refused your SSH key: ask whoever runs kf to add your key's .pub line to root's ~/.ssh/authorized_keys "
+     "there, then check that ssh -p 2222 root@kf.example.org logs you in."),
+    (NO_PG_PASSWORD,
+     "PostgreSQL on kf asked for a password and none was given (fe_sendauth: no password supplied): add the line "
+     "host:port:dbname:user:password to the ~/.pgpass of the user who connects, mode 0600 (docs/stores.md, "
+     "\"Setting up the database\")."),
+])
+def test_a_known_salt_ssh_failure_is_told_as_the_teams_fix_in_one_sentence(tmp_path, text, sentence):
+    assert doctor.ssh_failure("kf", text, ENTRY) == sentence
+    assert doctor.target("kf", text, "ada", settings_of(tmp_path), None, ssh=True, entry=ENTRY) == [
+        doctor.finding("problem", sentence)]
+
+
+def test_an_unknown_failure_shows_a_tracebacks_last_line_only(tmp_path):
+    text = 'Traceback (most recent call last):\n  File "<string>", line 1, in <module>\nOSError: [Errno 28] disk full\n'
+    assert doctor.ssh_failure("kf", text, ENTRY) is None
+    (found,) = doctor.target("kf", text, "ada", settings_of(tmp_path), None, ssh=True, entry={})
+    assert found["text"] == ("kf did not answer deploytoken.facts (OSError: [Errno 28] disk full): check that it is "
+                             "up and that you can log in to it: ssh -p 22 root@kf")
+
+
+def test_a_store_without_its_password_names_the_pgpass_line_to_add(tmp_path):
+    settings = settings_of(tmp_path, backend="postgres", postgres={
+        "dsn": "host=db.example.org port=5433 dbname=deploytoken user=deploytoken sslmode=verify-full"})
+    assert doctor.store(settings, None, None, NO_PG_PASSWORD, ssh=True) == [doctor.finding("problem", (
+        "The token store cannot be read: PostgreSQL asks for a password and you gave none (fe_sendauth: no password "
+        "supplied): add the line db.example.org:5433:deploytoken:deploytoken:PASSWORD with the team's password to "
+        "your ~/.pgpass and chmod 600 ~/.pgpass (docs/stores.md, \"Setting up the database\")."))]
+    assert doctor.pgpass_line({"host": "/run/post:gres", "dbname": "dt", "user": "dt"}) == (
+        "/run/post\\:gres:5432:dt:dt:PASSWORD")
+
+
+def clone(tmp_path):
+    top = tmp_path / "deploy"
+    for folder in ("salt-config", "salt", ".salt/cache/proc"):
+        (top / folder).mkdir(parents=True)
+    (top / "Saltfile").write_text("salt-ssh:\n  config_dir: salt-config\n")
+    (top / "salt-config" / "master").write_text("root_dir: .salt\n")
+    return top
+
+
+def test_salt_runs_from_the_top_folder_of_the_clone_only(tmp_path):
+    top = clone(tmp_path)
+    conf = str(top / "salt-config" / "master")
+    assert doctor.clone_top(conf) == str(top) and doctor.clone_top(str(tmp_path / "master")) is None
+    assert doctor.working_folder(str(top), str(top)) == doctor.finding(
+        "ok", f"You run Salt from the top folder of your clone, {top}.")
+    (top / "salt" / ".salt").mkdir()  # what salt-run -c ../salt-config leaves in a subfolder
+    assert doctor.working_folder(str(top), str(top / "salt")) == doctor.finding("problem", (
+        f"You ran this from {top / 'salt'}, not from {top}, the top folder of your clone: Salt reads the Saltfile and "
+        f"the relative paths of salt-config/master from the folder it runs in: cd {top} and run every salt-run and "
+        f"salt-ssh from there, and remove the {top / 'salt' / '.salt'} folder Salt made here."))
+
+
+def test_files_a_run_under_sudo_left_in_the_clones_salt_folder_are_found_with_the_fix(tmp_path, operators):
+    top = clone(tmp_path)
+    (top / ".salt" / "log").mkdir()
+    (top / ".salt" / "log" / "master").write_text("")  # as root, like a run under sudo
+    ada = pwd.getpwnam(operators["ada"].login)
+    subprocess.run(["chown", "-R", f"{ada.pw_name}:", str(top / ".salt" / "cache")], check=True)
+    found = doctor.salt_files_owner(str(top / ".salt"), ada.pw_uid, ".salt")
+    assert found == doctor.finding("problem", (
+        f"3 files in {top / '.salt'} belong to root, not to you (left by a run under sudo; {top / '.salt'} first), so "
+        "Salt cannot write its cache and log there (Failed to open log file): sudo chown -R $USER: .salt"))
+    subprocess.run(["chown", "-R", f"{ada.pw_name}:", str(top / ".salt")], check=True)
+    assert doctor.salt_files_owner(str(top / ".salt"), ada.pw_uid, ".salt")["level"] == "ok"
+    assert doctor.not_under_sudo("ada")["text"].endswith("then, as yourself, sudo chown -R $USER: .salt")
 
 
 @pytest.fixture
@@ -253,6 +372,93 @@ def test_doctor_through_salt_run_names_the_private_store_and_checks_the_target(
         assert "ok: kf: the busy check reads tmux; turned off: postgres, scrapyd." in lines
     else:  # no master runs for this configuration, so no minion can answer
         assert lines[-1] == "problem: No server matches '*' among this master's accepted minions."
+
+
+def test_doctor_through_salt_ssh_tells_an_unknown_host_key_as_the_ssh_to_run_once(
+    ssh_world, operators, private_ada, sshd, tmp_path
+):
+    ada = operators["ada"]
+    master = ssh_world.confdir(ada) / "master"
+    before = master.read_text()
+    unknown = tmp_path / "known_hosts"
+    unknown.touch()
+    master.write_text(before.replace(str(sshd.known_hosts), str(unknown)))
+    try:
+        ran = ssh_world.salt_run(ada, "deploytoken.doctor", "ssh=True")
+    finally:
+        master.write_text(before)
+    assert ran.returncode == 1, ran
+    assert (f"problem: kf's host key is not known to you yet, so ssh refused to log in: run ssh -p {sshd.port} "
+            "root@127.0.0.1 once, check the fingerprint it shows against the one the team publishes and answer yes "
+            "(not salt-ssh -i, which accepts any host key).") in ran.data["findings"], ran.data["findings"]
+    assert "Traceback" not in ran.stdout and "-i flag" not in ran.stdout
+
+
+@pytest.fixture
+def ada_clone(operators):
+    """The example deploy repository as ada's clone in her home, its store a PostgreSQL that refuses at once."""
+    ada = operators["ada"]
+    top = pathlib.Path(pwd.getpwnam(ada.login).pw_dir) / "deploy"
+    shutil.copytree(REPO / "examples" / "deploy-repo", top)
+    master = top / "salt-config" / "master"
+    master.write_text(master.read_text().replace("host=db.example.org port=5432", "host=127.0.0.1 port=1"))
+    subprocess.run(["chown", "-R", f"{ada.login}:", str(top)], check=True)
+    yield top
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def as_ada(operators, operator_bin, cwd, *args, sudo=False):
+    login = operators["ada"].login
+    command = [RUNUSER, "-u", login, "--", *(["sudo", "-n", "--"] if sudo else []), str(operator_bin / "salt-run"),
+               "--out=json", "--log-level=quiet", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL, cwd=cwd,
+                          env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8", "HOME": pwd.getpwnam(login).pw_dir})
+
+
+def findings_of(done):
+    assert done.stdout.startswith("{"), done
+    return json.loads(done.stdout)["findings"]
+
+
+def test_in_a_clone_doctor_finds_a_run_under_sudo_and_the_root_files_it_left(operators, operator_bin, ada_clone):
+    ada = operators["ada"].login
+    lines = findings_of(as_ada(operators, operator_bin, ada_clone, "deploytoken.doctor", "targets=none"))
+    assert f"ok: Every file in {ada_clone / '.salt'} is yours." in lines, lines
+    lines = findings_of(as_ada(operators, operator_bin, ada_clone, "deploytoken.doctor", "targets=none", sudo=True))
+    assert f"ok: You run Salt from the top folder of your clone, {ada_clone}." in lines, lines
+    assert (f"problem: You ran this under sudo: in your clone, run salt-run and salt-ssh as yourself ({ada}), never "
+            "with sudo (ssh would use root's keys and known_hosts, and Salt leaves files in .salt that only root can "
+            "write); then, as yourself, sudo chown -R $USER: .salt") in lines, lines
+
+    lines = findings_of(as_ada(operators, operator_bin, ada_clone, "deploytoken.doctor", "targets=none"))
+    (owned,) = [line for line in lines if f" in {ada_clone / '.salt'} belong" in line]
+    assert owned.startswith("problem: ") and owned.endswith(
+        "so Salt cannot write its cache and log there (Failed to open log file): sudo chown -R $USER: .salt"), owned
+
+    subprocess.run([RUNUSER, "-u", ada, "--", "sudo", "-n", "chown", "-R", f"{ada}:", ".salt"], cwd=ada_clone,
+                   check=True)
+    lines = findings_of(as_ada(operators, operator_bin, ada_clone, "deploytoken.doctor", "targets=none"))
+    assert f"ok: Every file in {ada_clone / '.salt'} is yours." in lines, lines
+    assert not [line for line in lines if "sudo" in line], lines
+
+
+def test_from_a_subfolder_of_the_clone_salt_run_fails_as_the_docs_say_and_doctor_says_where_to_run(
+    operators, operator_bin, ada_clone
+):
+    sub = ada_clone / "salt"
+    done = as_ada(operators, operator_bin, sub, "deploytoken.doctor")
+    assert done.returncode != 0 and "CONFIG '/etc/salt' directory does not exist" in done.stdout + done.stderr, done
+    done = as_ada(operators, operator_bin, sub, "-c", "../salt-config", "deploytoken.doctor")
+    assert done.returncode != 0 and "FileNotFoundError" in done.stdout + done.stderr, done
+    assert (sub / ".salt").is_dir()
+    # Once Salt can run there at all, doctor says where to run from.
+    subprocess.run([RUNUSER, "-u", operators["ada"].login, "--", "mkdir", "-p", ".salt/cache/proc"], cwd=sub,
+                   check=True)
+    lines = findings_of(as_ada(operators, operator_bin, sub, "-c", "../salt-config", "deploytoken.doctor",
+                               "targets=none"))
+    assert (f"problem: You ran this from {sub}, not from {ada_clone}, the top folder of your clone: Salt reads the "
+            f"Saltfile and the relative paths of salt-config/master from the folder it runs in: cd {ada_clone} and run "
+            f"every salt-run and salt-ssh from there, and remove the {sub / '.salt'} folder Salt made here.") in lines
 
 
 def test_doctor_with_a_master_asks_its_minions(salt_run, salt_minion):

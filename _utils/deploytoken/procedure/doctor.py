@@ -8,9 +8,11 @@ config files, the settings, the store, the keys on this machine, each server's f
 import glob
 import os
 import pwd
+import re
 import stat
 
 import yaml
+from psycopg import conninfo
 
 from deploytoken import sshkey
 from deploytoken.chat import notify
@@ -90,6 +92,68 @@ def ext_pillar(entries, conf_file):
                    f"ext_pillar: [{{deploytoken: {{}}}}] to {conf_file}.")
 
 
+# ---- the clone of a deploy repository ----------------------------------------------------------------
+
+
+def clone_top(conf_file):
+    """The top folder of the deploy repository whose ``salt-config/master`` is ``conf_file`` (a ``Saltfile``
+    beside the config folder), or None on a master or any other set-up."""
+    if not conf_file:
+        return None
+    top = os.path.dirname(os.path.dirname(os.path.abspath(conf_file)))
+    return top if os.path.isfile(os.path.join(top, "Saltfile")) else None
+
+
+def working_folder(top, cwd):
+    """Whether salt-run runs in the top folder of the clone: Salt looks for the Saltfile only in the folder it
+    runs in and resolves the master file's relative paths (``root_dir: .salt``) from there."""
+    if os.path.realpath(cwd) == os.path.realpath(top):
+        return finding(OK, f"You run Salt from the top folder of your clone, {top}.")
+    stray = os.path.join(cwd, ".salt")
+    remove = f", and remove the {stray} folder Salt made here" if os.path.isdir(stray) else ""
+    return finding(PROBLEM, f"You ran this from {cwd}, not from {top}, the top folder of your clone: Salt reads the "
+                   f"Saltfile and the relative paths of salt-config/master from the folder it runs in: cd {top} and "
+                   f"run every salt-run and salt-ssh from there{remove}.")
+
+
+def not_under_sudo(login):
+    """Run in a clone under sudo: ssh reads root's keys and known_hosts, and Salt writes root's files in the
+    clone's ``.salt/``, which the person's own runs then cannot write."""
+    return finding(PROBLEM, f"You ran this under sudo: in your clone, run salt-run and salt-ssh as yourself "
+                   f"({login}), never with sudo (ssh would use root's keys and known_hosts, and Salt leaves files in "
+                   ".salt that only root can write); then, as yourself, sudo chown -R $USER: .salt")
+
+
+def salt_files_owner(root_dir, uid, shown):
+    """Whether every file of Salt's ``root_dir`` (the clone's ``.salt/``) belongs to ``uid``, who runs Salt. A
+    run under sudo leaves root's files there, after which Salt cannot write its cache and every run warns
+    ``Failed to open log file``. ``shown``: how the fix names the folder (``.salt`` from the top folder)."""
+    others = {}
+    for folder, dirs, files in os.walk(root_dir):
+        for path in ([folder] if folder == root_dir else []) + [os.path.join(folder, name) for name in dirs + files]:
+            try:
+                owner = os.lstat(path).st_uid
+            except OSError:  # gone meanwhile
+                continue
+            if owner != uid:
+                others.setdefault(owner, []).append(path)
+    if not others:
+        return finding(OK, f"Every file in {root_dir} is yours.")
+    count = sum(len(paths) for paths in others.values())
+    owners = " and ".join(_user_name(owner) for owner in sorted(others))
+    first = min(min(paths) for paths in others.values())
+    return finding(PROBLEM, f"{count} file{'s' if count > 1 else ''} in {root_dir} belong{'s' if count == 1 else ''} "
+                   f"to {owners}, not to you (left by a run under sudo; {first} first), so Salt cannot write its cache "
+                   f"and log there (Failed to open log file): sudo chown -R $USER: {shown}")
+
+
+def _user_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 # ---- the store ------------------------------------------------------------------------------------
 
 
@@ -99,6 +163,11 @@ def store(settings, location, identity, error, ssh):
     ``ssh``: this machine deploys with salt-ssh (a roster, or ``deploytoken:ssh``), so a SQLite file here
     is this operator's own token.
     """
+    if error and settings.backend == "postgres" and NO_PASSWORD in error:
+        return [finding(PROBLEM, (
+            f"The token store cannot be read: PostgreSQL asks for a password and you gave none ({NO_PASSWORD}): "
+            f"add the line {pgpass_line(settings.section('postgres'))} with the team's password to your ~/.pgpass "
+            "and chmod 600 ~/.pgpass (docs/stores.md, \"Setting up the database\")."))]
     if error:
         return [finding(PROBLEM, f"The token store cannot be read: {error}")]
     found = [finding(OK, f"The token store {identity['name']} can be read.")]
@@ -109,6 +178,18 @@ def store(settings, location, identity, error, ssh):
             "for it. Use a store the team shares (deploytoken:backend postgres or google) unless everyone runs "
             "salt-ssh with this one configuration on this machine.")))
     return found
+
+
+NO_PASSWORD = "fe_sendauth: no password supplied"
+
+
+def pgpass_line(section):
+    """The ``~/.pgpass`` line (``host:port:dbname:user:PASSWORD``) for a ``deploytoken:postgres:`` block."""
+    params = conninfo.conninfo_to_dict(section.get("dsn") or "")
+    params.update({key: value for key, value in section.items() if key in ("host", "port", "dbname", "user")})
+    user = params.get("user") or "*"
+    fields = [params.get("host") or "localhost", params.get("port") or "5432", params.get("dbname") or user, user]
+    return ":".join(str(field).replace("\\", "\\\\").replace(":", "\\:") for field in fields) + ":PASSWORD"
 
 
 # ---- the chat ------------------------------------------------------------------------------------
@@ -233,9 +314,18 @@ def home_of_this_process():
 # ---- each server ------------------------------------------------------------------------------------
 
 
-def target(name, facts, login, settings, identity, ssh):
-    """Findings about one server from its ``deploytoken.facts`` answer (a string or None: it did not answer)."""
+def target(name, facts, login, settings, identity, ssh, entry=None):
+    """Findings about one server from its ``deploytoken.facts`` answer (a string or None: it did not answer).
+
+    ``entry``: the server's roster entry under salt-ssh (``host``, ``port``, ``user``), for the fixes.
+    """
     if not isinstance(facts, dict) or "sources" not in facts:
+        known = ssh_failure(name, str(facts or ""), entry or {}) if ssh else None
+        if known:
+            return [finding(PROBLEM, known)]
+        if ssh and "is not available" not in str(facts):
+            return [finding(PROBLEM, f"{name} did not answer deploytoken.facts ({_shown(facts)}): check that it is up "
+                            f"and that you can log in to it: {_ssh_command(name, entry or {})}")]
         # Under salt-ssh the server's modules are the ones salt-ssh's thin took from the installed package.
         modules = ("deploytoken is installed in the Python that runs your salt-ssh (then run salt-ssh -t once)"
                    if ssh else "its modules are synced")
@@ -282,6 +372,51 @@ def _remembered(name, facts, identity):
                    f"or, if the team moved to {identity['name']} on purpose, remove {facts.get('memory')} on {name}.")
 
 
+# What salt-ssh says instead of an answer, with the team's fix: (pattern, sentence). The sentence is formatted
+# with the server's name, its ssh command and its host as known_hosts names it; the first match wins.
+SSH_FAILURES = (
+    (r"REMOTE HOST IDENTIFICATION HAS CHANGED",
+     "{name}'s host key is not the one your known_hosts holds (the server was reinstalled, or something poses as "
+     "it), so ssh refused to log in: ask whoever runs {name}; once sure, ssh-keygen -R '{known}', then {ssh} once "
+     "and check the fingerprint it shows."),
+    (r"host key needs to be accepted|Host key verification failed|authenticity of host",
+     "{name}'s host key is not known to you yet, so ssh refused to log in: run {ssh} once, check the fingerprint "
+     "it shows against the one the team publishes and answer yes (not salt-ssh -i, which accepts any host key)."),
+    (r"KeyError: 'LD_LIBRARY_PATH'",
+     "salt-ssh could not start on {name}: root's PATH there starts with a python3 that is not the system's (a "
+     "pyenv shim): add set_path: /usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin to {name}'s entry in the roster."),
+    (r"Permission denied \(publickey",
+     "{name} refused your SSH key: ask whoever runs {name} to add your key's .pub line to root's "
+     "~/.ssh/authorized_keys there, then check that {ssh} logs you in."),
+    (r"fe_sendauth: no password supplied",
+     "PostgreSQL on {name} asked for a password and none was given (fe_sendauth: no password supplied): add "
+     "the line host:port:dbname:user:password to the ~/.pgpass of the user who connects, mode 0600 "
+     "(docs/stores.md, \"Setting up the database\")."),
+)
+
+
+def ssh_failure(name, text, entry):
+    """The team's fix, in one sentence, for what salt-ssh said instead of ``name``'s answer (``text``: its
+    output, a traceback included), or None when it is none of the known failures.
+
+    ``entry``: the server's roster entry (``host``, ``port``, ``user``).
+    """
+    for pattern, sentence in SSH_FAILURES:
+        if re.search(pattern, text):
+            host, port = entry.get("host") or name, str(entry.get("port") or 22)
+            known = host if port == "22" else f"[{host}]:{port}"
+            return sentence.format(name=name, ssh=_ssh_command(name, entry), known=known)
+    return None
+
+
+def _ssh_command(name, entry):
+    return f"ssh -p {entry.get('port') or 22} {entry.get('user') or 'root'}@{entry.get('host') or name}"
+
+
 def _shown(answer):
-    text = " ".join(str(answer).split()) if answer not in (None, "") else "no answer"
+    """The answer on one line; of a traceback, its last line only."""
+    text = str(answer) if answer not in (None, "") else "no answer"
+    if "Traceback (most recent call last)" in text:
+        text = [line for line in text.splitlines() if line.strip()][-1]
+    text = " ".join(text.split())
     return text if len(text) <= 300 else text[:297] + "..."
