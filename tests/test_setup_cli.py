@@ -34,7 +34,7 @@ def busy_settings(salt_cli, pillar_sls):
     def use(server):
         pillar_sls(json.dumps({"kingfisher": {
             "scrapyd": {"url": server.url, "username": server.username, "password": server.password},
-            "tmux": {"users": "dtknobody"}, "busy": {"postgres": "never"}}}) + "\n")
+            "tmux": {"users": "nobody"}, "busy": {"postgres": "never"}}}) + "\n")
         assert salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=MINION).returncode == 0
 
     yield use
@@ -247,12 +247,12 @@ def test_busy_args_that_narrow_the_check_need_a_consent_and_are_recorded_with_it
         salt_run, salt_minion, behind, scrapyd_busy, busy_settings):
     clone, _ = behind
     busy_settings(scrapyd_busy)
-    narrow = 'busy_args={"users": "dtknobody", "postgres": "never", "password": "s3cret"}'
+    narrow = 'busy_args={"users": "nobody", "postgres": "never", "password": "s3cret"}'
     args = (f"targets={MINION}", "reason=new spider", repos_arg(clone), narrow)
     refused = as_alice(salt_run, "deploytoken.setup", *args)
     assert refused.returncode == 2, refused
     assert refused.data["error"] == (
-        "busy_args users='dtknobody', postgres='never', password='***' change what kingfisher.busy checks on the "
+        "busy_args users='nobody', postgres='never', password='***' change what kingfisher.busy checks on the "
         "targets, so the check could miss someone's work: that needs the data support manager's consent, recorded "
         "with the claim, as consent='Dana Lee: the crawl can be restarted tomorrow'; or leave them out (settings "
         "belong in the minions' config or pillar). Only busy_args='{\"postgres\": \"always\"}' needs none.")
@@ -260,7 +260,7 @@ def test_busy_args_that_narrow_the_check_need_a_consent_and_are_recorded_with_it
 
     agreed = as_alice(salt_run, "deploytoken.setup", *args, f"consent={CONSENT}")
     assert agreed.returncode == 0, agreed
-    recorded = (f"new spider [consent: {CONSENT} (busy check narrowed with busy_args users='dtknobody', "
+    recorded = (f"new spider [consent: {CONSENT} (busy check narrowed with busy_args users='nobody', "
                 "postgres='never', password='***')]")
     assert agreed.data["token"]["reason"] == recorded and "s3cret" not in agreed.stdout
     assert as_alice(salt_run, "deploytoken.cleanup", "note=done").returncode == 0
