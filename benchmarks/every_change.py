@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 
-from figures import Machine, goal, shown, spread
+from figures import Machine, goal, ratio_lines, shown
 from guard_overhead import Salt, interleaved, median_interval
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -88,17 +88,12 @@ def main():
         decided = decide_seconds(checked)
 
     ratios = [pair[1] / pair[0] for pair in reads]
-    ratio = spread(ratios)
     low, high = median_interval(ratios)
     print(f"{args.pairs} interleaved pairs per job on two real master/minion pairs, published as alice, who holds "
           f"the token ({machine}):")
     print(f"  test.ping without the executor: {shown([pair[0] for pair in reads])}")
     print(f"  test.ping with the executor:    {shown([pair[1] for pair in reads])}")
-    print("  ratio with/without per pair: median {:.3f} (quartiles {:.3f}-{:.3f}, min {:.3f}, max {:.3f})"
-          .format(*ratio) + f"; 95% interval of the median {low:.3f}-{high:.3f}")
-    print(goal("read ratio", ratio[0], READ_GOAL) + (
-        " (decided: the interval is on one side of the goal)" if (high <= READ_GOAL) == (low <= READ_GOAL)
-        else " (undecided: the interval straddles the goal; run with more --pairs)"))
+    print("\n".join(ratio_lines("with/without", ratios, low, high, READ_GOAL)))
     print(f"  cmd.run true without the executor: {shown([pair[0] for pair in writes])}")
     print(f"  cmd.run true with the executor:    {shown([pair[1] for pair in writes])}")
     print(f"  added per change (one token check, a pillar compile asked of the master): median "

@@ -45,3 +45,14 @@ def shown(values, unit="ms", scale=1000, digits=1):
 def goal(name, value, limit, unit=""):
     """One line: the goal, the figure, met or missed."""
     return f"  goal {name} <= {limit}{unit}: {value:.3g}{unit}, {'met' if value <= limit else 'MISSED'}"
+
+
+def ratio_lines(label, ratios, low, high, limit):
+    """Two lines: the per-pair ratios' median and spread with the 95% interval of the median (``low``, ``high``),
+    and the goal ``limit``, met or missed, decided or not by that interval."""
+    line = ("  ratio {} per pair: median {:.3f} (quartiles {:.3f}-{:.3f}, min {:.3f}, max {:.3f})".format(
+        label, *spread(ratios)) + f"; 95% interval of the median {low:.3f}-{high:.3f}")
+    decided = (high <= limit) == (low <= limit)
+    return [line, goal("ratio", spread(ratios)[0], limit) + (
+        " (decided: the interval is on one side of the goal)" if decided
+        else " (undecided: the interval straddles the goal; run with more --pairs)")]

@@ -47,7 +47,7 @@ import time
 
 import salt.config
 import salt.loader
-from figures import Machine, goal, percentile, shown, spread
+from figures import Machine, goal, percentile, ratio_lines, shown
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BIN = pathlib.Path(sys.executable).parent
@@ -289,7 +289,6 @@ def main():
         first = first_compiles(guarded, FIRST_COMPILES)
 
     ratios = [pair[1] / pair[0] for pair in applies]
-    ratio = spread(ratios)
     low, high = median_interval(ratios)
     held = [guard_seconds(pair[2]) for pair in applies]
     held_ms = statistics.median(held) * 1000
@@ -299,11 +298,7 @@ def main():
     print(f"  without guard and ext_pillar:       {shown([pair[0] for pair in applies], digits=0)}")
     print(f"  with deploytoken.held + ext_pillar: {shown([pair[1] for pair in applies], digits=0)}")
     print(f"  added per run: median {statistics.median((pair[1] - pair[0]) * 1000 for pair in applies):+.0f} ms")
-    print("  ratio guarded/bare per pair: median {:.3f} (quartiles {:.3f}-{:.3f}, min {:.3f}, max {:.3f})"
-          .format(*ratio) + f"; 95% interval of the median {low:.3f}-{high:.3f}")
-    print(goal("ratio", ratio[0], RATIO_GOAL) + (
-        " (decided: the interval is on one side of the goal)" if (high <= RATIO_GOAL) == (low <= RATIO_GOAL)
-        else " (undecided: the interval straddles the goal; run with more --pairs)"))
+    print("\n".join(ratio_lines("guarded/bare", ratios, low, high, RATIO_GOAL)))
     print("parts of the added time:")
     print(f"  deploytoken.held's own duration on the minion (state return): {shown(held, digits=2)}")
     print(goal("guard state median", held_ms, GUARD_GOAL_MS, " ms"))

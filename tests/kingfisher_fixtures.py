@@ -428,22 +428,9 @@ class Users:
 
     @staticmethod
     def _remove(name):
-        try:
-            uid = pwd.getpwnam(name).pw_uid
-        except KeyError:
-            return
-        # Only this user's processes: every one of them was started by the test that made the user.
-        for entry in os.listdir("/proc"):
-            with contextlib.suppress(OSError):
-                if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
-                    os.kill(int(entry), signal.SIGKILL)
-        shutil.rmtree(f"/tmp/tmux-{uid}", ignore_errors=True)
+        # Only this user's processes and folders: every one of them was made by the test that made the user.
+        remove_user(name)
         shutil.rmtree(f"/run/screen/S-{name}", ignore_errors=True)
-        for _ in range(50):
-            if subprocess.run(["userdel", "--remove", name], capture_output=True).returncode in (0, 6):
-                break
-            time.sleep(0.1)
-        shutil.rmtree(f"/home/{name}", ignore_errors=True)
 
     def remove_all(self):
         for name in self.names:
