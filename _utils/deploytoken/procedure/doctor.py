@@ -12,7 +12,6 @@ import re
 import stat
 
 import yaml
-from psycopg import conninfo
 
 from deploytoken import sshkey
 from deploytoken.chat import notify
@@ -185,6 +184,9 @@ NO_PASSWORD = "fe_sendauth: no password supplied"
 
 def pgpass_line(section):
     """The ``~/.pgpass`` line (``host:port:dbname:user:PASSWORD``) for a ``deploytoken:postgres:`` block."""
+    # Imported here: a master on another store never loads psycopg.
+    from psycopg import conninfo
+
     params = conninfo.conninfo_to_dict(section.get("dsn") or "")
     params.update({key: value for key, value in section.items() if key in ("host", "port", "dbname", "user")})
     user = params.get("user") or "*"
