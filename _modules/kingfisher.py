@@ -78,18 +78,29 @@ def _typed(function):
     return job["arg"]
 
 
+# The settings that are numbers, and the spelling Salt's YAML reading turns into another number.
+NUMBERS = ("port", "threshold")
+LEADING_ZERO = re.compile(r"0[0-9]+")
+
+
 def _refuse_repeated(function):
     """
     CommandExecutionError when a keyword was typed twice: Salt keeps the last value silently, so
-    ``users=alice users=bob`` would check bob alone and could answer "not busy" while alice works.
+    ``users=alice users=bob`` would check bob alone and could answer "not busy" while alice works; and when a
+    number was typed with a leading 0 (``port=055434``), which Salt reads as another number.
     """
     seen = set()
     for arg in _typed(function) or ():
-        key = salt.utils.args.parse_kwarg(arg)[0] if isinstance(arg, str) else None
+        key, value = salt.utils.args.parse_kwarg(arg) if isinstance(arg, str) else (None, None)
         if key in seen:
             raise CommandExecutionError(
                 f"kingfisher.{function} got {key}= more than once, and Salt would keep only the last: give each "
                 f"argument once (users=alice,bob for several users).")
+        if key in NUMBERS and isinstance(value, str) and LEADING_ZERO.fullmatch(value.strip()):
+            # Salt reads the word as YAML before we see it: 055434 arrives as 55434, another port.
+            raise CommandExecutionError(
+                f"kingfisher.{function} got {key}={value}, a number with a leading 0, which Salt may read as "
+                f"another number: give it as {value.strip().lstrip('0') or '0'}.")
         if key:
             seen.add(key)
 

@@ -347,6 +347,10 @@ def test_a_user_with_no_account_or_users_given_twice_is_refused(salt_cli, salt_m
     assert twice.returncode == 1, twice
     assert ("kingfisher.busy got users= more than once, and Salt would keep only the last: give each argument "
             "once (users=alice,bob for several users).") in twice.stdout + twice.stderr
+    zero = run(f"users={name}", "port=055434")
+    assert zero.returncode == 1, zero
+    assert ("kingfisher.busy got port=055434, a number with a leading 0, which Salt may read as another number: "
+            "give it as 55434.") in zero.stdout + zero.stderr
 
 
 # ---- the Kingfisher consent --------------------------------------------------------------------
