@@ -86,6 +86,13 @@ class Salt:
         self._publisher = None
 
     def __enter__(self):
+        try:
+            return self._start_all()
+        except BaseException:
+            self.__exit__(None, None, None)  # a pair that failed to start leaves no daemon behind
+            raise
+
+    def _start_all(self):
         root, conf = self.root, self.conf
         for sub in ("conf", "sls", "pillar", "master/cache/proc", "minion/cache", "sock-m", "sock-n", "pki-m", "pki-n"):
             (root / sub).mkdir(parents=True, exist_ok=True)
