@@ -165,6 +165,12 @@ def take(store, asked, progress=None, notify=None, sleep=None, clock=time.monoto
                 current = store.acquire(wanted, waited=waited_row)
             else:
                 current = store.acquire(wanted)
+            if asked.wait and current is not None and current.claim == wanted.claim and (
+                    clock() - start > asked.timeout + LATE_SECONDS):
+                # Held up between its look and its take (a stopped process): a waiter past its own timeout gives
+                # the token back at once instead of keeping it.
+                _give_back_late(store, wanted)
+                current, late = store.read(), True
             done = _taken(store, asked, wanted, current, notify)
             waited = clock() - start
             if late and not done:
@@ -246,6 +252,21 @@ def _taken(store, asked, wanted, current, notify):
             f"(claim {current.claim}).",
         )
     return None
+
+
+def _give_back_late(store, wanted):
+    """End ``wanted``, taken by a waiter past its own timeout, with a history row that says why."""
+    released = model.isoformat(model.utcnow())
+    row = model.HistoryRow(
+        claim=wanted.claim, holder=wanted.holder, login=wanted.login, caller=wanted.caller, acquired=wanted.since,
+        released=released, duration=model.seconds_between(wanted.since, released), reason=wanted.reason,
+        note="given back at once: this wait had outlasted its timeout (its process was held up)",
+        kind=model.HOLDING,
+    )
+    try:
+        store.release(wanted.claim, row)
+    except model.DeploytokenError as exc:
+        log.warning("deploytoken: a late waiter could not give back claim %s: %s", wanted.claim, exc)
 
 
 def _refused_late(asked, current, waited):
